@@ -1,0 +1,27 @@
+"""Pure decoding: sampling, acceptance, batched KV bookkeeping, one file per proposer.
+
+Glossary (as in vLLM's rejection sampler and Leviathan et al. 2023):
+- p: the target model's distribution, q: the draft's;
+- candidate / draft token: a proposed token awaiting verification;
+- accepted: a candidate the target agreed with; recovered: the token emitted in place of the first
+  rejected candidate; bonus: the token emitted after all candidates were accepted;
+- pending: a row's last token, emitted but not yet fed to the target (its cache holds the rest).
+
+Shape legend: B rows in a batch, K candidates per row (at most), T = K + 1 tokens verified per row,
+V vocabulary, L cache columns (shared by all rows; a row's rejected columns stay as masked holes),
+H heads, D head size.
+"""
+
+from decoding.engine import Engine, GenerationResult
+from decoding.params import METHODS, SamplingParams, SpecParams
+from decoding.stats import RequestStats, StepStats
+
+__all__ = [
+    "METHODS",
+    "Engine",
+    "GenerationResult",
+    "RequestStats",
+    "SamplingParams",
+    "SpecParams",
+    "StepStats",
+]

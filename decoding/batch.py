@@ -1,0 +1,45 @@
+"""A sub-batch: the rows of one method stepping together over the target's shared cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from decoding.draft import DraftProposer
+from decoding.kv import KVState
+from decoding.ngram import NgramProposer
+from decoding.proposer import NoProposer, Proposer
+from decoding.row import Row
+
+
+def make_proposer(method: str, draft: PreTrainedModel | None) -> Proposer:
+    if method == "draft":
+        if draft is None:
+            raise ValueError("method 'draft' needs a draft model (--draft)")
+        return DraftProposer(draft)
+    if method == "ngram":
+        return NgramProposer()
+    if method == "none":
+        return NoProposer()
+    raise ValueError(f"unknown method {method!r}")
+
+
+@dataclass
+class SubBatch:
+    method: str
+    kv: KVState  # the target's cache for these rows
+    proposer: Proposer
+    rows: list[Row] = field(default_factory=list)
+
+    def retire(self) -> list[Row]:
+        """Remove finished rows (and their cache rows); return them."""
+        done = [r for r in self.rows if r.finish_reason]
+        if done:
+            keep = [i for i, r in enumerate(self.rows) if not r.finish_reason]
+            idx = torch.tensor(keep, dtype=torch.long, device=self.kv.mask.device)
+            self.kv.select(idx)
+            self.proposer.select(idx)
+            self.rows = [self.rows[i] for i in keep]
+        return done

@@ -1,0 +1,68 @@
+"""`draft`: a small model proposes K tokens autoregressively from its own batched cache.
+
+The draft lags the target by the tokens it has not consumed yet: usually the pending token, two
+tokens when all K candidates were accepted (the K-th was sampled but never fed back) - gpt-fast's
+"all accepted" case. `propose` feeds those first, so the lag needs no special path.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel
+
+from decoding.kv import KVState
+from decoding.proposer import Proposal
+from decoding.row import Row
+from decoding.sampling import Warp, sample, warp_probs
+
+
+class DraftProposer:
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.kv = KVState.empty(model, 0)
+        self._catchup = 0  # columns of the last propose's first forward: real tokens, always kept
+        self._cands_fed = 0  # candidate columns fed after it: kept only where accepted
+
+    def admit(self, rows: list[Row]) -> None:
+        new = KVState.empty(self.model, len(rows))
+        new.forward(self.model, [r.tokens[: r.prompt_len] for r in rows], logits="last")  # prefill
+        self.kv.extend(new)
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.kv.select(keep)
+
+    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
+        K = max(ks, default=0)
+        self._catchup = self._cands_fed = 0
+        if K == 0:
+            return Proposal([[] for _ in rows])
+        sampled = not bool(warp.greedy.all())
+        unseen = [r.tokens[s:] for r, s in zip(rows, self.kv.seen.tolist(), strict=True)]
+        before = self.kv.num_columns
+        logits = self.kv.forward(self.model, unseen, logits="last")  # [B, V]
+        self._catchup = self.kv.num_columns - before
+        cands, qs = [], []
+        for j in range(K):
+            c = logits.argmax(-1)  # [B]
+            if sampled:
+                q = warp_probs(logits[:, None], warp)[:, 0]  # [B, V]
+                c = torch.where(warp.greedy, c, sample(q, u[:, j]))
+                qs.append(q)
+            cands.append(c)
+            if j < K - 1:  # the K-th candidate is never fed: the target verifies it
+                logits = self.kv.forward(self.model, [[t] for t in c.tolist()], logits="last")
+        self._cands_fed = K - 1
+        tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
+        q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
+        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q_all)
+
+    def commit(self, num_accepted: list[int]) -> None:
+        """Keep the catch-up columns and the first min(n, K-1) candidate columns of each row."""
+        if self._catchup == 0:
+            return
+        dev = self.kv.mask.device
+        n = torch.tensor(num_accepted, device=dev)[:, None]  # [B, 1]
+        j = torch.arange(self._cands_fed, device=dev)[None, :]  # [1, K-1]
+        catchup = torch.ones(len(num_accepted), self._catchup, dtype=torch.bool, device=dev)
+        self.kv.rollback(torch.cat([catchup, j < n], dim=1))
+        self._catchup = self._cands_fed = 0

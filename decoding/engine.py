@@ -1,0 +1,180 @@
+"""The engine: continuous batching of requests over a target (and draft) model.
+
+`add` queues a request; each `step` admits waiting requests into free slots (a batched prefill per
+method), then runs one propose -> verify -> accept -> commit step for every running sub-batch, and
+retires finished rows. Rows join and leave only between steps. One thread owns an engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from decoding.batch import SubBatch, make_proposer
+from decoding.kv import KVState
+from decoding.params import METHODS, SamplingParams, SpecParams
+from decoding.row import Row
+from decoding.stats import RequestStats, StepStats
+from decoding.step import decode_step, prefill
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    token_ids: list[int]  # generated tokens only (a final EOS/stop token included)
+    finish_reason: str
+    stats: RequestStats
+
+
+OnTokens = Callable[[Row, list[int]], None]
+OnStep = Callable[[StepStats], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        target: PreTrainedModel,
+        draft: PreTrainedModel | None = None,
+        *,
+        eos_token_ids: tuple[int, ...] = (),
+        max_batch_size: int = 8,
+        on_tokens: OnTokens | None = None,
+        on_step: OnStep | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.target, self.draft = target, draft
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.max_batch_size = max_batch_size
+        self.on_tokens = on_tokens or (lambda row, toks: None)
+        self.on_step = on_step or (lambda stats: None)
+        self.waiting: deque[Row] = deque()
+        self.batches: dict[str, SubBatch] = {}
+        self._aborts: set[str] = set()
+        self._lock = threading.Lock()  # guards waiting and _aborts against other threads
+        self._ids = itertools.count()
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return tuple(m for m in METHODS if m != "draft" or self.draft is not None)
+
+    def context_length(self, method: str) -> int:
+        models = [self.target] + ([self.draft] if method == "draft" and self.draft is not None else [])
+        return min(int(m.config.max_position_embeddings) for m in models)
+
+    def make_row(
+        self, prompt: list[int], sampling: SamplingParams, spec: SpecParams, request_id: str | None = None
+    ) -> Row:
+        """Validate a request and build its row; raises ValueError naming the offending value."""
+        if spec.method not in self.methods:
+            raise ValueError(
+                f"method {spec.method!r} is not available here; loaded: {', '.join(self.methods)}"
+            )
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        ctx = self.context_length(spec.method)
+        if len(prompt) + sampling.max_new_tokens > ctx:
+            raise ValueError(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens ({sampling.max_new_tokens}) exceeds "
+                f"the model context of {ctx} tokens"
+            )
+        vocab = self.target.get_output_embeddings().weight.shape[0]
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise ValueError(f"prompt token ids must lie in [0, {vocab})")
+        generator = None
+        if not sampling.greedy:
+            generator = torch.Generator()
+            generator.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
+        stop = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else set(self.eos_token_ids))
+        return Row(
+            request_id=request_id if request_id is not None else f"req-{next(self._ids)}",
+            tokens=list(prompt),
+            prompt_len=len(prompt),
+            sampling=sampling,
+            spec=spec,
+            stop_ids=frozenset(stop),
+            max_len=ctx,
+            generator=generator,
+            stats=RequestStats(method=spec.method, prompt_tokens=len(prompt)),
+        )
+
+    def add(self, row: Row) -> None:
+        with self._lock:
+            self.waiting.append(row)
+
+    def abort(self, request_id: str) -> None:
+        """Cancel a waiting or running request; its slot is freed at the next step boundary."""
+        with self._lock:
+            self._aborts.add(request_id)
+
+    @property
+    def num_running(self) -> int:
+        return sum(len(b.rows) for b in self.batches.values())
+
+    def has_work(self) -> bool:
+        return bool(self.waiting) or self.num_running > 0
+
+    def _batch(self, method: str) -> SubBatch:
+        if method not in self.batches:
+            kv = KVState.empty(self.target, 0)
+            self.batches[method] = SubBatch(method, kv, make_proposer(method, self.draft))
+        return self.batches[method]
+
+    def _take_admissions(self) -> tuple[list[Row], list[Row]]:
+        with self._lock:
+            aborts, self._aborts = self._aborts, set()
+            dropped = [r for r in self.waiting if r.request_id in aborts]
+            self.waiting = deque(r for r in self.waiting if r.request_id not in aborts)
+            free = self.max_batch_size - self.num_running
+            admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        for batch in self.batches.values():
+            for r in batch.rows:
+                if r.request_id in aborts:
+                    r.finish_reason = "abort"
+        for r in dropped:
+            r.finish_reason = "abort"
+        return admitted, dropped
+
+    def step(self) -> list[Row]:
+        """Admit, decode one step for each sub-batch, retire. Returns the rows that finished."""
+        admitted, finished = self._take_admissions()
+        now = time.perf_counter()
+        by_method: dict[str, list[Row]] = {}
+        for r in admitted:
+            r.admitted = now
+            by_method.setdefault(r.spec.method, []).append(r)
+        for method, rows in by_method.items():
+            self.on_step(prefill(self.target, self._batch(method), rows, self.on_tokens))
+        for batch in self.batches.values():
+            finished += batch.retire()  # rows done at prefill, or aborted
+            if batch.rows:
+                self.on_step(decode_step(self.target, batch, self.on_tokens))
+                finished += batch.retire()
+        end = time.perf_counter()
+        for r in finished:
+            r.stats.e2e_s = end - r.arrival
+        return finished
+
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, spec: SpecParams
+    ) -> list[GenerationResult]:
+        """Run prompts to completion with continuous batching; results in input order."""
+        rows = [self.make_row(p, sampling, spec, request_id=str(i)) for i, p in enumerate(prompts)]
+        for r in rows:
+            self.add(r)
+        while self.has_work():
+            self.step()
+        return [
+            GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats) for r in rows
+        ]

@@ -1,0 +1,149 @@
+"""Batched KV cache bookkeeping over an unmodified transformers model.
+
+All rows share the cache's columns. A row's tokens sit in its *valid* columns, in order; columns it
+rejected (or never used: padding) stay behind as *holes*, masked out by a 2D attention mask, and each
+row carries its own position ids, so holes cost memory and attention FLOPs but never change a logit.
+Rollback is therefore one line (clear mask bits, in `rollback`); `compact` gathers each row's valid
+columns to the front when holes pile up. Rows leave by index selection and join by concatenation.
+
+Invariant after every commit: `seen[b] == mask[b].sum()` == tokens of row b the model has consumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns ...
+COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache
+
+
+def _layers(cache: DynamicCache) -> list:
+    return [layer for layer in cache.layers if getattr(layer, "is_initialized", False)]
+
+
+@dataclass
+class KVState:
+    """One model's cache for a batch of rows. mask: [B, L] bool; seen: [B] long."""
+
+    cache: DynamicCache
+    mask: torch.Tensor
+    seen: torch.Tensor
+
+    @classmethod
+    def empty(cls, model: PreTrainedModel, batch_size: int) -> KVState:
+        dev = model.device
+        return cls(
+            DynamicCache(config=model.config),
+            torch.zeros(batch_size, 0, dtype=torch.bool, device=dev),
+            torch.zeros(batch_size, dtype=torch.long, device=dev),
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.mask.shape[0]
+
+    @property
+    def num_columns(self) -> int:
+        return self.mask.shape[1]
+
+    def forward(self, model: PreTrainedModel, seqs: list[list[int]], logits: str = "all") -> torch.Tensor:
+        """Feed each row its own tokens (right-padded with holes) and return logits.
+
+        logits="all" -> [B, T, V] where row b's outputs are at 0..len(seqs[b])-1;
+        logits="last" -> [B, V], the output at each row's last real token.
+        """
+        dev = self.mask.device
+        lens = torch.tensor([len(s) for s in seqs], device=dev)  # [B]
+        T = int(lens.max())
+        ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)  # [B, T]
+        offs = torch.arange(T, device=dev)[None, :]  # [1, T]
+        valid = offs < lens[:, None]  # [B, T]
+        # padding repeats the last real position (models with learned positions stay in range)
+        pos = self.seen[:, None] + torch.minimum(offs, (lens - 1).clamp(min=0)[:, None])  # [B, T]
+        attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
+        keep: int | torch.Tensor = 0
+        if logits == "last":
+            keep = torch.unique(lens - 1)  # only the positions some row needs
+        out = model(
+            input_ids=ids,
+            attention_mask=attn.long(),
+            position_ids=pos,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        self.mask = attn
+        self.seen = self.seen + lens
+        if logits == "last":
+            where = torch.searchsorted(keep, lens - 1)  # [B] index into the kept positions
+            return out.logits[torch.arange(len(seqs), device=dev), where]  # [B, V]
+        return out.logits
+
+    def rollback(self, keep: torch.Tensor) -> None:
+        """Drop rejected tokens among the last N columns: keep [B, N] bool (False -> hole)."""
+        N = keep.shape[1]
+        self.mask[:, self.num_columns - N :] &= keep
+        self.seen = self.mask.sum(dim=1)
+        self._trim()
+
+    def _trim(self) -> None:
+        """Crop trailing columns no row uses (free: a slice), then gather if holes dominate."""
+        used = self.mask.any(dim=0).nonzero()
+        last = int(used[-1]) + 1 if len(used) else 0
+        if last < self.num_columns:
+            for layer in _layers(self.cache):
+                layer.keys = layer.keys[:, :, :last]
+                layer.values = layer.values[:, :, :last]
+            self.mask = self.mask[:, :last]
+        if self.batch_size == 0:
+            return
+        holes = self.num_columns - int(self.seen.max())
+        if holes >= COMPACT_MIN_HOLES and holes >= COMPACT_FRACTION * self.num_columns:
+            self.compact()
+
+    def compact(self) -> None:
+        """Move each row's valid columns to the front, in order: L -> max(seen)."""
+        L2 = int(self.seen.max()) if self.batch_size else 0
+        # stable sort puts valid columns first, keeping their order
+        order = torch.sort((~self.mask).to(torch.int8), dim=1, stable=True).indices[:, :L2]  # [B, L2]
+        for layer in _layers(self.cache):
+            idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = layer.keys.gather(2, idx)
+            layer.values = layer.values.gather(2, idx)
+        self.mask = torch.arange(L2, device=self.mask.device)[None, :] < self.seen[:, None]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` (a [B'] index tensor), in that order."""
+        for layer in _layers(self.cache):
+            layer.keys = layer.keys[rows]
+            layer.values = layer.values[rows]
+        self.mask = self.mask[rows]
+        self.seen = self.seen[rows]
+        self._trim()
+
+    def extend(self, other: KVState) -> None:
+        """Append other's rows after ours; the shorter side is padded with hole columns on the right."""
+        if self.batch_size == 0:
+            self.cache, self.mask, self.seen = other.cache, other.mask, other.seen
+            return
+        L = max(self.num_columns, other.num_columns)
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
+            mine.keys = torch.cat([_pad_cols(mine.keys, L), _pad_cols(theirs.keys, L)], dim=0)
+            mine.values = torch.cat([_pad_cols(mine.values, L), _pad_cols(theirs.values, L)], dim=0)
+        self.mask = torch.cat([_pad_cols(self.mask, L, dim=1), _pad_cols(other.mask, L, dim=1)], dim=0)
+        self.seen = torch.cat([self.seen, other.seen])
+
+    def nbytes(self) -> int:
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in _layers(self.cache))
+
+
+def _pad_cols(x: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)

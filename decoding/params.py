@@ -1,0 +1,58 @@
+"""Sampling and speculation parameters, validated before any work is done."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ("none", "draft", "ngram")
+MAX_SPECULATIVE_TOKENS = 16  # beyond this the verify forward costs more than any acceptance repays
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling. temperature 0 means greedy; top_k 0 and top_p 1 switch those filters off."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class SpecParams:
+    """Which proposer a request uses and how many tokens it may propose per step."""
+
+    method: str = "none"
+    num_speculative_tokens: int = 4
+    ngram_max: int = 4  # prompt lookup tries suffixes of this many tokens first ...
+    ngram_min: int = 1  # ... down to this many
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        k = self.num_speculative_tokens
+        if self.method != "none" and not 1 <= k <= MAX_SPECULATIVE_TOKENS:
+            raise ValueError(f"num_speculative_tokens must be in 1..{MAX_SPECULATIVE_TOKENS}, got {k}")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError(f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}")
+
+    @property
+    def k(self) -> int:
+        return 0 if self.method == "none" else self.num_speculative_tokens

@@ -1,0 +1,55 @@
+"""A row: one request's decoding state inside a batch."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from decoding.params import SamplingParams, SpecParams
+from decoding.stats import RequestStats
+
+
+@dataclass
+class Row:
+    request_id: str
+    tokens: list[int]  # prompt + generated; the last one is pending (not yet in the target's cache)
+    prompt_len: int
+    sampling: SamplingParams
+    spec: SpecParams
+    stop_ids: frozenset[int]  # EOS (unless ignored) and the request's stop token ids
+    max_len: int  # context limit of the models this row runs on
+    generator: torch.Generator | None  # None for greedy rows
+    stats: RequestStats
+    arrival: float = field(default_factory=time.perf_counter)
+    admitted: float = 0.0
+    finish_reason: str | None = None  # "stop", "length", "abort", "error"
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.prompt_len :]
+
+    @property
+    def num_generated(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+    def budget(self, k: int) -> int:
+        """Candidates worth proposing: each step emits up to k + 1 tokens; stay inside the context."""
+        left = self.sampling.max_new_tokens - self.num_generated
+        return max(0, min(k, left - 1, self.max_len - len(self.tokens)))
+
+    def emit(self, new: list[int]) -> list[int]:
+        """Append tokens until a stop: EOS/stop id (kept, then stop), max_new_tokens or context full."""
+        out: list[int] = []
+        for t in new:
+            self.tokens.append(t)
+            out.append(t)
+            if t in self.stop_ids:
+                self.finish_reason = "stop"
+            elif self.num_generated >= self.sampling.max_new_tokens or len(self.tokens) >= self.max_len:
+                self.finish_reason = "length"
+            if self.finish_reason:
+                break  # tokens after a stop inside an accepted run are discarded
+        self.stats.completion_tokens += len(out)
+        return out

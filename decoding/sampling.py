@@ -1,0 +1,75 @@
+"""Logits -> probabilities with per-row temperature / top-k / top-p, and sampling from uniforms.
+
+Sampling takes its randomness as explicit uniforms drawn from each row's own generator, so a seeded
+request draws the same numbers whatever else shares its batch, and acceptance stays vectorised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from decoding.params import SamplingParams
+
+
+@dataclass
+class Warp:
+    """Per-row sampling filters as tensors, built once per step for the rows being decoded."""
+
+    temperature: torch.Tensor  # [B] (greedy rows carry 1.0; their probabilities are never used)
+    top_k: torch.Tensor  # [B] long, 0 = off
+    top_p: torch.Tensor  # [B], 1.0 = off
+    greedy: torch.Tensor  # [B] bool
+
+    @classmethod
+    def from_params(cls, params: list[SamplingParams], device: torch.device) -> Warp:
+        return cls(
+            temperature=torch.tensor([p.temperature or 1.0 for p in params], device=device),
+            top_k=torch.tensor([p.top_k for p in params], device=device),
+            top_p=torch.tensor([p.top_p for p in params], device=device),
+            greedy=torch.tensor([p.greedy for p in params], device=device),
+        )
+
+    def select(self, rows: torch.Tensor) -> Warp:
+        return Warp(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.greedy[rows])
+
+
+def warp_probs(logits: torch.Tensor, warp: Warp) -> torch.Tensor:
+    """Apply temperature, then top-k, then top-p (Hugging Face's order); return probabilities.
+
+    logits: [B, T, V] -> probs [B, T, V] in float32 or wider.
+    """
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    x = x / warp.temperature.to(x.dtype)[:, None, None]
+    if bool((warp.top_k > 0).any()) or bool((warp.top_p < 1).any()):
+        sorted_x, order = x.sort(dim=-1, descending=True)  # [B, T, V]
+        drop = torch.zeros_like(sorted_x, dtype=torch.bool)
+        rank = torch.arange(x.shape[-1], device=x.device)
+        k = warp.top_k[:, None, None]
+        drop |= (k > 0) & (rank >= k)
+        sorted_probs = sorted_x.masked_fill(drop, float("-inf")).softmax(-1)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass strictly above each token
+        top_p = warp.top_p.to(x.dtype)[:, None, None]
+        drop |= (top_p < 1) & (before >= top_p)  # smallest set with mass >= top_p; the top token stays
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return x.softmax(-1)
+
+
+def sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: probs [..., V], u [...] uniform in [0, 1) -> token ids [...]."""
+    cdf = probs.cumsum(-1)
+    target = (u.to(cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
+    idx = torch.searchsorted(cdf.contiguous(), target.contiguous(), right=True).squeeze(-1)
+    return idx.clamp(max=probs.shape[-1] - 1)
+
+
+def draw_uniforms(generators: list[torch.Generator | None], n: int, device: torch.device) -> torch.Tensor:
+    """n uniforms per row from each row's generator ([B, n]); greedy rows (None) get zeros."""
+    rows = [
+        torch.rand(n, generator=g, dtype=torch.float64)
+        if g is not None
+        else torch.zeros(n, dtype=torch.float64)
+        for g in generators
+    ]
+    return torch.stack(rows).to(device) if rows else torch.zeros(0, n, dtype=torch.float64, device=device)

@@ -1,0 +1,65 @@
+"""Per-step and per-request statistics as plain dataclasses; metrics/ turns them into series."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class StepStats:
+    """One engine step of one sub-batch (a prefill of new rows, or a propose -> verify -> commit)."""
+
+    method: str
+    phase: str  # "prefill" or "decode"
+    batch_size: int
+    tokens_verified: int = 0  # tokens fed to the target (prefill: prompt tokens)
+    draft_tokens: int = 0  # candidates proposed over all rows
+    accepted_tokens: int = 0  # candidates accepted over all rows
+    emitted_tokens: int = 0  # tokens appended to outputs (accepted + recovered/bonus, after stops)
+    accepted_per_position: list[int] = field(default_factory=list)  # [K] rows accepting position j
+    drafted_per_position: list[int] = field(default_factory=list)  # [K] rows proposing position j
+    prefill_s: float = 0.0
+    propose_s: float = 0.0
+    verify_s: float = 0.0
+    k: int = 0  # speculative tokens asked for this step
+
+    @property
+    def duration_s(self) -> float:
+        return self.prefill_s + self.propose_s + self.verify_s
+
+
+@dataclass
+class RequestStats:
+    """What one request cost and what speculation bought it (DESIGN.md section 4)."""
+
+    method: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_time_s: float = 0.0
+    ttft_s: float = 0.0
+    e2e_s: float = 0.0
+    target_forwards: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
+    batch_size_sum: int = 0  # sum over the forwards this request took part in
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens emitted per target forward (1.0 for plain decoding)."""
+        return self.completion_tokens / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.batch_size_sum / self.target_forwards if self.target_forwards else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("batch_size_sum")
+        d["acceptance_rate"] = self.acceptance_rate
+        d["mean_accepted_length"] = self.mean_accepted_length
+        d["mean_batch_size"] = self.mean_batch_size
+        return d

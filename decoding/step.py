@@ -1,0 +1,111 @@
+"""One engine step as plain functions: prefill new rows, or propose -> verify -> accept -> commit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import PreTrainedModel
+
+from decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
+from decoding.batch import SubBatch
+from decoding.kv import KVState
+from decoding.proposer import Proposal
+from decoding.row import Row
+from decoding.sampling import Warp, draw_uniforms, sample, warp_probs
+from decoding.stats import StepStats
+
+Emit = Callable[[Row, list[int]], None]  # called with each row's newly emitted tokens
+
+
+def _warp(rows: list[Row], device: torch.device) -> Warp:
+    return Warp.from_params([r.sampling for r in rows], device)
+
+
+def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit) -> StepStats:
+    """Run the prompts of joining rows through target (and draft), emit each row's first token."""
+    t0 = time.perf_counter()
+    kv = KVState.empty(target, len(new))
+    logits = kv.forward(target, [r.tokens for r in new], logits="last")  # [B_new, V]
+    warp = _warp(new, logits.device)
+    first = logits.argmax(-1)  # [B_new]
+    if not bool(warp.greedy.all()):
+        u = draw_uniforms([r.generator for r in new], 1, logits.device)[:, 0]  # [B_new]
+        first = torch.where(warp.greedy, first, sample(warp_probs(logits[:, None], warp)[:, 0], u))
+    batch.kv.extend(kv)
+    batch.proposer.admit(new)
+    batch.rows.extend(new)
+    now = time.perf_counter()
+    for row, tok in zip(new, first.tolist(), strict=True):
+        row.admitted = row.admitted or t0
+        row.stats.queue_time_s = row.admitted - row.arrival
+        row.stats.target_forwards += 1
+        row.stats.batch_size_sum += len(new)
+        emit(row, row.emit([tok]))
+        row.stats.ttft_s = now - row.arrival
+    return StepStats(
+        batch.method, "prefill", len(new), tokens_verified=sum(r.prompt_len for r in new), prefill_s=now - t0
+    )
+
+
+def _accept(logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor) -> Verdict:
+    """logits [B, T, V]; u [B, T + 1] per-row uniforms (unused by greedy rows)."""
+    dev = logits.device
+    K = logits.shape[1] - 1
+    n_cand = torch.tensor([len(t) for t in prop.tokens], device=dev)  # [B]
+    cand = torch.tensor([t + [-1] * (K - len(t)) for t in prop.tokens], dtype=torch.long, device=dev).view(
+        len(prop.tokens), K
+    )
+    verdict = verify_greedy(logits.argmax(-1), cand, n_cand)
+    s = (~warp.greedy).nonzero().squeeze(1)  # sampling rows
+    if len(s):
+        p = warp_probs(logits[s], warp.select(s))  # [S, T, V]
+        if prop.q is not None:
+            v = verify_rejection(p, prop.q[s, :K], cand[s], n_cand[s], u[s, :K], u[s, K])
+        else:
+            v = verify_match(p, cand[s], n_cand[s], u[s, : K + 1])
+        verdict.num_accepted[s] = v.num_accepted
+        verdict.next_token[s] = v.next_token
+    return verdict
+
+
+def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepStats:
+    """propose -> verify -> accept -> commit for every row of the sub-batch."""
+    rows = batch.rows
+    dev = batch.kv.mask.device
+    ks = [r.budget(r.spec.k) for r in rows]
+    K = max(ks)
+    warp = _warp(rows, dev)
+    sampled = not bool(warp.greedy.all())
+    # draft uniforms [B, K], then acceptance uniforms [B, K + 2]
+    u = draw_uniforms([r.generator for r in rows], 2 * K + 2, dev) if sampled else None
+    # 1. propose
+    t0 = time.perf_counter()
+    prop = batch.proposer.propose(rows, ks, warp, u[:, :K] if sampled else u)
+    t1 = time.perf_counter()
+    # 2. verify: one target forward over each row's pending token and its candidates
+    logits = batch.kv.forward(target, [[r.tokens[-1]] + c for r, c in zip(rows, prop.tokens, strict=True)])
+    # 3. accept
+    verdict = _accept(logits, prop, warp, u[:, K:] if sampled else u)
+    n, nxt = verdict.num_accepted.tolist(), verdict.next_token.tolist()
+    # 4. commit: keep the pending token and the accepted candidates in both caches
+    T = logits.shape[1]
+    batch.kv.rollback(torch.arange(T, device=dev)[None, :] <= verdict.num_accepted[:, None])  # [B, T]
+    batch.proposer.commit(n)
+    t2 = time.perf_counter()
+    stats = StepStats(batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, k=K)
+    stats.drafted_per_position = [sum(len(c) > j for c in prop.tokens) for j in range(K)]
+    stats.accepted_per_position = [sum(a > j for a in n) for j in range(K)]
+    for row, cands, a, tok in zip(rows, prop.tokens, n, nxt, strict=True):
+        row.stats.target_forwards += 1
+        row.stats.batch_size_sum += len(rows)
+        row.stats.draft_tokens += len(cands)
+        row.stats.accepted_tokens += a
+        stats.tokens_verified += 1 + len(cands)
+        stats.draft_tokens += len(cands)
+        stats.accepted_tokens += a
+        out = row.emit(cands[:a] + [tok])
+        stats.emitted_tokens += len(out)
+        emit(row, out)
+    return stats

@@ -1,0 +1,157 @@
+"""Load a target or draft model by Hub id or local path through transformers' Auto classes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model with what the engine and the accounting need to know about it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    path: str  # the Hub id or local path it was loaded from
+    local_path: str  # where its files lie on disk (vLLM reports this as `root`)
+    weight_bytes: int  # bytes read per forward for the weights (all parameters, as stored)
+    non_embedding_params: int  # for FLOPs: 2 x this x tokens
+    context_length: int  # max positions the model was configured for
+    eos_token_ids: tuple[int, ...]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+def resolve_device(device: str) -> str:
+    """`auto` picks cuda when present; otherwise the name is passed through (`cpu`, `cuda`, `cuda:1`)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but CUDA is not available")
+    return device
+
+
+def count_parameters(model: PreTrainedModel) -> tuple[int, int]:
+    """Return (weight bytes, non-embedding parameter count); tied weights count once."""
+    unique = {id(p): p for p in model.parameters()}.values()
+    total_bytes = sum(p.numel() * p.element_size() for p in unique)
+    embed = model.get_input_embeddings().weight
+    return total_bytes, sum(p.numel() for p in unique) - embed.numel()
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    ids: list[int] = []
+    gen = getattr(model, "generation_config", None)
+    for source in (getattr(gen, "eos_token_id", None), tokenizer.eos_token_id):
+        if source is None:
+            continue
+        for i in source if isinstance(source, (list, tuple)) else [source]:
+            if i not in ids:
+                ids.append(int(i))
+    return tuple(ids)
+
+
+def _local_path(path: str) -> str:
+    if Path(path).is_dir():
+        return str(Path(path).resolve())
+    try:  # a Hub id: its snapshot folder in the local cache (no network: local_files_only)
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, local_files_only=True)
+    except Exception:  # noqa: BLE001 - a missing snapshot is not an error here, only a missing root
+        return path
+
+
+def load_model(
+    path: str,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load tokenizer and causal LM from a Hub id or local folder.
+
+    `device="auto"` with CUDA present uses accelerate's `device_map="auto"`, which spreads a model
+    larger than one GPU over the GPUs (and CPU) it finds.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if device == "auto" and torch.cuda.is_available():
+        kwargs["device_map"] = "auto"
+        target_device = None
+    else:
+        target_device = resolve_device(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ValueError(f"could not load model {path!r}: {e}") from e
+    if target_device is not None:
+        model = model.to(target_device)
+    model.eval()
+    model.requires_grad_(False)
+    weight_bytes, non_embedding = count_parameters(model)
+    ctx = int(getattr(model.config, "max_position_embeddings", 0) or tokenizer.model_max_length)
+    loaded = LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        path=path,
+        local_path=_local_path(path),
+        weight_bytes=weight_bytes,
+        non_embedding_params=non_embedding,
+        context_length=ctx,
+        eos_token_ids=_eos_ids(model, tokenizer),
+    )
+    log.info(
+        "loaded %s: %.1fM params (%.1fM non-embedding), %.1f MB, dtype=%s, context=%d",
+        path,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        non_embedding / 1e6,
+        weight_bytes / 1e6,
+        dtype,
+        ctx,
+    )
+    return loaded
+
+
+def check_draft_compatible(target: LoadedModel, draft: LoadedModel) -> None:
+    """Refuse a draft that cannot propose in the target's token space."""
+    t_tok, d_tok = target.tokenizer, draft.tokenizer
+    t_vocab, d_vocab = t_tok.get_vocab(), d_tok.get_vocab()
+    if t_vocab != d_vocab:
+        only_t = len(set(t_vocab.items()) - set(d_vocab.items()))
+        only_d = len(set(d_vocab.items()) - set(t_vocab.items()))
+        raise ValueError(
+            f"draft {draft.path!r} has a different vocabulary from target {target.path!r} "
+            f"(sizes {len(d_vocab)} vs {len(t_vocab)}; {only_t} target and {only_d} draft entries differ)"
+        )
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        t_id, d_id = getattr(t_tok, name), getattr(d_tok, name)
+        if t_id != d_id:
+            raise ValueError(f"draft {draft.path!r} has {name}={d_id}, target {target.path!r} has {t_id}")
+    t_rows = target.model.get_output_embeddings().weight.shape[0]
+    d_rows = draft.model.get_output_embeddings().weight.shape[0]
+    if t_rows != d_rows:
+        raise ValueError(
+            f"draft {draft.path!r} has {d_rows} output logits, target {target.path!r} has {t_rows}"
+        )
