@@ -131,24 +131,30 @@ class Engine:
             self.batches[method] = SubBatch(method, kv, make_proposer(method, self.draft))
         return self.batches[method]
 
-    def _take_admissions(self) -> tuple[list[Row], list[Row]]:
+    def _apply_aborts(self) -> list[Row]:
+        """Drop aborted requests, waiting or running, so their slots are free for this step."""
         with self._lock:
             aborts, self._aborts = self._aborts, set()
             dropped = [r for r in self.waiting if r.request_id in aborts]
             self.waiting = deque(r for r in self.waiting if r.request_id not in aborts)
-            free = self.max_batch_size - self.num_running
-            admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         for batch in self.batches.values():
             for r in batch.rows:
                 if r.request_id in aborts:
                     r.finish_reason = "abort"
+            dropped += batch.retire()
         for r in dropped:
-            r.finish_reason = "abort"
-        return admitted, dropped
+            r.finish_reason = r.finish_reason or "abort"
+        return dropped
+
+    def _admit(self) -> list[Row]:
+        with self._lock:
+            free = self.max_batch_size - self.num_running
+            return [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
 
     def step(self) -> list[Row]:
         """Admit, decode one step for each sub-batch, retire. Returns the rows that finished."""
-        admitted, finished = self._take_admissions()
+        finished = self._apply_aborts() if self._aborts else []
+        admitted = self._admit()
         now = time.perf_counter()
         by_method: dict[str, list[Row]] = {}
         for r in admitted:
@@ -167,14 +173,23 @@ class Engine:
         return finished
 
     def generate(
-        self, prompts: list[list[int]], sampling: SamplingParams, spec: SpecParams
+        self,
+        prompts: list[list[int]],
+        sampling: SamplingParams | list[SamplingParams],
+        spec: SpecParams | list[SpecParams],
     ) -> list[GenerationResult]:
-        """Run prompts to completion with continuous batching; results in input order."""
-        rows = [self.make_row(p, sampling, spec, request_id=str(i)) for i, p in enumerate(prompts)]
+        """Run prompts to completion with continuous batching; results in input order.
+
+        `sampling` / `spec` are one for all prompts or one per prompt.
+        """
+        samplings = sampling if isinstance(sampling, list) else [sampling] * len(prompts)
+        specs = spec if isinstance(spec, list) else [spec] * len(prompts)
+        rows = [
+            self.make_row(p, s, sp, request_id=str(i))
+            for i, (p, s, sp) in enumerate(zip(prompts, samplings, specs, strict=True))
+        ]
         for r in rows:
             self.add(r)
         while self.has_work():
             self.step()
-        return [
-            GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats) for r in rows
-        ]
+        return [GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats) for r in rows]
