@@ -12,6 +12,7 @@ from decoding.kv import KVState
 from decoding.ngram import NgramProposer
 from decoding.proposer import NoProposer, Proposer
 from decoding.row import Row
+from decoding.sampling import Warp
 
 
 def make_proposer(method: str, draft: PreTrainedModel | None) -> Proposer:
@@ -32,6 +33,17 @@ class SubBatch:
     kv: KVState  # the target's cache for these rows
     proposer: Proposer
     rows: list[Row] = field(default_factory=list)
+    _warp: Warp | None = None  # the rows' sampling filters as tensors, rebuilt when membership changes
+
+    @property
+    def warp(self) -> Warp:
+        if self._warp is None:
+            self._warp = Warp.from_params([r.sampling for r in self.rows], self.kv.mask.device)
+        return self._warp
+
+    def join(self, rows: list[Row]) -> None:
+        self.rows.extend(rows)
+        self._warp = None
 
     def retire(self) -> list[Row]:
         """Remove finished rows (and their cache rows); return them."""
@@ -42,4 +54,5 @@ class SubBatch:
             self.kv.select(idx)
             self.proposer.select(idx)
             self.rows = [self.rows[i] for i in keep]
+            self._warp = None
         return done

@@ -192,4 +192,6 @@ class Engine:
             self.add(r)
         while self.has_work():
             self.step()
-        return [GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats) for r in rows]
+        return [
+            GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats) for r in rows
+        ]

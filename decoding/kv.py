@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from decoding.cache import GrowingCache
+
 COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns ...
 COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache
 
@@ -36,7 +38,7 @@ class KVState:
     def empty(cls, model: PreTrainedModel, batch_size: int) -> KVState:
         dev = model.device
         return cls(
-            DynamicCache(config=model.config),
+            GrowingCache(model.config),
             torch.zeros(batch_size, 0, dtype=torch.bool, device=dev),
             torch.zeros(batch_size, dtype=torch.long, device=dev),
         )
@@ -64,12 +66,14 @@ class KVState:
         # padding repeats the last real position (models with learned positions stay in range)
         pos = self.seen[:, None] + torch.minimum(offs, (lens - 1).clamp(min=0)[:, None])  # [B, T]
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
+        # no holes and no padding: let attention run unmasked (SDPA's causal fast path)
+        dense = bool(attn.all())
         keep: int | torch.Tensor = 0
         if logits == "last":
             keep = torch.unique(lens - 1)  # only the positions some row needs
         out = model(
             input_ids=ids,
-            attention_mask=attn.long(),
+            attention_mask=None if dense else attn.long(),
             position_ids=pos,
             cache=self.cache,
             use_cache=True,
@@ -84,6 +88,8 @@ class KVState:
 
     def rollback(self, keep: torch.Tensor) -> None:
         """Drop rejected tokens among the last N columns: keep [B, N] bool (False -> hole)."""
+        if bool(keep.all()):  # everything accepted: nothing to undo
+            return
         N = keep.shape[1]
         self.mask[:, self.num_columns - N :] &= keep
         self.seen = self.mask.sum(dim=1)

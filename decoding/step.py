@@ -35,7 +35,7 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
         first = torch.where(warp.greedy, first, sample(warp_probs(logits[:, None], warp)[:, 0], u))
     batch.kv.extend(kv)
     batch.proposer.admit(new)
-    batch.rows.extend(new)
+    batch.join(new)
     now = time.perf_counter()
     for row, tok in zip(new, first.tolist(), strict=True):
         row.admitted = row.admitted or t0
@@ -49,15 +49,19 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
     )
 
 
-def _accept(logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor) -> Verdict:
-    """logits [B, T, V]; u [B, T + 1] per-row uniforms (unused by greedy rows)."""
+def _accept(logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor | None) -> Verdict:
+    """logits [B, T, V]; u [B, T + 1] per-row uniforms (None when every row is greedy)."""
     dev = logits.device
     K = logits.shape[1] - 1
+    if K == 0 and u is None:  # plain greedy step
+        return Verdict(torch.zeros(logits.shape[0], dtype=torch.long, device=dev), logits[:, 0].argmax(-1))
     n_cand = torch.tensor([len(t) for t in prop.tokens], device=dev)  # [B]
     cand = torch.tensor([t + [-1] * (K - len(t)) for t in prop.tokens], dtype=torch.long, device=dev).view(
         len(prop.tokens), K
     )
     verdict = verify_greedy(logits.argmax(-1), cand, n_cand)
+    if u is None:
+        return verdict
     s = (~warp.greedy).nonzero().squeeze(1)  # sampling rows
     if len(s):
         p = warp_probs(logits[s], warp.select(s))  # [S, T, V]
@@ -76,7 +80,7 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     dev = batch.kv.mask.device
     ks = [r.budget(r.spec.k) for r in rows]
     K = max(ks)
-    warp = _warp(rows, dev)
+    warp = batch.warp
     sampled = not bool(warp.greedy.all())
     # draft uniforms [B, K], then acceptance uniforms [B, K + 2]
     u = draw_uniforms([r.generator for r in rows], 2 * K + 2, dev) if sampled else None

@@ -94,6 +94,10 @@ def load_model(
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    looks_local = path.startswith((".", "/", "~")) or Path(path).exists()
+    if looks_local and not Path(path).expanduser().is_dir():
+        raise ValueError(f"model path {path!r} is not a directory")
+    path = str(Path(path).expanduser()) if looks_local else path
     torch_dtype = DTYPES[dtype]
     kwargs: dict = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if device == "auto" and torch.cuda.is_available():

@@ -46,7 +46,9 @@ def test_greedy_batched_rows_are_independent():
 def test_rejection_accepts_when_p_equals_q():
     p = torch.softmax(torch.randn(1, 3, V, generator=torch.Generator().manual_seed(0)), -1)
     q = p[:, :2].clone()
-    v = verify_rejection(p, q, torch.tensor([[1, 3]]), torch.tensor([2]), torch.tensor([[0.999, 0.999]]), torch.tensor([0.5]))
+    v = verify_rejection(
+        p, q, torch.tensor([[1, 3]]), torch.tensor([2]), torch.tensor([[0.999, 0.999]]), torch.tensor([0.5])
+    )
     assert v.num_accepted.item() == 2  # p/q = 1 > u always: bonus drawn from p at position 2
 
 
@@ -54,7 +56,9 @@ def test_rejection_rejects_token_target_excludes_and_recovers_from_residual():
     p = torch.tensor([[[0.0, 0.5, 0.5, 0.0, 0.0], [0.2] * 5]])  # [1, T=2, V]
     q = torch.tensor([[[0.5, 0.5, 0.0, 0.0, 0.0]]])  # draft proposed token 0, which p never emits
     for u_next, expected in [(0.0, 2), (0.99, 2)]:  # residual = max(0, p - q) = all mass on token 2
-        v = verify_rejection(p, q, torch.tensor([[0]]), torch.tensor([1]), torch.tensor([[0.0]]), torch.tensor([u_next]))
+        v = verify_rejection(
+            p, q, torch.tensor([[0]]), torch.tensor([1]), torch.tensor([[0.0]]), torch.tensor([u_next])
+        )
         assert (v.num_accepted.item(), v.next_token.item()) == (0, expected)
 
 
@@ -62,8 +66,9 @@ def test_rejection_acceptance_probability_is_p_over_q():
     p = torch.tensor([[[0.2, 0.8, 0, 0, 0], [0.2] * 5]])
     q = torch.tensor([[[0.8, 0.2, 0, 0, 0]]])  # p/q at token 0 = 0.25
     accept = [
-        verify_rejection(p, q, torch.tensor([[0]]), torch.tensor([1]), torch.tensor([[u]]), torch.tensor([0.0]))
-        .num_accepted.item()
+        verify_rejection(
+            p, q, torch.tensor([[0]]), torch.tensor([1]), torch.tensor([[u]]), torch.tensor([0.0])
+        ).num_accepted.item()
         for u in (0.2, 0.24, 0.26, 0.9)
     ]
     assert accept == [1, 1, 0, 0]

@@ -34,7 +34,11 @@ def hf_reference(tiny, prompts):
 def _engine(tiny, draft_kind: str | None, batch_size: int, **kw) -> Engine:
     draft = {None: None, "random": tiny["draft"].model, "same": tiny["target"].model}[draft_kind]
     return Engine(
-        tiny["target"].model, draft, eos_token_ids=tiny["target"].eos_token_ids, max_batch_size=batch_size, **kw
+        tiny["target"].model,
+        draft,
+        eos_token_ids=tiny["target"].eos_token_ids,
+        max_batch_size=batch_size,
+        **kw,
     )
 
 
@@ -77,7 +81,9 @@ def test_kv_invariants_after_every_commit(tiny, prompts):
         for batch in engine.batches.values():
             kv = batch.kv
             assert kv.seen.tolist() == kv.mask.sum(1).tolist()
-            live = [i for i, r in enumerate(batch.rows) if not r.finish_reason]  # finished rows hold a cut run
+            live = [
+                i for i, r in enumerate(batch.rows) if not r.finish_reason
+            ]  # finished rows hold a cut run
             seen = kv.seen.tolist()
             assert [seen[i] for i in live] == [len(batch.rows[i].tokens) - 1 for i in live]
             if batch.method == "draft" and stats.phase == "decode":

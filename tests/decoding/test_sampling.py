@@ -17,14 +17,18 @@ def test_temperature_top_k_top_p():
     assert torch.allclose(top2, torch.tensor([2 / 3, 1 / 3, 0, 0]))
     # top_p=0.7: 0.5 alone is short of 0.7, 0.5 + 0.25 reaches it -> keep two
     assert torch.allclose(warp_probs(logits, _warp(temperature=1.0, top_p=0.7))[0, 0], top2)
-    assert torch.allclose(warp_probs(logits, _warp(temperature=1.0, top_p=0.5))[0, 0], torch.tensor([1.0, 0, 0, 0]))
+    assert torch.allclose(
+        warp_probs(logits, _warp(temperature=1.0, top_p=0.5))[0, 0], torch.tensor([1.0, 0, 0, 0])
+    )
     cold = warp_probs(logits, _warp(temperature=0.5))[0, 0]
     assert torch.allclose(cold, torch.tensor([0.25, 0.0625, 0.0225, 0.01]) / 0.345)
 
 
 def test_rows_keep_their_own_filters():
     logits = torch.log(torch.tensor([[[0.5, 0.25, 0.15, 0.1]], [[0.5, 0.25, 0.15, 0.1]]]))
-    w = Warp.from_params([SamplingParams(temperature=1.0, top_k=1), SamplingParams(temperature=1.0)], torch.device("cpu"))
+    w = Warp.from_params(
+        [SamplingParams(temperature=1.0, top_k=1), SamplingParams(temperature=1.0)], torch.device("cpu")
+    )
     probs = warp_probs(logits, w)
     assert probs[0, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert torch.allclose(probs[1, 0], torch.tensor([0.5, 0.25, 0.15, 0.1]))

@@ -45,7 +45,9 @@ def exact_joint(model, sampling: SamplingParams) -> torch.Tensor:
     joint = torch.zeros((V,) * NEW, dtype=torch.float64)
     with torch.no_grad():
         for seq in itertools.product(range(V), repeat=NEW):
-            logits = model(torch.tensor([PROMPT + list(seq[:-1])])).logits[:, len(PROMPT) - 1 :]  # [1, NEW, V]
+            logits = model(torch.tensor([PROMPT + list(seq[:-1])])).logits[
+                :, len(PROMPT) - 1 :
+            ]  # [1, NEW, V]
             probs = warp_probs(logits, warp.select(torch.tensor([0])))[0]  # [NEW, V]
             joint[seq] = torch.prod(probs[torch.arange(NEW), torch.tensor(seq)])
     return joint.flatten()
@@ -63,7 +65,9 @@ def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 def sample_joint(target, draft, method: str, base: SamplingParams) -> torch.Tensor:
     engine = Engine(target, draft, max_batch_size=1000)
     sampling = [
-        SamplingParams(max_new_tokens=NEW, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p, seed=i)
+        SamplingParams(
+            max_new_tokens=NEW, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p, seed=i
+        )
         for i in range(N)
     ]
     results = engine.generate([PROMPT] * N, sampling, SpecParams(method, 2))

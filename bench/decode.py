@@ -1,0 +1,209 @@
+"""`specserve bench decode`: in-process decode throughput of our methods vs Hugging Face generate().
+
+Each configuration (method, K, batch size) decodes the same prompts after a warm-up, several times;
+the median tokens/s is reported with ratios measured in the same run: to our `none` at the same
+batch size, and to HF `generate()` / `generate(assistant_model=...)` / `generate(prompt_lookup_num_tokens=K)`
+(batch 1: all they support). Greedy runs also check that every method emits HF's exact tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from bench.prompts import CODE_PROMPTS
+from decoding import Engine, SamplingParams, SpecParams
+from server.cli_common import add_model_args, add_prompt_args, load_models, read_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    impl: str  # "specserve" or "hf"
+    method: str  # none / draft / ngram, or hf's generate / assisted / prompt_lookup
+    k: int
+    batch_size: int
+    tokens: int
+    runs_s: list[float]
+    tokens_per_s: float = 0.0
+    acceptance_rate: float | None = None
+    mean_accepted_length: float | None = None
+    matches_hf_greedy: bool | None = None
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decode", help="in-process decode benchmark against HF generate()")
+    add_model_args(p)
+    add_prompt_args(p)
+    p.add_argument(
+        "--methods", nargs="+", default=["none", "draft", "ngram"], choices=["none", "draft", "ngram"]
+    )
+    p.add_argument("--k", type=int, nargs="+", default=[2, 4], help="speculative tokens to sweep")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--num-prompts", type=int, default=8, help="prompts per run (cycled to fill the batch)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peers")
+    p.add_argument("--out", type=Path, default=Path("bench_results/decode.json"))
+    p.set_defaults(func=run)
+
+
+@dataclass
+class Job:
+    """One configuration to time: `fn` decodes the whole workload and returns its outputs."""
+
+    result: Result
+    fn: Callable[[], list]
+    outputs: list = field(default_factory=list)
+
+
+def ours_job(engine: Engine, prompts: list[list[int]], method: str, k: int, max_new: int) -> Job:
+    sampling = SamplingParams(max_new_tokens=max_new)
+    res = Result("specserve", method, k if method != "none" else 0, engine.max_batch_size, 0, [])
+
+    def go():
+        results = engine.generate(prompts, sampling, SpecParams(method, k))
+        res.tokens = sum(len(r.token_ids) for r in results)
+        if method != "none":
+            drafted = sum(r.stats.draft_tokens for r in results)
+            res.acceptance_rate = sum(r.stats.accepted_tokens for r in results) / drafted if drafted else 0.0
+            res.mean_accepted_length = res.tokens / sum(r.stats.target_forwards for r in results)
+        return [r.token_ids for r in results]
+
+    return Job(res, go)
+
+
+def hf_job(models, prompts: list[list[int]], method: str, k: int, max_new: int) -> Job:
+    model = models.target.model
+    kw: dict = {"max_new_tokens": max_new, "do_sample": False}
+    if method == "assisted":
+        kw["assistant_model"] = models.draft.model
+    elif method == "prompt_lookup":
+        kw["prompt_lookup_num_tokens"] = k
+    if models.target.tokenizer.pad_token_id is None:
+        kw["pad_token_id"] = models.target.eos_token_ids[0] if models.target.eos_token_ids else 0
+    res = Result("hf", method, k, 1, 0, [])
+
+    def go():
+        out = []
+        for p in prompts:
+            ids = torch.tensor([p], device=model.device)
+            with torch.no_grad():
+                gen = model.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+            out.append(gen[0, len(p) :].tolist())
+        res.tokens = sum(len(o) for o in out)
+        return out
+
+    return Job(res, go)
+
+
+def run_jobs(jobs: list[Job], warmup: int, repeats: int) -> None:
+    """Warm every job up, then time them round-robin so drift on a shared machine hits all alike."""
+    bar = tqdm(total=len(jobs) * (warmup + repeats), desc="bench decode", file=sys.stderr)
+    for job in jobs:
+        for _ in range(warmup):
+            job.outputs = job.fn()
+            bar.update()
+    for _ in range(repeats):
+        for job in jobs:
+            t0 = time.perf_counter()
+            job.outputs = job.fn()
+            job.result.runs_s.append(time.perf_counter() - t0)
+            bar.update()
+    bar.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
+        raise SystemExit("error: need --repeats >= 1, --warmup >= 0 and batch sizes >= 1")
+    need_draft = "draft" in args.methods
+    models = load_models(args, need_draft=need_draft)
+    tok = models.target.tokenizer
+    texts = [t for _, t in read_prompts(args)] if (args.prompt or args.prompts) else CODE_PROMPTS
+    base = [tok.encode(t) for t in texts[: args.num_prompts]]
+    plan = [("none", 0)] + [(m, k) for m in args.methods if m != "none" for k in args.k]
+    jobs: list[Job] = []
+    if not args.no_hf:
+        jobs.append(hf_job(models, base, "generate", 0, args.max_new_tokens))
+        if need_draft:
+            jobs.append(hf_job(models, base, "assisted", 0, args.max_new_tokens))
+        if "ngram" in args.methods:
+            jobs += [hf_job(models, base, "prompt_lookup", k, args.max_new_tokens) for k in args.k]
+    draft = models.draft.model if models.draft else None
+    for bs in args.batch_sizes:
+        prompts = [base[i % len(base)] for i in range(max(bs, len(base)))]
+        engine = Engine(
+            models.target.model, draft, eos_token_ids=models.target.eos_token_ids, max_batch_size=bs
+        )
+        jobs += [ours_job(engine, prompts, m, k, args.max_new_tokens) for m, k in plan]
+    run_jobs(jobs, args.warmup, args.repeats)
+    hf_ref = jobs[0].outputs if not args.no_hf else None
+    for job in jobs:
+        if job.result.impl == "specserve" and hf_ref is not None:
+            job.result.matches_hf_greedy = job.outputs[: len(base)] == hf_ref
+    report = summarize([j.result for j in jobs], models, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    sys.stdout.write(format_table(report["results"]) + f"\nwrote {args.out}\n")
+    return 0
+
+
+def summarize(results: list[Result], models, args) -> dict:
+    for r in results:
+        r.tokens_per_s = r.tokens / statistics.median(r.runs_s)
+    ours_none = {
+        r.batch_size: r.tokens_per_s for r in results if r.impl == "specserve" and r.method == "none"
+    }
+    hf = {(r.method, r.k): r.tokens_per_s for r in results if r.impl == "hf"}
+    for r in results:
+        if r.impl == "specserve":
+            r.ratios["vs_none"] = r.tokens_per_s / ours_none[r.batch_size]
+        if r.batch_size == 1 and hf:
+            r.ratios["vs_hf_generate"] = r.tokens_per_s / hf[("generate", 0)]
+            if ("assisted", 0) in hf:
+                r.ratios["vs_hf_assisted"] = r.tokens_per_s / hf[("assisted", 0)]
+    return {
+        "benchmark": "decode",
+        "target": models.target.path,
+        "draft": models.draft.path if models.draft else None,
+        "dtype": args.dtype,
+        "device": str(models.target.device),
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats,
+        "results": [asdict(r) for r in results],
+    }
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (
+        f"{'impl':<10}{'method':<14}{'k':>3}{'batch':>6}{'tok/s':>10}{'vs none':>9}{'vs HF':>8}"
+        f"{'vs HF asst':>11}{'accept':>8}{'len':>6}{'=HF':>5}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        q = r["ratios"]
+        acc = f"{r['acceptance_rate']:.2f}" if r["acceptance_rate"] is not None else "-"
+        ml = f"{r['mean_accepted_length']:.2f}" if r["mean_accepted_length"] is not None else "-"
+        eq = {None: "-", True: "yes", False: "NO"}[r["matches_hf_greedy"]]
+        lines.append(
+            f"{r['impl']:<10}{r['method']:<14}{r['k']:>3}{r['batch_size']:>6}{r['tokens_per_s']:>10.1f}"
+            f"{q.get('vs_none', float('nan')):>9.2f}{q.get('vs_hf_generate', float('nan')):>8.2f}"
+            f"{q.get('vs_hf_assisted', float('nan')):>11.2f}{acc:>8}{ml:>6}{eq:>5}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""`specserve generate`: decode prompts in-process with any method and print text or JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from decoding import Engine, SamplingParams, SpecParams
+from server.cli_common import add_model_args, add_prompt_args, add_sampling_args, load_models, read_prompts
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate from prompts in-process (no server)")
+    add_model_args(p)
+    add_prompt_args(p)
+    add_sampling_args(p)
+    p.add_argument("--method", choices=["none", "draft", "ngram"], default="none")
+    p.add_argument("--num-speculative-tokens", "-k", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8, help="rows decoded together (continuous batching)")
+    p.add_argument("--json", action="store_true", help="one JSON object per prompt, in input order")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:  # validate every parameter before loading anything
+        sampling = SamplingParams(
+            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        )  # fmt: skip
+        spec = SpecParams(args.method, args.num_speculative_tokens)
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    prompts = read_prompts(args)
+    models = load_models(args, need_draft=args.method == "draft")
+    tok = models.target.tokenizer
+    engine = Engine(
+        models.target.model,
+        models.draft.model if models.draft else None,
+        eos_token_ids=models.target.eos_token_ids,
+        max_batch_size=args.batch_size,
+    )
+    ids = [tok.encode(text) for _, text in prompts]
+    try:
+        rows = [
+            engine.make_row(p, sampling, spec, request_id=pid)
+            for (pid, _), p in zip(prompts, ids, strict=True)
+        ]
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    for r in rows:
+        engine.add(r)
+    while engine.has_work():
+        engine.step()
+    for r in rows:
+        text = tok.decode(r.generated, skip_special_tokens=True)
+        if args.json:
+            obj = {"id": r.request_id, "text": text, "token_ids": r.generated,
+                   "finish_reason": r.finish_reason, "stats": r.stats.to_dict()}  # fmt: skip
+            sys.stdout.write(json.dumps(obj) + "\n")
+        else:
+            sys.stdout.write(text + "\n")
+    return 0
