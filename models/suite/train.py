@@ -1,0 +1,213 @@
+"""One training loop for the target, the draft and the distillation: AdamW, linear warm-up then cosine,
+gradient clipping, bf16 autocast on GPU, periodic validation loss, atomic checkpoints, fixed seeds.
+
+Batches are a pure function of (seed, step), so a run stopped at any checkpoint and started again
+resumes where it stopped and ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel
+
+from models.suite.configs import TrainConfig
+
+log = logging.getLogger(__name__)
+
+BatchFn = Callable[[int], torch.Tensor]  # step -> [B, T] token ids
+LossFn = Callable[[PreTrainedModel, torch.Tensor], torch.Tensor]  # (model, [B, T]) -> scalar
+
+
+class TokenWindows:
+    """Fixed-length windows of a 1-D token array: random ones for training, evenly spaced for validation."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+        if len(tokens) < seq_len + 1:
+            raise ValueError(f"{len(tokens)} tokens are too few for windows of {seq_len}")
+        self.tokens, self.seq_len = tokens, seq_len
+
+    def batch(self, seed: int, step: int, batch_size: int) -> torch.Tensor:
+        rng = np.random.default_rng([seed, step])  # a pure function of (seed, step): resumable
+        starts = rng.integers(0, len(self.tokens) - self.seq_len, size=batch_size)
+        return self._gather(starts)
+
+    def evenly(self, n: int) -> torch.Tensor:
+        starts = np.linspace(0, len(self.tokens) - self.seq_len, num=n).astype(np.int64)
+        return self._gather(starts)
+
+    def _gather(self, starts: np.ndarray) -> torch.Tensor:
+        rows = [np.asarray(self.tokens[s : s + self.seq_len], dtype=np.int64) for s in starts]
+        return torch.from_numpy(np.stack(rows))  # [B, T]
+
+
+@dataclass
+class TrainResult:
+    name: str
+    steps: int
+    tokens_seen: int
+    wall_s: float  # summed over resumed runs
+    final_val_loss: float
+    resumed_from: int = 0
+    history: list[dict] = field(default_factory=list)  # {"step", "train_loss", "val_loss", "lr"}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lm_loss(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over a [B, T] batch."""
+    logits = model(input_ids=ids).logits[:, :-1].float()  # [B, T-1, V]
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: PreTrainedModel, windows: torch.Tensor, batch_size: int, loss_fn: LossFn = lm_loss
+) -> float:
+    """Mean loss over [N, T] windows, batch by batch (every batch the same size but maybe the last)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with _autocast(device):
+        for i in range(0, len(windows), batch_size):
+            chunk = windows[i : i + batch_size].to(device)
+            total += float(loss_fn(model, chunk)) * len(chunk)
+            count += len(chunk)
+    model.train(was_training)
+    return total / count
+
+
+def _optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # no decay on norms
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=False)
+
+
+def _save_ckpt(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a run killed mid-save keeps the previous checkpoint
+
+
+def train_loop(
+    name: str,
+    model: PreTrainedModel,
+    cfg: TrainConfig,
+    batch_fn: BatchFn,
+    val_windows: torch.Tensor,
+    ckpt_dir: Path,
+    *,
+    loss_fn: LossFn = lm_loss,
+    val_loss_fn: LossFn = lm_loss,
+    resume: bool = True,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train `model` in place for cfg.steps, checkpointing to ckpt_dir/ckpt.pt.
+
+    `stop_after` ends this call after that many steps of this run (an interruption, for tests); the
+    next call with resume=True continues from the last checkpoint.
+    """
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = ckpt_dir / "ckpt.pt"
+    device = next(model.parameters()).device
+    opt = _optimizer(model, cfg)
+    result = TrainResult(name, 0, 0, 0.0, float("nan"))
+    state = (
+        torch.load(ckpt_path, map_location=device, weights_only=False)
+        if resume and ckpt_path.is_file()
+        else None
+    )
+    if state is not None and state.get("config", asdict(cfg)) != asdict(cfg):
+        log.warning("%s: %s was written with another configuration; starting afresh", name, ckpt_path)
+        state = None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        result = TrainResult(**state["result"])
+        result.resumed_from = result.steps
+        log.info("%s: resuming from step %d of %d (%s)", name, result.steps, cfg.steps, ckpt_path)
+    model.train()
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    start_step, t0, wall0 = result.steps, time.perf_counter(), result.wall_s
+    bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {name}", unit="step", mininterval=5)
+    loss_sum, loss_n = 0.0, 0
+    for step in range(start_step, cfg.steps):
+        if stop_after is not None and step - start_step >= stop_after:
+            log.info("%s: stopping after %d steps (at step %d) as asked", name, stop_after, step)
+            break
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        ids = batch_fn(step).to(device)
+        with _autocast(device):
+            loss = loss_fn(model, ids)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+        result.steps, result.tokens_seen = step + 1, result.tokens_seen + tokens_per_step
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.eval_every == 0 or last:
+            val = evaluate_loss(model, val_windows, cfg.batch_size, val_loss_fn)
+            result.history.append(
+                {"step": step + 1, "train_loss": loss_sum / loss_n, "val_loss": val, "lr": lr}
+            )
+            result.final_val_loss = val
+            log.info(
+                "%s step %d/%d: train loss %.4f, val loss %.4f, lr %.2e, %.0f tok/s",
+                name,
+                step + 1,
+                cfg.steps,
+                loss_sum / loss_n,
+                val,
+                lr,
+                (step + 1 - start_step) * tokens_per_step / (time.perf_counter() - t0),
+            )
+            loss_sum, loss_n = 0.0, 0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        if (step + 1) % cfg.ckpt_every == 0 or last:
+            result.wall_s = wall0 + time.perf_counter() - t0
+            state = {"model": model.state_dict(), "opt": opt.state_dict(), "result": asdict(result)}
+            _save_ckpt(ckpt_path, state | {"config": asdict(cfg)})
+    bar.close()
+    result.wall_s = wall0 + time.perf_counter() - t0
+    model.eval()
+    return result
+
+
+def save_hf(model: PreTrainedModel, tokenizer, out_dir: Path, max_shard_size: str) -> None:
+    """Save as a Hugging Face folder: bf16 safetensors in shards, generation config, tokenizer files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    model.generation_config = GenerationConfig(
+        bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id, pad_token_id=cfg.pad_token_id
+    )
+    copy.deepcopy(model).to(torch.bfloat16).save_pretrained(str(out_dir), max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(str(out_dir))
