@@ -45,6 +45,12 @@ class SubBatch:
         self.rows.extend(rows)
         self._warp = None
 
+    def merge(self, other: SubBatch) -> None:
+        """Take over other's rows (prefilled apart) after ours."""
+        self.kv.extend(other.kv)
+        self.proposer.extend(other.proposer)
+        self.join(other.rows)
+
     def retire(self) -> list[Row]:
         """Remove finished rows (and their cache rows); return them."""
         done = [r for r in self.rows if r.finish_reason]

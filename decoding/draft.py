@@ -31,6 +31,9 @@ class DraftProposer:
     def select(self, keep: torch.Tensor) -> None:
         self.kv.select(keep)
 
+    def extend(self, other: DraftProposer) -> None:
+        self.kv.extend(other.kv)
+
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
         K = max(ks, default=0)
         self._catchup = self._cands_fed = 0

@@ -125,25 +125,27 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.waiting) or self.num_running > 0
 
+    def _new_batch(self, method: str) -> SubBatch:
+        return SubBatch(method, KVState.empty(self.target, 0), make_proposer(method, self.draft))
+
     def _batch(self, method: str) -> SubBatch:
         if method not in self.batches:
-            kv = KVState.empty(self.target, 0)
-            self.batches[method] = SubBatch(method, kv, make_proposer(method, self.draft))
+            self.batches[method] = self._new_batch(method)
         return self.batches[method]
 
     def _apply_aborts(self) -> list[Row]:
-        """Drop aborted requests, waiting or running, so their slots are free for this step."""
+        """Drop aborted and expired requests, waiting or running, so their slots are free this step."""
+        now = time.perf_counter()
         with self._lock:
             aborts, self._aborts = self._aborts, set()
-            dropped = [r for r in self.waiting if r.request_id in aborts]
-            self.waiting = deque(r for r in self.waiting if r.request_id not in aborts)
+            for r in self.waiting:
+                _mark(r, aborts, now)
+            dropped = [r for r in self.waiting if r.finish_reason]
+            self.waiting = deque(r for r in self.waiting if not r.finish_reason)
         for batch in self.batches.values():
             for r in batch.rows:
-                if r.request_id in aborts:
-                    r.finish_reason = "abort"
+                _mark(r, aborts, now)
             dropped += batch.retire()
-        for r in dropped:
-            r.finish_reason = r.finish_reason or "abort"
         return dropped
 
     def _admit(self) -> list[Row]:
@@ -152,8 +154,12 @@ class Engine:
             return [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
 
     def step(self) -> list[Row]:
-        """Admit, decode one step for each sub-batch, retire. Returns the rows that finished."""
-        finished = self._apply_aborts() if self._aborts else []
+        """Admit, decode one step for each sub-batch, retire. Returns the rows that finished.
+
+        A failure is contained: a prefill that raises fails only the joining rows (they are
+        prefilled apart, then merged); a decode step that raises fails the rows of its sub-batch.
+        """
+        finished = self._apply_aborts()
         admitted = self._admit()
         now = time.perf_counter()
         by_method: dict[str, list[Row]] = {}
@@ -161,12 +167,26 @@ class Engine:
             r.admitted = now
             by_method.setdefault(r.spec.method, []).append(r)
         for method, rows in by_method.items():
-            self.on_step(prefill(self.target, self._batch(method), rows, self.on_tokens))
-        for batch in self.batches.values():
+            joining = self._new_batch(method)
+            try:
+                self.on_step(prefill(self.target, joining, rows, self.on_tokens))
+            except Exception:
+                log.exception("prefill failed for %d %s request(s)", len(rows), method)
+                finished += _fail(rows)
+                continue
+            self._batch(method).merge(joining)
+        for method, batch in list(self.batches.items()):
             finished += batch.retire()  # rows done at prefill, or aborted
-            if batch.rows:
+            if not batch.rows:
+                continue
+            try:
                 self.on_step(decode_step(self.target, batch, self.on_tokens))
-                finished += batch.retire()
+            except Exception:
+                log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)
+                finished += _fail(batch.rows)
+                del self.batches[method]  # its cache state is unknown: start the method afresh
+                continue
+            finished += batch.retire()
         end = time.perf_counter()
         for r in finished:
             r.stats.e2e_s = end - r.arrival
@@ -195,3 +215,16 @@ class Engine:
         return [
             GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats) for r in rows
         ]
+
+
+def _mark(row: Row, aborts: set[str], now: float) -> None:
+    if row.request_id in aborts:
+        row.finish_reason = "abort"
+    elif row.deadline is not None and now > row.deadline:
+        row.finish_reason = "timeout"
+
+
+def _fail(rows: list[Row]) -> list[Row]:
+    for r in rows:
+        r.finish_reason = "error"
+    return list(rows)

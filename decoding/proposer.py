@@ -38,6 +38,10 @@ class Proposer(Protocol):
         """Keep only these row indices ([B'] long), in that order."""
         ...
 
+    def extend(self, other: Proposer) -> None:
+        """Take over the state of another proposer's rows, after ours."""
+        ...
+
 
 class NoProposer:
     """Plain autoregressive decoding: nothing to propose, nothing to keep."""
@@ -52,4 +56,7 @@ class NoProposer:
         pass
 
     def select(self, keep: torch.Tensor) -> None:
+        pass
+
+    def extend(self, other: Proposer) -> None:
         pass

@@ -24,7 +24,8 @@ class Row:
     stats: RequestStats
     arrival: float = field(default_factory=time.perf_counter)
     admitted: float = 0.0
-    finish_reason: str | None = None  # "stop", "length", "abort", "error"
+    deadline: float | None = None  # perf_counter time after which the request is dropped ("timeout")
+    finish_reason: str | None = None  # "stop", "length", "abort", "timeout", "error"
 
     @property
     def generated(self) -> list[int]:

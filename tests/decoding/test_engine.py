@@ -96,3 +96,56 @@ def test_request_stats(engine):
     assert s.mean_batch_size == 3.0
     assert s.mean_accepted_length == pytest.approx(s.completion_tokens / s.target_forwards)
     assert s.acceptance_rate == pytest.approx(s.accepted_tokens / s.draft_tokens)
+
+
+def test_deadline_expires_waiting_and_running_rows(tiny):
+    engine = Engine(tiny["target"].model, max_batch_size=1)
+    running = engine.make_row([4, 5, 6], SamplingParams(max_new_tokens=100), SpecParams())
+    waiting = engine.make_row([7, 8], SamplingParams(max_new_tokens=3), SpecParams())
+    engine.add(running)
+    engine.add(waiting)
+    engine.step()
+    running.deadline = waiting.deadline = 0.0  # long past
+    finished = engine.step()
+    assert {r.finish_reason for r in finished} == {"timeout"} and len(finished) == 2
+    assert not engine.has_work()
+
+
+def test_a_failing_step_fails_only_its_rows(tiny, monkeypatch):
+    """A draft that raises fails the draft rows; plain rows in the same engine finish normally."""
+    engine = Engine(tiny["target"].model, tiny["draft"].model, max_batch_size=4)
+    rows = [
+        engine.make_row([4, 5, 6], SamplingParams(max_new_tokens=8), SpecParams(m, 2))
+        for m in ("none", "draft", "none")
+    ]
+    for r in rows:
+        engine.add(r)
+    engine.step()  # prefill everything; the draft model breaks afterwards
+    monkeypatch.setattr(
+        tiny["draft"].model, "forward", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
+    while engine.has_work():
+        engine.step()
+    assert [r.finish_reason for r in rows] == ["length", "error", "length"]
+    monkeypatch.undo()
+    again = engine.generate([[4, 5, 6]], SamplingParams(max_new_tokens=5), SpecParams("draft", 2))
+    assert again[0].finish_reason == "length"  # the method serves again afterwards
+
+
+def test_a_failing_prefill_fails_only_the_joining_rows(tiny, monkeypatch):
+    import decoding.engine as engine_module
+
+    engine = Engine(tiny["target"].model, max_batch_size=4)
+    first = engine.make_row([4, 5, 6], SamplingParams(max_new_tokens=6), SpecParams())
+    engine.add(first)
+    engine.step()
+    real = engine_module.prefill
+    monkeypatch.setattr(engine_module, "prefill", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bad")))
+    bad = engine.make_row([7, 8], SamplingParams(max_new_tokens=6), SpecParams())
+    engine.add(bad)
+    engine.step()
+    monkeypatch.setattr(engine_module, "prefill", real)
+    while engine.has_work():
+        engine.step()
+    assert (first.finish_reason, bad.finish_reason) == ("length", "error")
+    assert first.num_generated == 6
