@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
 from decoding import Engine, SamplingParams, SpecParams
 from models.suite.configs import EvalConfig
@@ -112,3 +113,21 @@ def model_losses(model: PreTrainedModel, windows: torch.Tensor, sample_windows: 
         "val_loss": evaluate_loss(model, windows, batch_size),
         "val_sample_loss": evaluate_loss(model, windows[:sample_windows], batch_size),
     }
+
+
+@torch.no_grad()
+def decode_step_ms(model: PreTrainedModel, context: int = 128, reps: int = 30) -> float:
+    """Median milliseconds of one batch-1 decode forward (one new token over a cached context)."""
+    device = next(model.parameters()).device
+    context = min(context, model.config.max_position_embeddings - 1)
+    ids = torch.zeros(1, context, dtype=torch.long, device=device)  # [1, context]
+    times = []
+    for _ in range(reps):
+        cache = DynamicCache(config=model.config)
+        model(input_ids=ids, cache=cache, use_cache=True)
+        t0 = time.perf_counter()
+        model(input_ids=ids[:, :1], cache=cache, use_cache=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)

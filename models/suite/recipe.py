@@ -226,6 +226,7 @@ def run_suite(
         entries[name] |= evaluate.model_losses(
             model, val_windows, preset.eval.sample_windows, preset.target_train.batch_size
         )
+        entries[name]["decode_step_ms"] = evaluate.decode_step_ms(model)  # batch 1, 128 cached tokens
     if keep:
         for key, extra in (
             ("tokens_seen", distill_res.tokens_seen),
