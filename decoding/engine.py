@@ -61,7 +61,7 @@ class Engine:
         self.on_step = on_step or (lambda stats: None)
         self.waiting: deque[Row] = deque()
         self.batches: dict[str, SubBatch] = {}
-        self._aborts: set[str] = set()
+        self._aborts: dict[str, str] = {}  # request id -> finish reason to record
         self._lock = threading.Lock()  # guards waiting and _aborts against other threads
         self._ids = itertools.count()
 
@@ -113,10 +113,12 @@ class Engine:
         with self._lock:
             self.waiting.append(row)
 
-    def abort(self, request_id: str) -> None:
-        """Cancel a waiting or running request; its slot is freed at the next step boundary."""
+    def abort(self, request_id: str, reason: str = "abort") -> None:
+        """Cancel a waiting or running request; its slot is freed at the next step boundary.
+
+        `reason` is recorded as its finish reason ("stop" when the caller found a stop string)."""
         with self._lock:
-            self._aborts.add(request_id)
+            self._aborts[request_id] = reason
 
     @property
     def num_running(self) -> int:
@@ -137,7 +139,7 @@ class Engine:
         """Drop aborted and expired requests, waiting or running, so their slots are free this step."""
         now = time.perf_counter()
         with self._lock:
-            aborts, self._aborts = self._aborts, set()
+            aborts, self._aborts = self._aborts, {}
             for r in self.waiting:
                 _mark(r, aborts, now)
             dropped = [r for r in self.waiting if r.finish_reason]
@@ -147,6 +149,15 @@ class Engine:
                 _mark(r, aborts, now)
             dropped += batch.retire()
         return dropped
+
+    def fail_all(self) -> list[Row]:
+        """Fail every waiting and running request and start afresh (after an unexpected error)."""
+        with self._lock:
+            rows = list(self.waiting)
+            self.waiting.clear()
+        rows += [r for b in self.batches.values() for r in b.rows]
+        self.batches.clear()
+        return _fail(rows)
 
     def _admit(self) -> list[Row]:
         with self._lock:
@@ -217,9 +228,9 @@ class Engine:
         ]
 
 
-def _mark(row: Row, aborts: set[str], now: float) -> None:
+def _mark(row: Row, aborts: dict[str, str], now: float) -> None:
     if row.request_id in aborts:
-        row.finish_reason = "abort"
+        row.finish_reason = row.finish_reason or aborts[row.request_id]
     elif row.deadline is not None and now > row.deadline:
         row.finish_reason = "timeout"
 

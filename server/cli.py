@@ -1,4 +1,4 @@
-"""`specserve` command line: generate, bench, train (serve arrives with the server)."""
+"""`specserve` command line: serve, generate, bench, train."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from bench import decode as bench_decode
-    from server import generate_cmd
+    from server import generate_cmd, serve_cmd
 
     parser = argparse.ArgumentParser(prog="specserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    serve_cmd.add_parser(sub)
     generate_cmd.add_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks and load tests").add_subparsers(
         dest="bench", required=True

@@ -1,0 +1,74 @@
+"""App factory: models load in the lifespan; state lives on `app.state.specserve`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from decoding import Engine
+from metrics.prometheus import ServerMetrics
+from models import check_draft_compatible, load_model
+from server.errors import BodyLimit, install_error_handlers
+from server.routes import native, openai, system
+from server.service import EngineService
+from server.settings import Settings
+from server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+
+def load_state(settings: Settings, registry: CollectorRegistry | None = None) -> ServerState:
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    kw = {"dtype": settings.dtype, "device": settings.device, "trust_remote_code": settings.trust_remote_code}
+    target = load_model(str(settings.target), **kw)
+    draft = load_model(settings.draft, **kw) if settings.draft else None
+    if draft is not None:
+        check_draft_compatible(target, draft)
+    engine = Engine(
+        target.model,
+        draft.model if draft else None,
+        eos_token_ids=target.eos_token_ids,
+        max_batch_size=settings.max_batch_size,
+    )
+    service = EngineService(engine, settings.max_waiting)
+    metrics = ServerMetrics(registry or CollectorRegistry())
+    service.step_listeners.append(metrics.on_step)
+    service.finish_listeners.append(metrics.on_finished)
+    return ServerState(settings, target, draft, engine, service, metrics, int(time.time()))
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await asyncio.to_thread(load_state, settings, registry)
+        state.service.start()
+        app.state.specserve = state
+        log.info(
+            "serving %s (methods: %s) on %s:%d",
+            settings.model_name,
+            ", ".join(state.engine.methods),
+            settings.host,
+            settings.port,
+        )
+        yield
+        state.service.accepting = False  # drain: finish what is in flight, within the shutdown timeout
+        deadline = time.monotonic() + settings.shutdown_timeout_s
+        while state.engine.has_work() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        state.service.stop()
+        log.info("engine stopped")
+
+    app = FastAPI(title="specserve", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    for router in (system.router, openai.router, native.router):
+        app.include_router(router)
+    return app

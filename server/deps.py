@@ -1,0 +1,60 @@
+"""FastAPI dependencies: the loaded state, the API key, the model name, prompt encoding, SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.responses import StreamingResponse
+
+from server.errors import APIError, check_api_key
+from server.state import ServerState
+
+
+def get_state(request: Request) -> ServerState:
+    state = getattr(request.app.state, "specserve", None)
+    if state is None:
+        raise APIError(503, "models are still loading")
+    return state
+
+
+State = Annotated[ServerState, Depends(get_state)]
+
+
+def require_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    key = state.settings.api_key
+    check_api_key(key.get_secret_value() if key else None, authorization)
+
+
+def check_model(state: ServerState, name: str) -> None:
+    known = {state.settings.model_name, str(state.settings.target), state.target.local_path}
+    if name not in known:
+        raise APIError(
+            404,
+            f"model {name!r} does not exist; this server serves {state.settings.model_name!r}",
+            "model",
+            "model_not_found",
+        )
+
+
+def encode_prompt(state: ServerState, prompt: str | list[str] | list[int]) -> list[int]:
+    if isinstance(prompt, str):
+        return state.target.tokenizer.encode(prompt)
+    if prompt and all(isinstance(x, str) for x in prompt):
+        if len(prompt) != 1:
+            raise APIError(400, f"{len(prompt)} prompts in one request are not supported; send one", "prompt")
+        return state.target.tokenizer.encode(prompt[0])
+    return list(prompt)
+
+
+def sse(events: AsyncIterator[dict]) -> StreamingResponse:
+    """Server-sent events in OpenAI's framing: `data: <json>` per event, then `data: [DONE]`."""
+
+    async def frames() -> AsyncIterator[str]:
+        async for obj in events:
+            yield f"data: {json.dumps(obj)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

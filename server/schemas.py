@@ -1,0 +1,83 @@
+"""Request bodies (pydantic, with constraints) for the OpenAI routes and /generate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from decoding.params import MAX_SPECULATIVE_TOKENS
+
+Method = Literal["none", "draft", "ngram"]
+
+
+class Speculation(BaseModel):
+    """Extra field: choose the decoding method per request among those the server loaded."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Method | None = None
+    num_speculative_tokens: int | None = Field(None, ge=1, le=MAX_SPECULATIVE_TOKENS)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields every generation route shares (OpenAI names; top_k, seed and ignore_eos as in vLLM)."""
+
+    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, metadata...) are harmless
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(1, ge=1)
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> list[str]:
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        if any(not s for s in stops):
+            raise ValueError("stop sequences must be non-empty")
+        return stops
+
+
+class CompletionRequest(SamplingFields):
+    model: str
+    prompt: str | list[str] | list[int]
+    max_tokens: int | None = Field(16, ge=1)
+    echo: bool = False
+    speculation: Speculation | None = None
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict] | None = None
+
+
+class ChatRequest(SamplingFields):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    speculation: Speculation | None = None
+
+
+class GenerateRequest(SamplingFields):
+    """Native route: greedy unless a temperature is given."""
+
+    prompt: str | None = None
+    prompt_token_ids: list[int] | None = None
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(64, ge=1)
+    method: Method | None = None
+    num_speculative_tokens: int | None = Field(None, ge=1, le=MAX_SPECULATIVE_TOKENS)

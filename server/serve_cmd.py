@@ -1,0 +1,64 @@
+"""`specserve serve`: flags (or SPECSERVE_* variables) -> Settings -> uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pydantic import ValidationError
+
+from server.settings import Settings
+
+FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
+    "target": "target model: Hub id or local path (default: the bundled suite)",
+    "draft": "draft model for method 'draft' (default: the bundled suite's draft)",
+    "method": "default method: none, draft or ngram (per request: the `speculation` field)",
+    "num_speculative_tokens": "candidates per step (1..16)",
+    "max_batch_size": "rows decoded together",
+    "max_waiting": "queued requests beyond this get 429",
+    "dtype": "float32, float64, bfloat16 or float16",
+    "device": "cpu, cuda, cuda:N or auto",
+    "host": "address to bind (default 127.0.0.1)",
+    "port": "port (default 8000)",
+    "api_key": "require 'Authorization: Bearer KEY' on /v1 and /generate",
+    "served_model_name": "the model id clients send",
+    "threads": "torch CPU threads (0: torch's default)",
+    "request_timeout_s": "seconds before a request is dropped",
+    "max_body_bytes": "request bodies above this get 413",
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the OpenAI-compatible HTTP API")
+    for name, help_text in FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=help_text)
+    p.add_argument("--trust-remote-code", action="store_true", default=None)
+    p.add_argument("--log-level", default=os.environ.get("SPECSERVE_LOG_LEVEL", "INFO"))
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    given = {k: getattr(args, k) for k in [*FLAGS, "trust_remote_code"] if getattr(args, k, None) is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()
+        )
+        raise SystemExit(f"error: {problems}") from e
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = settings_from_args(args)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level.lower(),
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
+    )
+    return 0

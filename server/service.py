@@ -1,0 +1,114 @@
+"""The engine thread: owns the models, steps the continuous batch, streams tokens to asyncio.
+
+Requests cross threads only through `submit` / `abort` (engine side: a locked queue) and
+per-request `asyncio.Queue`s fed with `loop.call_soon_threadsafe` (server side).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+
+from decoding import Engine
+from decoding.row import Row
+from decoding.stats import StepStats
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The waiting queue is at --max-waiting: the caller should answer 429."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining for shutdown: the caller should answer 503."""
+
+
+@dataclass
+class Event:
+    """What a request's queue receives: tokens as they are emitted, then one final event."""
+
+    tokens: list[int]
+    row: Row | None = None  # set on the final event (finish_reason and stats are on it)
+
+
+class EngineService:
+    def __init__(self, engine: Engine, max_waiting: int) -> None:
+        self.engine = engine
+        self.max_waiting = max_waiting
+        self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self.step_listeners: list = []  # callables taking StepStats (metrics)
+        self.finish_listeners: list = []  # callables taking each finished Row (metrics)
+        self.accepting = True
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="specserve-engine", daemon=True)
+        engine.on_tokens = self._on_tokens
+        engine.on_step = self._on_step
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.engine.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return self.engine.num_running
+
+    def submit(self, row: Row) -> asyncio.Queue:
+        """Queue a validated row; returns the queue its events arrive on. Call from the event loop."""
+        if not self.accepting:
+            raise ShuttingDown()
+        if self.num_waiting >= self.max_waiting:
+            raise QueueFull()
+        q: asyncio.Queue = asyncio.Queue()
+        self.queues[row.request_id] = (asyncio.get_running_loop(), q)
+        self.engine.add(row)
+        self._wake.set()
+        return q
+
+    def abort(self, request_id: str, reason: str = "abort") -> None:
+        """Cancel a request (client gone; reason "stop" for a stop string); its slot frees next step."""
+        if self.queues.pop(request_id, None) is not None:
+            self.engine.abort(request_id, reason)
+            self._wake.set()
+
+    def _post(self, request_id: str, event: Event) -> None:
+        target = self.queues.get(request_id)
+        if target is not None:
+            loop, q = target
+            loop.call_soon_threadsafe(q.put_nowait, event)
+
+    def _on_tokens(self, row: Row, tokens: list[int]) -> None:
+        if tokens:
+            self._post(row.request_id, Event(tokens))
+
+    def _on_step(self, stats: StepStats) -> None:
+        for listener in self.step_listeners:
+            listener(stats)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self.engine.has_work():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                finished = self.engine.step()
+            except Exception:  # the engine contains per-batch failures; this is a last resort
+                log.exception("engine step failed; failing every request in flight")
+                finished = self.engine.fail_all()
+            for row in finished:
+                self._post(row.request_id, Event([], row))
+                self.queues.pop(row.request_id, None)
+                for listener in self.finish_listeners:
+                    listener(row)

@@ -1,0 +1,56 @@
+"""Server settings: flags, `SPECSERVE_*` environment variables, and their cross-field rules."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from decoding.params import MAX_SPECULATIVE_TOKENS
+from models.suite_paths import default_suite
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SPECSERVE_", extra="forbid")
+
+    target: str | None = Field(None, description="target model (Hub id or path); default: the bundled suite")
+    draft: str | None = Field(None, description="draft model for method 'draft'")
+    method: Literal["none", "draft", "ngram"] | None = Field(
+        None, description="default method (per-request override allowed); default: draft if loaded, else none"
+    )
+    num_speculative_tokens: int = Field(4, ge=1, le=MAX_SPECULATIVE_TOKENS)
+    max_batch_size: int = Field(16, ge=1, le=512)
+    max_waiting: int = Field(64, ge=0, le=100_000, description="queued requests beyond this get 429")
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    served_model_name: str | None = None
+    trust_remote_code: bool = False
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
+    max_body_bytes: int = Field(1 << 20, ge=1024)
+    request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this is dropped")
+    shutdown_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: time given to requests in flight")
+
+    @model_validator(mode="after")
+    def _resolve_models(self) -> Settings:
+        if self.target is None:  # the bundled suite brings its own draft
+            suite = default_suite()
+            if suite is None:
+                raise ValueError(
+                    "no target model: pass --target (the bundled default suite is not installed)"
+                )
+            self.target = suite["target"]
+            self.draft = self.draft or suite.get("draft")
+            self.served_model_name = self.served_model_name or "specserve-default-suite"
+        if self.method is None:
+            self.method = "draft" if self.draft else "none"
+        if self.method == "draft" and not self.draft:
+            raise ValueError("method 'draft' needs a draft model: pass --draft")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or str(self.target)
