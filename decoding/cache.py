@@ -39,6 +39,11 @@ class GrowingLayer(DynamicLayer):
     def values(self, value: torch.Tensor | None) -> None:
         self._v, self._vn = value, (value.shape[2] if value is not None and value.dim() == 4 else 0)
 
+    def truncate(self, length: int) -> None:
+        """Forget columns from `length` on; the buffer (and its spare capacity) stays."""
+        self._kn = min(self._kn, length)
+        self._vn = min(self._vn, length)
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
         self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]

@@ -53,7 +53,7 @@ class DraftProposer:
                 qs.append(q)
             cands.append(c)
             if j < K - 1:  # the K-th candidate is never fed: the target verifies it
-                logits = self.kv.forward(self.model, [[t] for t in c.tolist()], logits="last")
+                logits = self.kv.forward(self.model, c[:, None], logits="last")
         self._cands_fed = K - 1
         tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
         q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]

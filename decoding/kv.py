@@ -33,6 +33,7 @@ class KVState:
     cache: DynamicCache
     mask: torch.Tensor
     seen: torch.Tensor
+    dense: bool = True  # every column valid for every row: attention needs no mask
 
     @classmethod
     def empty(cls, model: PreTrainedModel, batch_size: int) -> KVState:
@@ -51,40 +52,53 @@ class KVState:
     def num_columns(self) -> int:
         return self.mask.shape[1]
 
-    def forward(self, model: PreTrainedModel, seqs: list[list[int]], logits: str = "all") -> torch.Tensor:
+    def forward(
+        self, model: PreTrainedModel, seqs: list[list[int]] | torch.Tensor, logits: str = "all"
+    ) -> torch.Tensor:
         """Feed each row its own tokens (right-padded with holes) and return logits.
 
+        seqs: per-row token lists, or a [B, T] tensor when every row feeds T tokens (no padding).
         logits="all" -> [B, T, V] where row b's outputs are at 0..len(seqs[b])-1;
         logits="last" -> [B, V], the output at each row's last real token.
         """
         dev = self.mask.device
-        lens = torch.tensor([len(s) for s in seqs], device=dev)  # [B]
-        T = int(lens.max())
-        ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)  # [B, T]
+        if isinstance(seqs, torch.Tensor):
+            ids, B, T = seqs, seqs.shape[0], seqs.shape[1]
+            lens = None
+        else:
+            B, n = len(seqs), [len(s) for s in seqs]
+            T = max(n)
+            ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)  # [B, T]
+            lens = None if min(n) == T else torch.tensor(n, device=dev)  # [B], only when padded
         offs = torch.arange(T, device=dev)[None, :]  # [1, T]
-        valid = offs < lens[:, None]  # [B, T]
-        # padding repeats the last real position (models with learned positions stay in range)
-        pos = self.seen[:, None] + torch.minimum(offs, (lens - 1).clamp(min=0)[:, None])  # [B, T]
+        if lens is None:
+            valid = torch.ones(B, T, dtype=torch.bool, device=dev)
+            pos = self.seen[:, None] + offs  # [B, T]
+        else:
+            valid = offs < lens[:, None]  # [B, T]
+            # padding repeats the last real position (models with learned positions stay in range)
+            pos = self.seen[:, None] + torch.minimum(offs, (lens - 1)[:, None])
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
-        # no holes and no padding: let attention run unmasked (SDPA's causal fast path)
-        dense = bool(attn.all())
-        keep: int | torch.Tensor = 0
-        if logits == "last":
+        self.dense = self.dense and lens is None  # no holes, no padding: SDPA's causal fast path
+        keep: int | torch.Tensor = 1 if logits == "last" and lens is None else 0
+        if logits == "last" and lens is not None:
             keep = torch.unique(lens - 1)  # only the positions some row needs
         out = model(
             input_ids=ids,
-            attention_mask=None if dense else attn.long(),
+            attention_mask=None if self.dense else attn.long(),
             position_ids=pos,
             cache=self.cache,
             use_cache=True,
             logits_to_keep=keep,
         )
         self.mask = attn
-        self.seen = self.seen + lens
-        if logits == "last":
-            where = torch.searchsorted(keep, lens - 1)  # [B] index into the kept positions
-            return out.logits[torch.arange(len(seqs), device=dev), where]  # [B, V]
-        return out.logits
+        self.seen = self.seen + (T if lens is None else lens)
+        if logits == "all":
+            return out.logits
+        if lens is None:
+            return out.logits[:, -1]  # [B, V]
+        where = torch.searchsorted(keep, lens - 1)  # [B] index into the kept positions
+        return out.logits[torch.arange(B, device=dev), where]  # [B, V]
 
     def rollback(self, keep: torch.Tensor) -> None:
         """Drop rejected tokens among the last N columns: keep [B, N] bool (False -> hole)."""
@@ -101,14 +115,14 @@ class KVState:
         last = int(used[-1]) + 1 if len(used) else 0
         if last < self.num_columns:
             for layer in _layers(self.cache):
-                layer.keys = layer.keys[:, :, :last]
-                layer.values = layer.values[:, :, :last]
+                layer.truncate(last)  # keeps the spare capacity for the next append
             self.mask = self.mask[:, :last]
         if self.batch_size == 0:
             return
         holes = self.num_columns - int(self.seen.max())
         if holes >= COMPACT_MIN_HOLES and holes >= COMPACT_FRACTION * self.num_columns:
             self.compact()
+        self.dense = bool(self.mask.all())
 
     def compact(self) -> None:
         """Move each row's valid columns to the front, in order: L -> max(seen)."""
@@ -120,6 +134,7 @@ class KVState:
             layer.keys = layer.keys.gather(2, idx)
             layer.values = layer.values.gather(2, idx)
         self.mask = torch.arange(L2, device=self.mask.device)[None, :] < self.seen[:, None]
+        self.dense = bool(self.mask.all())
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (a [B'] index tensor), in that order."""
@@ -133,7 +148,7 @@ class KVState:
     def extend(self, other: KVState) -> None:
         """Append other's rows after ours; the shorter side is padded with hole columns on the right."""
         if self.batch_size == 0:
-            self.cache, self.mask, self.seen = other.cache, other.mask, other.seen
+            self.cache, self.mask, self.seen, self.dense = other.cache, other.mask, other.seen, other.dense
             return
         L = max(self.num_columns, other.num_columns)
         for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
@@ -141,6 +156,7 @@ class KVState:
             mine.values = torch.cat([_pad_cols(mine.values, L), _pad_cols(theirs.values, L)], dim=0)
         self.mask = torch.cat([_pad_cols(self.mask, L, dim=1), _pad_cols(other.mask, L, dim=1)], dim=0)
         self.seen = torch.cat([self.seen, other.seen])
+        self.dense = bool(self.mask.all())
 
     def nbytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in _layers(self.cache))
