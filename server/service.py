@@ -68,7 +68,8 @@ class EngineService:
         """Queue a validated row; returns the queue its events arrive on. Call from the event loop."""
         if not self.accepting:
             raise ShuttingDown()
-        if self.num_waiting >= self.max_waiting:
+        # capacity: every batch slot plus --max-waiting queued behind them
+        if self.num_waiting + self.num_running >= self.engine.max_batch_size + self.max_waiting:
             raise QueueFull()
         q: asyncio.Queue = asyncio.Queue()
         self.queues[row.request_id] = (asyncio.get_running_loop(), q)
