@@ -14,17 +14,18 @@ from decoding.kv import KVState
 from decoding.proposer import Proposal
 from decoding.row import Row
 from decoding.sampling import Warp, sample, warp_probs
+from decoding.stats import Forward
 
 
 class DraftProposer:
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
-        self.kv = KVState.empty(model, 0)
+        self.kv = KVState.empty(model, 0, role="draft")
         self._catchup = 0  # columns of the last propose's first forward: real tokens, always kept
         self._cands_fed = 0  # candidate columns fed after it: kept only where accepted
 
     def admit(self, rows: list[Row]) -> None:
-        new = KVState.empty(self.model, len(rows))
+        new = KVState.empty(self.model, len(rows), role="draft")
         new.forward(self.model, [r.tokens[: r.prompt_len] for r in rows], logits="last")  # prefill
         self.kv.extend(new)
 
@@ -33,6 +34,9 @@ class DraftProposer:
 
     def extend(self, other: DraftProposer) -> None:
         self.kv.extend(other.kv)
+
+    def drain_forwards(self) -> list[Forward]:
+        return self.kv.drain()
 
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
         K = max(ks, default=0)

@@ -11,12 +11,13 @@ Invariant after every commit: `seen[b] == mask[b].sum()` == tokens of row b the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from decoding.cache import GrowingCache
+from decoding.stats import Forward
 
 COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns ...
 COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache
@@ -34,14 +35,21 @@ class KVState:
     mask: torch.Tensor
     seen: torch.Tensor
     dense: bool = True  # every column valid for every row: attention needs no mask
+    role: str = "target"  # which model's cache ("target" or "draft"), for the forward records
+    forwards: list[Forward] = field(default_factory=list)  # since the last drain
+
+    def drain(self) -> list[Forward]:
+        out, self.forwards = self.forwards, []
+        return out
 
     @classmethod
-    def empty(cls, model: PreTrainedModel, batch_size: int) -> KVState:
+    def empty(cls, model: PreTrainedModel, batch_size: int, role: str = "target") -> KVState:
         dev = model.device
         return cls(
             GrowingCache(model.config),
             torch.zeros(batch_size, 0, dtype=torch.bool, device=dev),
             torch.zeros(batch_size, dtype=torch.long, device=dev),
+            role=role,
         )
 
     @property
@@ -91,6 +99,7 @@ class KVState:
             use_cache=True,
             logits_to_keep=keep,
         )
+        self.forwards.append(Forward(self.role, [T] * B if lens is None else n, self.num_columns))
         self.mask = attn
         self.seen = self.seen + (T if lens is None else lens)
         if logits == "all":
@@ -147,6 +156,7 @@ class KVState:
 
     def extend(self, other: KVState) -> None:
         """Append other's rows after ours; the shorter side is padded with hole columns on the right."""
+        self.forwards += other.drain()
         if self.batch_size == 0:
             self.cache, self.mask, self.seen, self.dense = other.cache, other.mask, other.seen, other.dense
             return

@@ -9,6 +9,7 @@ import torch
 
 from decoding.row import Row
 from decoding.sampling import Warp
+from decoding.stats import Forward
 
 
 @dataclass
@@ -42,6 +43,10 @@ class Proposer(Protocol):
         """Take over the state of another proposer's rows, after ours."""
         ...
 
+    def drain_forwards(self) -> list[Forward]:
+        """Model forwards run since the last drain (for bytes/FLOPs accounting)."""
+        ...
+
 
 class NoProposer:
     """Plain autoregressive decoding: nothing to propose, nothing to keep."""
@@ -60,3 +65,6 @@ class NoProposer:
 
     def extend(self, other: Proposer) -> None:
         pass
+
+    def drain_forwards(self) -> list[Forward]:
+        return []

@@ -6,6 +6,15 @@ from dataclasses import asdict, dataclass, field
 
 
 @dataclass
+class Forward:
+    """One forward of one model over a batch: the facts bytes and FLOPs are computed from."""
+
+    model: str  # "target" or "draft"
+    tokens: list[int]  # tokens fed per row ([B]; padding excluded)
+    columns: int  # cache columns every row's attention read before this forward (holes included)
+
+
+@dataclass
 class StepStats:
     """One engine step of one sub-batch (a prefill of new rows, or a propose -> verify -> commit)."""
 
@@ -22,6 +31,7 @@ class StepStats:
     propose_s: float = 0.0
     verify_s: float = 0.0
     k: int = 0  # speculative tokens asked for this step
+    forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran
 
     @property
     def duration_s(self) -> float:

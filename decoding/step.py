@@ -44,9 +44,11 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
         row.stats.batch_size_sum += len(new)
         emit(row, row.emit([tok]))
         row.stats.ttft_s = now - row.arrival
-    return StepStats(
+    stats = StepStats(
         batch.method, "prefill", len(new), tokens_verified=sum(r.prompt_len for r in new), prefill_s=now - t0
     )
+    stats.forwards = batch.kv.drain() + batch.proposer.drain_forwards()
+    return stats
 
 
 def _accept(logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor | None) -> Verdict:
@@ -99,6 +101,7 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     batch.proposer.commit(n)
     t2 = time.perf_counter()
     stats = StepStats(batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, k=K)
+    stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
     stats.drafted_per_position = [sum(len(c) > j for c in prop.tokens) for j in range(K)]
     stats.accepted_per_position = [sum(a > j for a in n) for j in range(K)]
     for row, cands, a, tok in zip(rows, prop.tokens, n, nxt, strict=True):

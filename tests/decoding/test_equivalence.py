@@ -149,3 +149,18 @@ def test_decode_step_stats_add_up(tiny, prompts):
     assert sum(sum(s.accepted_per_position) for s in decode) == sum(s.accepted_tokens for s in decode)
     assert all(s.verify_s > 0 and s.propose_s > 0 for s in decode)
     assert decode_step.__doc__  # the step is a plain function over explicit state
+
+
+def test_steps_record_every_forward(tiny, prompts):
+    """The facts bytes/FLOPs accounting needs: each model forward, its tokens per row, its columns."""
+    engine = _engine(tiny, "random", 4)
+    seen = []
+    engine.on_step = seen.append
+    engine.generate(prompts, SamplingParams(max_new_tokens=12), SpecParams("draft", 3))
+    prefill = [s for s in seen if s.phase == "prefill"][0]
+    assert [f.model for f in prefill.forwards] == ["target", "draft"]
+    assert prefill.forwards[0].tokens == [len(p) for p in prompts] and prefill.forwards[0].columns == 0
+    step = next(s for s in seen if s.phase == "decode" and s.k == 3)
+    assert [f.model for f in step.forwards] == ["draft"] * 3 + ["target"]  # catch-up + K-1, then verify
+    verify = step.forwards[-1]
+    assert sum(verify.tokens) == step.tokens_verified and verify.columns > 0
