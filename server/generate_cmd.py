@@ -25,9 +25,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     try:  # validate every parameter before loading anything
         sampling = SamplingParams(
-            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-            top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        )  # fmt: skip
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
         spec = SpecParams(args.method, args.num_speculative_tokens)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -57,8 +60,13 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         text = tok.decode(r.generated, skip_special_tokens=True)
         if args.json:
-            obj = {"id": r.request_id, "text": text, "token_ids": r.generated,
-                   "finish_reason": r.finish_reason, "stats": r.stats.to_dict()}  # fmt: skip
+            obj = {
+                "id": r.request_id,
+                "text": text,
+                "token_ids": r.generated,
+                "finish_reason": r.finish_reason,
+                "stats": r.stats.to_dict(),
+            }
             sys.stdout.write(json.dumps(obj) + "\n")
         else:
             sys.stdout.write(text + "\n")
