@@ -15,7 +15,14 @@ from decoding.row import Row
 from decoding.sampling import Warp
 
 
-def make_proposer(method: str, draft: PreTrainedModel | None) -> Proposer:
+def make_proposer(method: str, draft: PreTrainedModel | None, medusa: tuple | None = None) -> Proposer:
+    """medusa: (heads, tree) when Medusa heads are loaded."""
+    if method == "medusa":
+        if medusa is None:
+            raise ValueError("method 'medusa' needs Medusa heads (--medusa)")
+        from decoding.medusa import MedusaProposer
+
+        return MedusaProposer(*medusa)
     if method == "draft":
         if draft is None:
             raise ValueError("method 'draft' needs a draft model (--draft)")

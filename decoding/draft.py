@@ -18,13 +18,15 @@ from decoding.stats import Forward
 
 
 class DraftProposer:
+    needs_hidden = False
+
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
         self.kv = KVState.empty(model, 0, role="draft")
         self._catchup = 0  # columns of the last propose's first forward: real tokens, always kept
         self._cands_fed = 0  # candidate columns fed after it: kept only where accepted
 
-    def admit(self, rows: list[Row]) -> None:
+    def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
         new = KVState.empty(self.model, len(rows), role="draft")
         new.forward(self.model, [r.tokens[: r.prompt_len] for r in rows], logits="last")  # prefill
         self.kv.extend(new)

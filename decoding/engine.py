@@ -17,14 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from decoding.batch import SubBatch, make_proposer
 from decoding.kv import KVState
+from decoding.medusa import medusa_step
 from decoding.params import METHODS, SamplingParams, SpecParams
 from decoding.row import Row
 from decoding.stats import RequestStats, StepStats
 from decoding.step import decode_step, prefill
+from decoding.tree import DEFAULT_CHOICES, Tree, build_tree
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ class Engine:
         target: PreTrainedModel,
         draft: PreTrainedModel | None = None,
         *,
+        medusa: nn.Module | None = None,
+        tree: Tree | None = None,
         eos_token_ids: tuple[int, ...] = (),
         max_batch_size: int = 8,
         on_tokens: OnTokens | None = None,
@@ -55,6 +60,12 @@ class Engine:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.target, self.draft = target, draft
+        if medusa is not None:
+            n_heads = medusa.config.num_heads
+            tree = tree or build_tree(DEFAULT_CHOICES[min(n_heads, max(DEFAULT_CHOICES))], n_heads)
+            self.medusa: tuple | None = (medusa, tree.to(target.device))
+        else:
+            self.medusa = None
         self.eos_token_ids = tuple(eos_token_ids)
         self.max_batch_size = max_batch_size
         self.on_tokens = on_tokens or (lambda row, toks: None)
@@ -67,7 +78,8 @@ class Engine:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        return tuple(m for m in METHODS if m != "draft" or self.draft is not None)
+        loaded = {"draft": self.draft is not None, "medusa": self.medusa is not None}
+        return tuple(m for m in METHODS if loaded.get(m, True))
 
     def context_length(self, method: str) -> int:
         models = [self.target] + ([self.draft] if method == "draft" and self.draft is not None else [])
@@ -128,7 +140,7 @@ class Engine:
         return bool(self.waiting) or self.num_running > 0
 
     def _new_batch(self, method: str) -> SubBatch:
-        return SubBatch(method, KVState.empty(self.target, 0), make_proposer(method, self.draft))
+        return SubBatch(method, KVState.empty(self.target, 0), make_proposer(method, self.draft, self.medusa))
 
     def _batch(self, method: str) -> SubBatch:
         if method not in self.batches:
@@ -191,7 +203,8 @@ class Engine:
             if not batch.rows:
                 continue
             try:
-                self.on_step(decode_step(self.target, batch, self.on_tokens))
+                step = medusa_step if method == "medusa" else decode_step
+                self.on_step(step(self.target, batch, self.on_tokens))
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)
                 finished += _fail(batch.rows)

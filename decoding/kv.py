@@ -18,6 +18,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from decoding.cache import GrowingCache
 from decoding.stats import Forward
+from decoding.tree import Tree
 
 COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns ...
 COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache
@@ -61,13 +62,18 @@ class KVState:
         return self.mask.shape[1]
 
     def forward(
-        self, model: PreTrainedModel, seqs: list[list[int]] | torch.Tensor, logits: str = "all"
-    ) -> torch.Tensor:
+        self,
+        model: PreTrainedModel,
+        seqs: list[list[int]] | torch.Tensor,
+        logits: str = "all",
+        hidden: bool = False,
+    ):
         """Feed each row its own tokens (right-padded with holes) and return logits.
 
         seqs: per-row token lists, or a [B, T] tensor when every row feeds T tokens (no padding).
         logits="all" -> [B, T, V] where row b's outputs are at 0..len(seqs[b])-1;
         logits="last" -> [B, V], the output at each row's last real token.
+        hidden=True also returns the last hidden states at the same positions ([B, T, H] / [B, H]).
         """
         dev = self.mask.device
         if isinstance(seqs, torch.Tensor):
@@ -91,23 +97,44 @@ class KVState:
         keep: int | torch.Tensor = 1 if logits == "last" and lens is None else 0
         if logits == "last" and lens is not None:
             keep = torch.unique(lens - 1)  # only the positions some row needs
-        out = model(
-            input_ids=ids,
-            attention_mask=None if self.dense else attn.long(),
-            position_ids=pos,
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=keep,
-        )
+        out, h = _run(model, ids, None if self.dense else attn.long(), pos, self.cache, keep, hidden)
         self.forwards.append(Forward(self.role, [T] * B if lens is None else n, self.num_columns))
         self.mask = attn
         self.seen = self.seen + (T if lens is None else lens)
         if logits == "all":
-            return out.logits
+            return (out, h) if hidden else out
         if lens is None:
-            return out.logits[:, -1]  # [B, V]
-        where = torch.searchsorted(keep, lens - 1)  # [B] index into the kept positions
-        return out.logits[torch.arange(B, device=dev), where]  # [B, V]
+            sel = (out[:, -1], h[:, -1] if hidden else None)  # [B, V], [B, H]
+        else:
+            where = torch.searchsorted(keep, lens - 1)  # [B] index into the kept positions
+            rows = torch.arange(B, device=dev)
+            sel = (out[rows, where], h[rows, where] if hidden else None)
+        return sel if hidden else sel[0]
+
+    def forward_tree(
+        self, model: PreTrainedModel, ids: torch.Tensor, tree: Tree
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed every row a token tree (ids [B, N], node 0 = the pending token) in one forward.
+
+        Each node sees its row's valid cache columns and its own ancestors (a 4D mask) at position
+        seen + depth. Returns logits [B, N, V] and last hidden states [B, N, H]; `rollback` then
+        keeps the accepted path.
+        """
+        B, N = ids.shape
+        L = self.num_columns
+        allowed = torch.cat(
+            [self.mask[:, None, :].expand(B, N, L), tree.ancestors[None].expand(B, N, N)], dim=2
+        )
+        dtype = next(model.parameters()).dtype
+        mask4 = torch.zeros(B, 1, N, L + N, dtype=dtype, device=ids.device)
+        mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, N, L + N] additive
+        pos = self.seen[:, None] + tree.depth[None, :]  # [B, N]
+        logits, h = _run(model, ids, mask4, pos, self.cache, 0, True)
+        self.forwards.append(Forward(self.role, [N] * B, L))
+        self.mask = torch.cat([self.mask, torch.ones(B, N, dtype=torch.bool, device=ids.device)], dim=1)
+        self.seen = self.seen + N
+        self.dense = False
+        return logits, h
 
     def rollback(self, keep: torch.Tensor) -> None:
         """Drop rejected tokens among the last N columns: keep [B, N] bool (False -> hole)."""
@@ -170,6 +197,22 @@ class KVState:
 
     def nbytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in _layers(self.cache))
+
+
+def _run(model, ids, mask, pos, cache, keep, hidden: bool):
+    """One forward; with `hidden`, through the base model and the lm_head so the final hidden
+    states come back too (what Medusa heads read)."""
+    if not hidden:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                    logits_to_keep=keep)  # fmt: skip
+        return out.logits, None
+    h = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    h = h.last_hidden_state
+    if isinstance(keep, torch.Tensor):
+        h = h[:, keep]
+    elif keep:
+        h = h[:, -keep:]
+    return model.get_output_embeddings()(h), h
 
 
 def _pad_cols(x: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:

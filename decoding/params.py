@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS = ("none", "draft", "ngram")
+METHODS = ("none", "draft", "ngram", "medusa")
 MAX_SPECULATIVE_TOKENS = 16  # beyond this the verify forward costs more than any acceptance repays
 
 

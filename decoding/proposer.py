@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -10,6 +11,8 @@ import torch
 from decoding.row import Row
 from decoding.sampling import Warp
 from decoding.stats import Forward
+
+Emit = Callable[[Row, list[int]], None]  # called with each row's newly emitted tokens
 
 
 @dataclass
@@ -23,6 +26,8 @@ class Proposal:
 
 
 class Proposer(Protocol):
+    needs_hidden: bool  # admit() wants the target's last hidden state of each joining row
+
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
         """Up to ks[b] candidates for row b; u [B, K] uniforms for sampled proposals."""
         ...
@@ -31,8 +36,9 @@ class Proposer(Protocol):
         """Row b's first num_accepted[b] candidates were accepted: roll back the rest."""
         ...
 
-    def admit(self, rows: list[Row]) -> None:
-        """New rows join after the existing ones (their prompt and first token are in row.tokens)."""
+    def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
+        """New rows join after the existing ones (their prompt and first token are in row.tokens);
+        `hidden` [B_new, H] is the target's last hidden state per row when needs_hidden."""
         ...
 
     def select(self, keep: torch.Tensor) -> None:
@@ -51,13 +57,15 @@ class Proposer(Protocol):
 class NoProposer:
     """Plain autoregressive decoding: nothing to propose, nothing to keep."""
 
+    needs_hidden = False
+
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
         return Proposal([[] for _ in rows])
 
     def commit(self, num_accepted: list[int]) -> None:
         pass
 
-    def admit(self, rows: list[Row]) -> None:
+    def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
         pass
 
     def select(self, keep: torch.Tensor) -> None:

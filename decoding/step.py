@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedModel
@@ -11,12 +10,10 @@ from transformers import PreTrainedModel
 from decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
 from decoding.batch import SubBatch
 from decoding.kv import KVState
-from decoding.proposer import Proposal
+from decoding.proposer import Emit, Proposal
 from decoding.row import Row
 from decoding.sampling import Warp, draw_uniforms, sample, warp_probs
 from decoding.stats import StepStats
-
-Emit = Callable[[Row, list[int]], None]  # called with each row's newly emitted tokens
 
 
 def _warp(rows: list[Row], device: torch.device) -> Warp:
@@ -27,14 +24,18 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
     """Run the prompts of joining rows through target (and draft), emit each row's first token."""
     t0 = time.perf_counter()
     kv = KVState.empty(target, len(new))
-    logits = kv.forward(target, [r.tokens for r in new], logits="last")  # [B_new, V]
+    hidden = None
+    if batch.proposer.needs_hidden:
+        logits, hidden = kv.forward(target, [r.tokens for r in new], logits="last", hidden=True)
+    else:
+        logits = kv.forward(target, [r.tokens for r in new], logits="last")  # [B_new, V]
     warp = _warp(new, logits.device)
     first = logits.argmax(-1)  # [B_new]
     if not bool(warp.greedy.all()):
         u = draw_uniforms([r.generator for r in new], 1, logits.device)[:, 0]  # [B_new]
         first = torch.where(warp.greedy, first, sample(warp_probs(logits[:, None], warp)[:, 0], u))
     batch.kv.extend(kv)
-    batch.proposer.admit(new)
+    batch.proposer.admit(new, hidden)
     batch.join(new)
     now = time.perf_counter()
     for row, tok in zip(new, first.tolist(), strict=True):

@@ -3,6 +3,7 @@
 The joint of the first four generated tokens is compared with the target's exact joint, enumerated
 from its logits. Token 1 comes from the prefill; tokens 2-4 from a speculative step with K = 2 (each
 an accepted candidate, a recovered token or the bonus), so every acceptance branch counts.
+Medusa trees are verified the same way (its draft tokens count the tree depth per step).
 Each test also checks its own power: the same samples against the *draft's* joint must fail.
 """
 
@@ -17,6 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from decoding import Engine, SamplingParams, SpecParams
 from decoding.sampling import Warp, warp_probs
+from models.medusa import MedusaConfig, MedusaHeads
 
 V, N, NEW = 3, 6000, 4
 PROMPT = [0, 1, 2, 0, 1, 2, 0, 1]  # repeats, so prompt lookup has candidates
@@ -39,6 +41,17 @@ def pair():
     return _model(10, 2), _model(11, 1)
 
 
+@pytest.fixture(scope="module")
+def heads(pair):
+    torch.manual_seed(12)
+    cfg = MedusaConfig(num_heads=3, hidden_size=32, vocab_size=V)
+    h = MedusaHeads(cfg).double().eval()
+    with torch.no_grad():
+        for p in h.parameters():
+            p.normal_(0, 0.5)
+    return h
+
+
 def exact_joint(model, sampling: SamplingParams) -> torch.Tensor:
     """[V ** NEW] probabilities of each continuation under the warped model."""
     warp = Warp.from_params([sampling], torch.device("cpu"))
@@ -54,6 +67,8 @@ def exact_joint(model, sampling: SamplingParams) -> torch.Tensor:
 
 
 def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    if bool((counts[probs == 0] > 0).any()):
+        return 0.0  # an outcome the distribution cannot produce
     expected = probs * counts.sum()
     big = expected >= 5  # pool the rare cells into one bin
     obs = torch.cat([counts[big], counts[~big].sum(0, keepdim=True)])
@@ -62,8 +77,8 @@ def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chisquare(obs[keep].numpy(), exp[keep].numpy()).pvalue)
 
 
-def sample_joint(target, draft, method: str, base: SamplingParams) -> torch.Tensor:
-    engine = Engine(target, draft, max_batch_size=1000)
+def sample_joint(target, draft, method: str, base: SamplingParams, heads=None) -> torch.Tensor:
+    engine = Engine(target, draft, medusa=heads, max_batch_size=1000)
     sampling = [
         SamplingParams(
             max_new_tokens=NEW, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p, seed=i
@@ -83,11 +98,13 @@ def sample_joint(target, draft, method: str, base: SamplingParams) -> torch.Tens
         ("draft", SamplingParams(temperature=0.8, top_k=3)),
         ("ngram", SamplingParams(temperature=1.0)),
         ("ngram", SamplingParams(temperature=1.2, top_p=0.9)),
+        ("medusa", SamplingParams(temperature=1.0)),
+        ("medusa", SamplingParams(temperature=0.7, top_k=2)),
     ],
 )
-def test_speculative_sampling_matches_target(pair, method, sampling):
+def test_speculative_sampling_matches_target(pair, heads, method, sampling):
     target, draft = pair
-    counts = sample_joint(target, draft, method, sampling)
+    counts = sample_joint(target, draft, method, sampling, heads)
     p_joint = exact_joint(target, sampling)
     assert chi2_pvalue(counts, p_joint) > 1e-3
     # power: the draft's joint is rejected by the same samples (the test can fail)

@@ -1,0 +1,144 @@
+"""`medusa`: heads on the target's last hidden state guess the next tokens; a token tree verifies
+many guesses in one target forward (Cai et al. 2024), for every row of the batch.
+
+The four named steps of one decode step: generate candidates (each head's top-k, laid on the tree),
+tree verification (one forward with a 4D tree mask), evaluate posterior (the longest path the target
+agrees with), update inputs (keep that path's KV, emit its tokens plus the target's next one).
+Greedy acceptance equals plain greedy decoding; sampling follows the tree with tokens sampled from
+p at each node and stops at the first miss, which is exact because the candidates are deterministic.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from decoding.proposer import Emit, NoProposer
+from decoding.row import Row
+from decoding.sampling import draw_uniforms, sample, warp_probs
+from decoding.stats import StepStats
+from decoding.tree import Tree
+
+if TYPE_CHECKING:
+    from decoding.batch import SubBatch
+
+
+class MedusaProposer(NoProposer):
+    """State per row: the target's last hidden state at the row's newest consumed token."""
+
+    needs_hidden = True
+
+    def __init__(self, heads: nn.Module, tree: Tree) -> None:
+        self.heads, self.tree = heads, tree
+        self.hidden: torch.Tensor | None = None  # [B, H]
+
+    def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
+        self.hidden = hidden
+
+    def select(self, keep: torch.Tensor) -> None:
+        if self.hidden is not None:
+            self.hidden = self.hidden[keep]
+
+    def extend(self, other: MedusaProposer) -> None:
+        parts = [h for h in (self.hidden, other.hidden) if h is not None]
+        self.hidden = torch.cat(parts) if parts else None
+
+
+def candidates(heads: nn.Module, hidden: torch.Tensor, tree: Tree) -> torch.Tensor:
+    """hidden [B, H] -> tree node tokens [B, N - 1] (node i + 1 holds head[i]'s rank[i]-th guess)."""
+    logits = heads(hidden)  # [B, K, V]
+    topk = logits.topk(tree.max_rank, dim=-1).indices  # [B, K, R]
+    return topk[:, tree.head[1:], tree.rank[1:]]
+
+
+def greedy_path(ids: torch.Tensor, argmax: torch.Tensor, tree: Tree, depth_cap: torch.Tensor):
+    """Longest root path whose every node equals the target's argmax at its parent.
+
+    ids, argmax: [B, N]; depth_cap [B]. Returns (path nodes [B, D + 1], accepted count [B]).
+    """
+    B, N = ids.shape
+    correct = ids == argmax.gather(1, tree.parent[None].expand(B, N))  # [B, N]
+    correct &= tree.depth[None] <= depth_cap[:, None]
+    ok = correct[:, tree.paths[:, 1:].clamp(min=0)] & (tree.paths[None, :, 1:] >= 0)  # [B, P, D]
+    length = ok.long().cumprod(-1).sum(-1)  # [B, P]
+    best = length.argmax(-1)  # [B] (the first longest)
+    return tree.paths[best], length.gather(1, best[:, None]).squeeze(1)
+
+
+def sampled_path(
+    ids: list[int], p: torch.Tensor, u: torch.Tensor, tree: Tree, cap: int
+) -> tuple[list[int], int]:
+    """One row: sample x ~ p at the current node; follow the child holding x; stop at the first miss.
+
+    p [N, V], u [D + 1]. Returns (accepted nodes, the token emitted after them).
+    """
+    node, path = 0, []
+    for d in range(tree.max_depth + 1):
+        x = int(sample(p[node], u[d]))
+        child = next((c for c in tree.children[node] if ids[c] == x and len(path) < cap), None)
+        if child is None:
+            return path, x
+        path.append(child)
+        node = child
+    raise AssertionError("unreachable: a leaf has no children")
+
+
+def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepStats:
+    rows, prop = batch.rows, batch.proposer
+    tree: Tree = prop.tree
+    B, dev = len(rows), batch.kv.mask.device
+    caps = torch.tensor([r.budget(tree.max_depth) for r in rows], device=dev)  # [B] deepest acceptable
+    # 1. generate candidates
+    t0 = time.perf_counter()
+    nodes = candidates(prop.heads, prop.hidden, tree)  # [B, N - 1]
+    pending = torch.tensor([[r.tokens[-1]] for r in rows], device=dev)  # [B, 1]
+    ids = torch.cat([pending, nodes], dim=1)  # [B, N]
+    t1 = time.perf_counter()
+    # 2. tree verification
+    logits, hidden = batch.kv.forward_tree(target, ids, tree)  # [B, N, V], [B, N, H]
+    # 3. evaluate posterior
+    argmax = logits.argmax(-1)  # [B, N]
+    path, n = greedy_path(ids, argmax, tree, caps)  # [B, D + 1], [B]
+    last = path.gather(1, n[:, None]).squeeze(1)  # [B] newest accepted node (0: the root)
+    nxt = argmax.gather(1, last[:, None]).squeeze(1)  # [B]
+    paths, n_list, nxt_list = path.tolist(), n.tolist(), nxt.tolist()
+    warp = batch.warp
+    s = (~warp.greedy).nonzero().squeeze(1).tolist()
+    if s:
+        p = warp_probs(logits[s], warp.select(torch.tensor(s, device=dev)))  # [S, N, V]
+        u = draw_uniforms([rows[b].generator for b in s], tree.max_depth + 1, dev)
+        ids_list, cap_list = ids.tolist(), caps.tolist()
+        for i, b in enumerate(s):
+            nodes_b, nxt_list[b] = sampled_path(ids_list[b], p[i], u[i], tree, cap_list[b])
+            paths[b], n_list[b] = [0, *nodes_b], len(nodes_b)
+        last = torch.tensor([pb[nb] for pb, nb in zip(paths, n_list, strict=True)], device=dev)
+    # 4. update inputs: keep the root and the accepted path; the heads read the newest hidden state
+    keep = torch.zeros(B, tree.num_nodes, dtype=torch.bool, device=dev)
+    for b, (pb, nb) in enumerate(zip(paths, n_list, strict=True)):
+        keep[b, pb[: nb + 1]] = True
+    batch.kv.rollback(keep)
+    prop.hidden = hidden[torch.arange(B, device=dev), last]
+    t2 = time.perf_counter()
+    stats = StepStats(batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, k=tree.max_depth)
+    stats.forwards = batch.kv.drain()
+    cap_list = caps.tolist()
+    stats.drafted_per_position = [sum(c > j for c in cap_list) for j in range(tree.max_depth)]
+    stats.accepted_per_position = [sum(a > j for a in n_list) for j in range(tree.max_depth)]
+    ids_list = ids.tolist()
+    for b, row in enumerate(rows):
+        a = n_list[b]
+        row.stats.target_forwards += 1
+        row.stats.batch_size_sum += B
+        row.stats.draft_tokens += cap_list[b]  # what the row could have accepted: the tree's depth
+        row.stats.accepted_tokens += a
+        stats.tokens_verified += tree.num_nodes
+        stats.draft_tokens += cap_list[b]
+        stats.accepted_tokens += a
+        out = row.emit([ids_list[b][c] for c in paths[b][1 : a + 1]] + [nxt_list[b]])
+        stats.emitted_tokens += len(out)
+        emit(row, out)
+    return stats

@@ -1,0 +1,111 @@
+"""Medusa: tree buffers, greedy equivalence with plain decoding, exact sampling, heads I/O."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from decoding import Engine, SamplingParams, SpecParams
+from decoding.tree import build_tree
+from models.medusa import MedusaConfig, MedusaHeads
+
+V = 12  # a small vocabulary: random heads then guess right often enough to exercise acceptance
+
+
+def small_model(seed: int = 3, vocab: int = V) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      eos_token_id=None)  # fmt: skip
+    m = LlamaForCausalLM(cfg).double().eval()
+    with torch.no_grad():
+        m.lm_head.weight.mul_(4.0)
+    return m
+
+
+def random_heads(model, num_heads: int = 3, seed: int = 4, share: bool = False) -> MedusaHeads:
+    torch.manual_seed(seed)
+    cfg = MedusaConfig(num_heads=num_heads, hidden_size=model.config.hidden_size,
+                       vocab_size=model.config.vocab_size, share_lm_head=share, target="tiny")  # fmt: skip
+    heads = MedusaHeads(cfg, model.lm_head if share else None).double().eval()
+    with torch.no_grad():
+        for p in heads.parameters():
+            if not share or p is not model.lm_head.weight:
+                p.normal_(0, 0.5)
+    return heads
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = small_model()
+    return model, random_heads(model)
+
+
+def test_tree_buffers_table():
+    t = build_tree([(0,), (1,), (0, 0), (0, 1), (1, 0), (0, 0, 0)], num_heads=3)
+    assert t.parent.tolist() == [0, 0, 0, 1, 1, 2, 3]
+    assert t.depth.tolist() == [0, 1, 1, 2, 2, 2, 3]
+    assert t.head[1:].tolist() == [0, 0, 1, 1, 1, 2] and t.rank[1:].tolist() == [0, 1, 0, 1, 0, 0]
+    assert t.paths.tolist() == [[0, 1, 4, -1], [0, 2, 5, -1], [0, 1, 3, 6]]
+    assert t.ancestors[6].tolist() == [True, True, False, True, False, False, True]
+    assert t.children[1] == (3, 4) and t.children[6] == ()
+
+
+@pytest.mark.parametrize(
+    "choices,message",
+    [
+        ([(0,), (0, 0), (0, 0, 0)], "3 deep but there are only 2 Medusa heads"),
+        ([(0,), (1, 0)], r"has no parent path \[1\]"),
+        ([], "at least one path"),
+    ],
+)
+def test_bad_trees_are_refused(choices, message):
+    with pytest.raises(ValueError, match=message):
+        build_tree(choices, num_heads=2)
+
+
+def test_tree_deeper_than_heads_refused_by_engine(setup):
+    model, heads = setup
+    with pytest.raises(ValueError, match="only 3 Medusa heads"):
+        Engine(model, medusa=heads, tree=build_tree([(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0)], num_heads=3))
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("share", [False, True])
+def test_greedy_matches_plain(batch_size, share):
+    model = small_model()
+    heads = random_heads(model, share=share)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 9, 5, 14)]
+    sampling = [SamplingParams(max_new_tokens=n) for n in (30, 12, 25, 20)]
+    plain = Engine(model, max_batch_size=batch_size).generate(prompts, sampling, SpecParams("none"))
+    engine = Engine(model, medusa=heads, max_batch_size=batch_size)
+    assert "medusa" in engine.methods
+    res = engine.generate(prompts, sampling, SpecParams("medusa"))
+    assert [r.token_ids for r in res] == [r.token_ids for r in plain]
+    assert sum(r.stats.accepted_tokens for r in res) > 0  # the tree really accepted guesses
+    assert max(r.stats.mean_accepted_length for r in res) > 1.0
+
+
+def test_mixed_with_other_methods_and_rows_joining(setup):
+    model, heads = setup
+    engine = Engine(model, model, medusa=heads, max_batch_size=2)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [2, 2, 2, 2], [9, 1]]
+    specs = [SpecParams("medusa"), SpecParams("draft", 3), SpecParams("medusa"), SpecParams("ngram", 2)]
+    res = engine.generate(prompts, SamplingParams(max_new_tokens=15), specs)
+    plain = Engine(model).generate(prompts, SamplingParams(max_new_tokens=15), SpecParams())
+    assert [r.token_ids for r in res] == [r.token_ids for r in plain]
+
+
+def test_heads_save_load_round_trip(setup, tmp_path):
+    model, heads = setup
+    heads.save(tmp_path / "heads")
+    loaded = MedusaHeads.load(tmp_path / "heads", model)
+    h = torch.randn(2, model.config.hidden_size, dtype=torch.float64)
+    assert torch.equal(heads(h), loaded(h))
+    assert loaded.config.target == "tiny" and len({id(b) for b in loaded.blocks}) == 3  # distinct modules
+    with pytest.raises(ValueError, match="hidden size 32 and vocabulary 12"):
+        MedusaHeads.load(tmp_path / "heads", small_model(vocab=13))
+    with pytest.raises(ValueError, match="no Medusa heads"):
+        MedusaHeads.load(tmp_path / "missing", model)
