@@ -63,6 +63,10 @@ class Engine:
         if medusa is not None:
             n_heads = medusa.config.num_heads
             tree = tree or build_tree(DEFAULT_CHOICES[min(n_heads, max(DEFAULT_CHOICES))], n_heads)
+            if tree.max_depth > n_heads:
+                raise ValueError(
+                    f"the tree is {tree.max_depth} deep but there are only {n_heads} Medusa heads"
+                )
             self.medusa: tuple | None = (medusa, tree.to(target.device))
         else:
             self.medusa = None

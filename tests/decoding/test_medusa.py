@@ -67,8 +67,9 @@ def test_bad_trees_are_refused(choices, message):
 
 def test_tree_deeper_than_heads_refused_by_engine(setup):
     model, heads = setup
-    with pytest.raises(ValueError, match="only 3 Medusa heads"):
-        Engine(model, medusa=heads, tree=build_tree([(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0)], num_heads=3))
+    tree = build_tree([(0,), (0, 0), (0, 0, 0), (0, 0, 0, 0)], num_heads=4)
+    with pytest.raises(ValueError, match="4 deep but there are only 3 Medusa heads"):
+        Engine(model, medusa=heads, tree=tree)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
