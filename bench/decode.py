@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from bench.prompts import CODE_PROMPTS
-from decoding import Engine, SamplingParams, SpecParams
+from decoding import METHODS, Engine, SamplingParams, SpecParams
 from server.cli_common import add_model_args, add_prompt_args, load_models, read_prompts
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decode", help="in-process decode benchmark against HF generate()")
     add_model_args(p)
     add_prompt_args(p)
-    p.add_argument(
-        "--methods", nargs="+", default=["none", "draft", "ngram"], choices=["none", "draft", "ngram"]
-    )
+    p.add_argument("--methods", nargs="+", default=["none", "draft", "ngram"], choices=list(METHODS))
     p.add_argument("--k", type=int, nargs="+", default=[2, 4], help="speculative tokens to sweep")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -73,10 +71,11 @@ class Job:
 
 def ours_job(engine: Engine, prompts: list[list[int]], method: str, k: int, max_new: int) -> Job:
     sampling = SamplingParams(max_new_tokens=max_new)
-    res = Result("specserve", method, k if method != "none" else 0, engine.max_batch_size, 0, [])
+    res = Result("specserve", method, k, engine.max_batch_size, 0, [])
+    spec = SpecParams(method, k) if k else SpecParams(method)
 
     def go():
-        results = engine.generate(prompts, sampling, SpecParams(method, k))
+        results = engine.generate(prompts, sampling, spec)
         res.tokens = sum(len(r.token_ids) for r in results)
         if method != "none":
             drafted = sum(r.stats.draft_tokens for r in results)
@@ -131,11 +130,15 @@ def run(args: argparse.Namespace) -> int:
     if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise SystemExit("error: need --repeats >= 1, --warmup >= 0 and batch sizes >= 1")
     need_draft = "draft" in args.methods
-    models = load_models(args, need_draft=need_draft)
+    models = load_models(args, need_draft=need_draft, need_medusa="medusa" in args.methods)
     tok = models.target.tokenizer
     texts = [t for _, t in read_prompts(args)] if (args.prompt or args.prompts) else CODE_PROMPTS
     base = [tok.encode(t) for t in texts[: args.num_prompts]]
-    plan = [("none", 0)] + [(m, k) for m in args.methods if m != "none" for k in args.k]
+    plan = (
+        [("none", 0)]
+        + [(m, k) for m in args.methods if m not in ("none", "medusa") for k in args.k]
+        + [("medusa", 0)] * ("medusa" in args.methods)
+    )  # Medusa's tree, not K, sets its speculation
     jobs: list[Job] = []
     if not args.no_hf:
         jobs.append(hf_job(models, base, "generate", 0, args.max_new_tokens))
@@ -147,7 +150,11 @@ def run(args: argparse.Namespace) -> int:
     for bs in args.batch_sizes:
         prompts = [base[i % len(base)] for i in range(max(bs, len(base)))]
         engine = Engine(
-            models.target.model, draft, eos_token_ids=models.target.eos_token_ids, max_batch_size=bs
+            models.target.model,
+            draft,
+            medusa=models.medusa,
+            eos_token_ids=models.target.eos_token_ids,
+            max_batch_size=bs,
         )
         jobs += [ours_job(engine, prompts, m, k, args.max_new_tokens) for m, k in plan]
     run_jobs(jobs, args.warmup, args.repeats)

@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP load test against a running server")
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--methods", nargs="+", default=["none"], choices=["none", "draft", "ngram"])
+    p.add_argument("--methods", nargs="+", default=["none"], choices=["none", "draft", "ngram", "medusa"])
     p.add_argument("--k", type=int, default=None, help="num_speculative_tokens override (default: server's)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     p.add_argument("--num-requests", type=int, default=0, help="per level (default: 4 x concurrency, >= 8)")
@@ -156,9 +156,10 @@ def inprocess_baseline(args, prompts: list[str], method: str) -> dict:
     from decoding import Engine, SamplingParams, SpecParams
     from server.cli_common import load_models
 
-    models = load_models(args, need_draft=method == "draft")
+    models = load_models(args, need_draft=method == "draft", need_medusa=method == "medusa")
     tok = models.target.tokenizer
-    engine = Engine(models.target.model, models.draft.model if models.draft else None, max_batch_size=1)
+    draft = models.draft.model if models.draft else None
+    engine = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)
     spec = SpecParams(method, args.k or 4)
     ids = [tok.encode(p) for p in prompts]
     engine.generate(ids[:1], SamplingParams(max_new_tokens=4, ignore_eos=True), spec)  # warm-up

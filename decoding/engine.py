@@ -62,7 +62,8 @@ class Engine:
         self.target, self.draft = target, draft
         if medusa is not None:
             n_heads = medusa.config.num_heads
-            tree = tree or build_tree(DEFAULT_CHOICES[min(n_heads, max(DEFAULT_CHOICES))], n_heads)
+            stored = getattr(medusa.config, "tree", None)  # fitted by `specserve bench tree`
+            tree = tree or build_tree(stored or DEFAULT_CHOICES[min(n_heads, max(DEFAULT_CHOICES))], n_heads)
             if tree.max_depth > n_heads:
                 raise ValueError(
                     f"the tree is {tree.max_depth} deep but there are only {n_heads} Medusa heads"

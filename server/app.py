@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from decoding import Engine
 from metrics.prometheus import ServerMetrics
 from models import check_draft_compatible, load_model
+from models.medusa import MedusaHeads
 from server.errors import BodyLimit, install_error_handlers
 from server.routes import native, openai, system
 from server.service import EngineService
@@ -32,9 +33,11 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     draft = load_model(settings.draft, **kw) if settings.draft else None
     if draft is not None:
         check_draft_compatible(target, draft)
+    heads = MedusaHeads.load(settings.medusa, target.model) if settings.medusa else None
     engine = Engine(
         target.model,
         draft.model if draft else None,
+        medusa=heads,
         eos_token_ids=target.eos_token_ids,
         max_batch_size=settings.max_batch_size,
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from decoding.params import METHODS
 from models import LoadedModel, check_draft_compatible, load_model
 from models.loading import DTYPES
+from models.medusa import MedusaHeads
 from models.suite_paths import default_suite
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--target", help="target model: Hub id or local path (default: the bundled suite)")
     g.add_argument("--draft", help="draft model for --method draft (default: the bundled suite's draft)")
+    g.add_argument("--medusa", help="Medusa heads folder for --method medusa (default: the bundled heads)")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (accelerate device_map)")
     g.add_argument(
@@ -48,16 +50,17 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 class Models:
     target: LoadedModel
     draft: LoadedModel | None
+    medusa: MedusaHeads | None = None
 
 
-def load_models(args: argparse.Namespace, need_draft: bool) -> Models:
-    """Load --target/--draft, falling back to the bundled default suite; check they fit together."""
+def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = False) -> Models:
+    """Load --target/--draft/--medusa, falling back to the bundled suite; check they fit together."""
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = default_suite()
-    target_path, draft_path = args.target, args.draft
+    target_path, draft_path, medusa_path = args.target, args.draft, args.medusa
     if target_path is None:
         if suite is None:
             raise SystemExit(
@@ -66,17 +69,21 @@ def load_models(args: argparse.Namespace, need_draft: bool) -> Models:
             )
         target_path = suite["target"]
         draft_path = draft_path or suite.get("draft")
+        medusa_path = medusa_path or suite.get("medusa")
     if need_draft and draft_path is None:
         raise SystemExit("error: --method draft needs a draft model: pass --draft")
+    if need_medusa and medusa_path is None:
+        raise SystemExit("error: --method medusa needs Medusa heads: pass --medusa")
     kw = {"dtype": args.dtype, "device": args.device, "trust_remote_code": args.trust_remote_code}
     try:
         target = load_model(target_path, **kw)
         draft = load_model(draft_path, **kw) if need_draft and draft_path else None
         if draft is not None:
             check_draft_compatible(target, draft)
+        medusa = MedusaHeads.load(medusa_path, target.model) if need_medusa and medusa_path else None
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
-    return Models(target, draft)
+    return Models(target, draft, medusa)
 
 
 def read_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:

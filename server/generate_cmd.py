@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from decoding import Engine, SamplingParams, SpecParams
+from decoding import METHODS, Engine, SamplingParams, SpecParams
 from server.cli_common import add_model_args, add_prompt_args, add_sampling_args, load_models, read_prompts
 
 
@@ -15,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_prompt_args(p)
     add_sampling_args(p)
-    p.add_argument("--method", choices=["none", "draft", "ngram"], default="none")
+    p.add_argument("--method", choices=list(METHODS), default="none")
     p.add_argument("--num-speculative-tokens", "-k", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=8, help="rows decoded together (continuous batching)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt, in input order")
@@ -37,11 +37,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     prompts = read_prompts(args)
-    models = load_models(args, need_draft=args.method == "draft")
+    models = load_models(args, need_draft=args.method == "draft", need_medusa=args.method == "medusa")
     tok = models.target.tokenizer
     engine = Engine(
         models.target.model,
         models.draft.model if models.draft else None,
+        medusa=models.medusa,
         eos_token_ids=models.target.eos_token_ids,
         max_batch_size=args.batch_size,
     )

@@ -12,7 +12,8 @@ from server.settings import Settings
 FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "target": "target model: Hub id or local path (default: the bundled suite)",
     "draft": "draft model for method 'draft' (default: the bundled suite's draft)",
-    "method": "default method: none, draft or ngram (per request: the `speculation` field)",
+    "medusa": "Medusa heads folder for method 'medusa' (default: the bundled suite's heads)",
+    "method": "default method: none, draft, ngram or medusa (per request: the `speculation` field)",
     "num_speculative_tokens": "candidates per step (1..16)",
     "max_batch_size": "rows decoded together",
     "max_waiting": "queued requests beyond this get 429",

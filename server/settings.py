@@ -16,7 +16,8 @@ class Settings(BaseSettings):
 
     target: str | None = Field(None, description="target model (Hub id or path); default: the bundled suite")
     draft: str | None = Field(None, description="draft model for method 'draft'")
-    method: Literal["none", "draft", "ngram"] | None = Field(
+    medusa: str | None = Field(None, description="Medusa heads folder for method 'medusa'")
+    method: Literal["none", "draft", "ngram", "medusa"] | None = Field(
         None, description="default method (per-request override allowed); default: draft if loaded, else none"
     )
     num_speculative_tokens: int = Field(4, ge=1, le=MAX_SPECULATIVE_TOKENS)
@@ -44,11 +45,14 @@ class Settings(BaseSettings):
                 )
             self.target = suite["target"]
             self.draft = self.draft or suite.get("draft")
+            self.medusa = self.medusa or suite.get("medusa")
             self.served_model_name = self.served_model_name or "specserve-default-suite"
         if self.method is None:
             self.method = "draft" if self.draft else "none"
         if self.method == "draft" and not self.draft:
             raise ValueError("method 'draft' needs a draft model: pass --draft")
+        if self.method == "medusa" and not self.medusa:
+            raise ValueError("method 'medusa' needs Medusa heads: pass --medusa")
         return self
 
     @property

@@ -34,6 +34,7 @@ async def models(state: State) -> dict:
                 "parent": None,
                 "max_model_len": state.target.context_length,
                 "draft": state.draft.local_path if state.draft else None,
+                "medusa": s.medusa,
                 "methods": list(state.engine.methods),
                 "default_method": s.method,
                 "num_speculative_tokens": s.num_speculative_tokens,
