@@ -11,6 +11,7 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from bench import decode as bench_decode
     from bench import serve as bench_serve
+    from bench import tree as bench_tree
     from server import generate_cmd, serve_cmd
 
     parser = argparse.ArgumentParser(prog="specserve", description=__doc__)
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_decode.add_parser(bench)
     bench_serve.add_parser(bench)
+    bench_tree.add_parser(bench)
     try:  # the training recipes live in their own module
         from server.cli_train import add_train_parser
     except ImportError:

@@ -51,6 +51,7 @@ class Models:
     target: LoadedModel
     draft: LoadedModel | None
     medusa: MedusaHeads | None = None
+    medusa_path: str | None = None
 
 
 def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = False) -> Models:
@@ -83,7 +84,7 @@ def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = 
         medusa = MedusaHeads.load(medusa_path, target.model) if need_medusa and medusa_path else None
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
-    return Models(target, draft, medusa)
+    return Models(target, draft, medusa, medusa_path if medusa else None)
 
 
 def read_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:
