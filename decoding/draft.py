@@ -40,6 +40,9 @@ class DraftProposer:
     def drain_forwards(self) -> list[Forward]:
         return self.kv.drain()
 
+    def nbytes(self) -> int:
+        return self.kv.nbytes()
+
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
         K = max(ks, default=0)
         self._catchup = self._cands_fed = 0

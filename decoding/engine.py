@@ -42,6 +42,7 @@ class GenerationResult:
 
 OnTokens = Callable[[Row, list[int]], None]
 OnStep = Callable[[StepStats], None]
+Charge = Callable[[StepStats, list[Row]], None]  # an accountant: bytes/FLOPs of a step onto its rows
 
 
 class Engine:
@@ -56,6 +57,7 @@ class Engine:
         max_batch_size: int = 8,
         on_tokens: OnTokens | None = None,
         on_step: OnStep | None = None,
+        charge: Charge | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -75,6 +77,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.on_tokens = on_tokens or (lambda row, toks: None)
         self.on_step = on_step or (lambda stats: None)
+        self.charge = charge
         self.waiting: deque[Row] = deque()
         self.batches: dict[str, SubBatch] = {}
         self._aborts: dict[str, str] = {}  # request id -> finish reason to record
@@ -141,6 +144,10 @@ class Engine:
     def num_running(self) -> int:
         return sum(len(b.rows) for b in self.batches.values())
 
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache the running sub-batches hold (target and draft; holes included)."""
+        return sum(b.kv.nbytes() + b.proposer.nbytes() for b in list(self.batches.values()))
+
     def has_work(self) -> bool:
         return bool(self.waiting) or self.num_running > 0
 
@@ -166,6 +173,11 @@ class Engine:
                 _mark(r, aborts, now)
             dropped += batch.retire()
         return dropped
+
+    def _report(self, stats: StepStats, rows: list[Row]) -> None:
+        if self.charge is not None:
+            self.charge(stats, rows)
+        self.on_step(stats)
 
     def fail_all(self) -> list[Row]:
         """Fail every waiting and running request and start afresh (after an unexpected error)."""
@@ -197,7 +209,7 @@ class Engine:
         for method, rows in by_method.items():
             joining = self._new_batch(method)
             try:
-                self.on_step(prefill(self.target, joining, rows, self.on_tokens))
+                self._report(prefill(self.target, joining, rows, self.on_tokens), rows)
             except Exception:
                 log.exception("prefill failed for %d %s request(s)", len(rows), method)
                 finished += _fail(rows)
@@ -209,7 +221,7 @@ class Engine:
                 continue
             try:
                 step = medusa_step if method == "medusa" else decode_step
-                self.on_step(step(self.target, batch, self.on_tokens))
+                self._report(step(self.target, batch, self.on_tokens), list(batch.rows))
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)
                 finished += _fail(batch.rows)

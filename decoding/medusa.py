@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from decoding.proposer import Emit, NoProposer
 from decoding.row import Row
 from decoding.sampling import draw_uniforms, sample, warp_probs
-from decoding.stats import StepStats
+from decoding.stats import Forward, StepStats
 from decoding.tree import Tree
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     prop.hidden = hidden[torch.arange(B, device=dev), last]
     t2 = time.perf_counter()
     stats = StepStats(batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, k=tree.max_depth)
-    stats.forwards = batch.kv.drain()
+    stats.forwards = [Forward("heads", [1] * B, 0), *batch.kv.drain()]
     cap_list = caps.tolist()
     stats.drafted_per_position = [sum(c > j for c in cap_list) for j in range(tree.max_depth)]
     stats.accepted_per_position = [sum(a > j for a in n_list) for j in range(tree.max_depth)]

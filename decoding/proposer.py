@@ -53,6 +53,10 @@ class Proposer(Protocol):
         """Model forwards run since the last drain (for bytes/FLOPs accounting)."""
         ...
 
+    def nbytes(self) -> int:
+        """Bytes of cache this proposer holds."""
+        ...
+
 
 class NoProposer:
     """Plain autoregressive decoding: nothing to propose, nothing to keep."""
@@ -76,3 +80,6 @@ class NoProposer:
 
     def drain_forwards(self) -> list[Forward]:
         return []
+
+    def nbytes(self) -> int:
+        return 0

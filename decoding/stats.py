@@ -32,6 +32,8 @@ class StepStats:
     verify_s: float = 0.0
     k: int = 0  # speculative tokens asked for this step
     forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran
+    bytes_read: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> weights/kv -> bytes
+    flops: dict[str, float] = field(default_factory=dict)  # model -> FLOPs (filled by an accountant)
 
     @property
     def duration_s(self) -> float:
@@ -52,6 +54,10 @@ class RequestStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     batch_size_sum: int = 0  # sum over the forwards this request took part in
+    bytes_read: float = 0.0  # its share of weights and its own KV over every forward (an accountant's)
+    flops: float = 0.0
+    peak_bytes_per_s: float = 0.0  # the device's peaks, for mbu / mfu (0: unknown)
+    peak_flops_per_s: float = 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -66,10 +72,33 @@ class RequestStats:
     def mean_batch_size(self) -> float:
         return self.batch_size_sum / self.target_forwards if self.target_forwards else 0.0
 
+    @property
+    def busy_s(self) -> float:
+        """Time in the batch: end to end less the queue."""
+        return max(self.e2e_s - self.queue_time_s, 0.0)
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        return self.bytes_read / self.busy_s if self.busy_s else 0.0
+
+    @property
+    def mbu(self) -> float:
+        return self.bandwidth_bytes_per_s / self.peak_bytes_per_s if self.peak_bytes_per_s else 0.0
+
+    @property
+    def mfu(self) -> float:
+        return (
+            self.flops / self.busy_s / self.peak_flops_per_s if self.peak_flops_per_s and self.busy_s else 0.0
+        )
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("batch_size_sum")
+        for internal in ("batch_size_sum", "peak_bytes_per_s", "peak_flops_per_s"):
+            d.pop(internal)
         d["acceptance_rate"] = self.acceptance_rate
         d["mean_accepted_length"] = self.mean_accepted_length
         d["mean_batch_size"] = self.mean_batch_size
+        d["bandwidth_bytes_per_s"] = self.bandwidth_bytes_per_s
+        d["mbu"] = self.mbu
+        d["mfu"] = self.mfu
         return d

@@ -13,9 +13,12 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from decoding import Engine
+from metrics.accounting import build_accountant
+from metrics.peaks import device_peaks
 from metrics.prometheus import ServerMetrics
 from models import check_draft_compatible, load_model
 from models.medusa import MedusaHeads
+from server import __version__
 from server.errors import BodyLimit, install_error_handlers
 from server.routes import native, openai, system
 from server.service import EngineService
@@ -43,8 +46,21 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     )
     service = EngineService(engine, settings.max_waiting)
     metrics = ServerMetrics(registry or CollectorRegistry())
-    service.step_listeners.append(metrics.on_step)
-    service.finish_listeners.append(metrics.on_finished)
+    if settings.metrics:
+        peaks = device_peaks(target.device, target.dtype, settings.peak_bandwidth, settings.peak_flops)
+        engine.charge = build_accountant(target, draft, heads, peaks)
+        service.step_listeners.append(metrics.on_step)
+        service.token_listeners.append(metrics.on_tokens)
+        service.finish_listeners.append(metrics.on_finished)
+        metrics.peak_bw.set(peaks.bytes_per_s)
+        metrics.peak_flops.set(peaks.flops_per_s)
+        for name, cost in engine.charge.costs.items():
+            metrics.weight_bytes.labels(name).set(cost.weight_bytes)
+    metrics.info.info({
+        "version": __version__, "target": str(settings.target), "draft": settings.draft or "",
+        "medusa": settings.medusa or "", "device": str(target.device), "dtype": settings.dtype,
+        "methods": ",".join(engine.methods),
+    })  # fmt: skip
     return ServerState(settings, target, draft, engine, service, metrics, int(time.time()))
 
 

@@ -41,6 +41,7 @@ class EngineService:
         self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.step_listeners: list = []  # callables taking StepStats (metrics)
         self.finish_listeners: list = []  # callables taking each finished Row (metrics)
+        self.token_listeners: list = []  # callables taking (Row, tokens) per emission (metrics)
         self.accepting = True
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -92,6 +93,8 @@ class EngineService:
     def _on_tokens(self, row: Row, tokens: list[int]) -> None:
         if tokens:
             self._post(row.request_id, Event(tokens))
+            for listener in self.token_listeners:
+                listener(row, tokens)
 
     def _on_step(self, stats: StepStats) -> None:
         for listener in self.step_listeners:

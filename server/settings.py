@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     served_model_name: str | None = None
     trust_remote_code: bool = False
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
+    metrics: bool = Field(True, description="record Prometheus metrics and per-request bytes/FLOPs")
+    peak_bandwidth: float | None = Field(
+        None, gt=0, description="device peak bytes/s (default: table or probe)"
+    )
+    peak_flops: float | None = Field(None, gt=0, description="device peak FLOP/s (default: table or probe)")
     max_body_bytes: int = Field(1 << 20, ge=1024)
     request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this is dropped")
     shutdown_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: time given to requests in flight")

@@ -48,4 +48,5 @@ async def metrics(state: State) -> Response:
     m = state.metrics
     m.running.set(state.service.num_running)
     m.waiting.set(state.service.num_waiting)
+    m.kv_bytes.set(state.engine.kv_bytes())
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
