@@ -26,6 +26,8 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "threads": "torch CPU threads (0: torch's default)",
     "request_timeout_s": "seconds before a request is dropped",
     "max_body_bytes": "request bodies above this get 413",
+    "peak_bandwidth": "device peak bytes/s for MBU (default: GPU table, else a probe)",
+    "peak_flops": "device peak FLOP/s for MFU (default: GPU table, else a probe)",
 }
 
 
@@ -34,12 +36,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     for name, help_text in FLAGS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=help_text)
     p.add_argument("--trust-remote-code", action="store_true", default=None)
+    p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
+                   help="skip Prometheus metrics and per-request bytes/FLOPs accounting")  # fmt: skip
     p.add_argument("--log-level", default=os.environ.get("SPECSERVE_LOG_LEVEL", "INFO"))
     p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    given = {k: getattr(args, k) for k in [*FLAGS, "trust_remote_code"] if getattr(args, k, None) is not None}
+    given = {
+        k: getattr(args, k)
+        for k in [*FLAGS, "trust_remote_code", "metrics"]
+        if getattr(args, k, None) is not None
+    }
     try:
         return Settings(**given)
     except ValidationError as e:
