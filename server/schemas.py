@@ -11,6 +11,18 @@ from decoding.params import MAX_SPECULATIVE_TOKENS
 Method = Literal["none", "draft", "ngram"]
 
 
+def _encodable(value: object) -> object:
+    """JSON may escape a lone UTF-16 surrogate; no tokenizer can encode one (a 400, not a 500)."""
+    for part in value if isinstance(value, list) else [value]:
+        text = part.get("text") if isinstance(part, dict) else part
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"not valid Unicode text: a lone surrogate at character {e.start}") from None
+    return value
+
+
 class Speculation(BaseModel):
     """Extra field: choose the decoding method per request among those the server loaded."""
 
@@ -29,7 +41,7 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, metadata...) are harmless
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
+    top_k: int = Field(0, ge=0, le=2**31 - 1)  # bounded: it becomes an int64 tensor in the engine
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -54,6 +66,7 @@ class SamplingFields(BaseModel):
 class CompletionRequest(SamplingFields):
     model: str
     prompt: str | list[str] | list[int]
+    _prompt_text = field_validator("prompt")(_encodable)
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
     speculation: Speculation | None = None
@@ -62,6 +75,7 @@ class CompletionRequest(SamplingFields):
 class ChatMessage(BaseModel):
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict] | None = None
+    _content_text = field_validator("content")(_encodable)
 
 
 class ChatRequest(SamplingFields):
@@ -76,6 +90,7 @@ class GenerateRequest(SamplingFields):
     """Native route: greedy unless a temperature is given."""
 
     prompt: str | None = None
+    _prompt_text = field_validator("prompt")(_encodable)
     prompt_token_ids: list[int] | None = None
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(64, ge=1)

@@ -1,0 +1,164 @@
+"""Server settings: cross-field rules, bounds, SPECSERVE_* variables, and `specserve serve` flags
+turned into Settings with a clear SystemExit message for anything wrong."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from server import settings as settings_module
+from server.cli import build_parser, main
+from server.serve_cmd import settings_from_args
+from server.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """No SPECSERVE_* variable from the outside, and no bundled suite to fall back on."""
+    import os
+
+    for name in [n for n in os.environ if n.startswith("SPECSERVE_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(settings_module, "default_suite", lambda: None)
+
+
+def _serve_args(*argv: str):
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_method_draft_needs_a_draft(tiny_paths):
+    with pytest.raises(ValidationError, match="method 'draft' needs a draft model: pass --draft"):
+        Settings(target=tiny_paths["target"], method="draft")
+
+
+def test_default_method_follows_the_models(tiny_paths):
+    t, d = tiny_paths["target"], tiny_paths["draft"]
+    assert Settings(target=t).method == "none"
+    assert Settings(target=t, draft=d).method == "draft"
+    assert Settings(target=t, draft=d, method="ngram").method == "ngram"
+    assert Settings(target=t).model_name == t
+    assert Settings(target=t, served_model_name="m").model_name == "m"
+
+
+def test_no_target_and_no_suite_says_so():
+    with pytest.raises(ValidationError, match="no target model: pass --target"):
+        Settings()
+
+
+def test_the_bundled_suite_is_the_default(monkeypatch, tiny_paths):
+    suite = {"target": tiny_paths["target"], "draft": tiny_paths["draft"]}
+    monkeypatch.setattr(settings_module, "default_suite", lambda: suite)
+    s = Settings()
+    assert (s.target, s.draft, s.method) == (suite["target"], suite["draft"], "draft")
+    assert s.model_name == "specserve-default-suite"
+
+
+@pytest.mark.parametrize(
+    "field,bad,good",
+    [
+        ("num_speculative_tokens", [0, 17, -1], [1, 16]),
+        ("max_batch_size", [0, 513], [1, 512]),
+        ("max_waiting", [-1], [0, 100_000]),
+        ("port", [-1, 65536], [0, 65535]),
+        ("max_body_bytes", [0, 1023], [1024]),
+        ("request_timeout_s", [0, -1.0], [0.5]),
+        ("shutdown_timeout_s", [-1], [0]),
+        ("threads", [-1], [0, 2]),
+        ("dtype", ["float8", "fp32"], ["float64", "bfloat16"]),
+        ("method", ["beam", "eagle"], ["none", "ngram"]),
+    ],
+)
+def test_bounds(tiny_paths, field, bad, good):
+    for value in bad:
+        with pytest.raises(ValidationError, match=field):
+            Settings(target=tiny_paths["target"], **{field: value})
+    for value in good:
+        assert getattr(Settings(target=tiny_paths["target"], **{field: value}), field) == value
+
+
+def test_unknown_setting_is_refused(tiny_paths):
+    with pytest.raises(ValidationError, match="max_batch"):
+        Settings(target=tiny_paths["target"], max_batch=3)
+
+
+def test_environment_variables_are_read(monkeypatch, tiny_paths):
+    env = {
+        "SPECSERVE_TARGET": tiny_paths["target"],
+        "SPECSERVE_DRAFT": tiny_paths["draft"],
+        "SPECSERVE_MAX_BATCH_SIZE": "3",
+        "SPECSERVE_NUM_SPECULATIVE_TOKENS": "7",
+        "SPECSERVE_DTYPE": "float64",
+        "SPECSERVE_API_KEY": "s3cret",
+        "SPECSERVE_PORT": "9001",
+        "SPECSERVE_TRUST_REMOTE_CODE": "true",
+        "SPECSERVE_LOG_LEVEL": "debug",  # read by the CLI, not a setting: must not break Settings
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    s = Settings()
+    assert (s.target, s.draft, s.method) == (tiny_paths["target"], tiny_paths["draft"], "draft")
+    assert (s.max_batch_size, s.num_speculative_tokens, s.dtype, s.port) == (3, 7, "float64", 9001)
+    assert s.trust_remote_code is True
+    assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(s)  # a secret stays out of logs
+    monkeypatch.setenv("SPECSERVE_MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        Settings()
+
+
+def test_flags_become_settings(tiny_paths):
+    args = _serve_args(
+        "--target", tiny_paths["target"], "--draft", tiny_paths["draft"], "--method", "ngram",
+        "--num-speculative-tokens", "5", "--max-batch-size", "4", "--max-waiting", "0",
+        "--dtype", "float64", "--port", "0", "--api-key", "k", "--trust-remote-code",
+        "--request-timeout-s", "2.5", "--max-body-bytes", "4096", "--served-model-name", "m",
+    )  # fmt: skip
+    s = settings_from_args(args)
+    assert (s.method, s.num_speculative_tokens, s.max_batch_size, s.max_waiting) == ("ngram", 5, 4, 0)
+    assert (s.dtype, s.port, s.request_timeout_s, s.max_body_bytes) == ("float64", 0, 2.5, 4096)
+    assert s.api_key is not None and s.api_key.get_secret_value() == "k"
+    assert s.trust_remote_code and s.model_name == "m"
+
+
+def test_flags_override_environment(monkeypatch, tiny_paths):
+    monkeypatch.setenv("SPECSERVE_TARGET", tiny_paths["target"])
+    monkeypatch.setenv("SPECSERVE_MAX_BATCH_SIZE", "3")
+    assert settings_from_args(_serve_args()).max_batch_size == 3
+    assert settings_from_args(_serve_args("--max-batch-size", "5")).max_batch_size == 5
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--max-batch-size", "0"], "error: max_batch_size: Input should be greater than or equal to 1"),
+        (["--num-speculative-tokens", "17"], "error: num_speculative_tokens: Input should be less than or"),
+        (["--method", "draft"], "method 'draft' needs a draft model: pass --draft"),
+        (["--dtype", "float8"], "error: dtype: Input should be 'float32', 'float64', 'bfloat16' or"),
+        (["--port", "http"], "error: port: Input should be a valid integer"),
+        (
+            ["--max-body-bytes", "10", "--max-waiting", "-1"],
+            "max_waiting: .*; max_body_bytes: ",
+        ),  # all at once
+    ],
+)
+def test_bad_flags_exit_with_a_clear_message(tiny_paths, argv, message):
+    with pytest.raises(SystemExit, match=message) as e:
+        settings_from_args(_serve_args("--target", tiny_paths["target"], *argv))
+    assert isinstance(e.value.code, str) and e.value.code.startswith("error: ")
+    assert "Traceback" not in e.value.code and "pydantic" not in e.value.code
+
+
+def test_serve_without_a_model_exits_clearly():
+    with pytest.raises(SystemExit, match="no target model: pass --target"):
+        main(["serve"])
+
+
+def test_serve_hands_the_app_to_uvicorn(monkeypatch, tiny_paths):
+    import uvicorn
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    assert main(["serve", "--target", tiny_paths["target"], "--host", "127.0.0.1", "--port", "0",
+                 "--log-level", "WARNING"]) == 0  # fmt: skip
+    assert (seen["host"], seen["port"], seen["log_level"]) == ("127.0.0.1", 0, "warning")
+    assert set(seen["app"].openapi()["paths"]) >= {"/health", "/v1/models", "/v1/completions", "/generate"}
