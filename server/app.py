@@ -64,6 +64,19 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     return ServerState(settings, target, draft, engine, service, metrics, int(time.time()))
 
 
+class StampArrival:
+    """Outermost: note when each request reached the server, so queue time, TTFT and e2e in the
+    per-request stats include parsing, validation and tokenization, as the client sees them."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrival"] = time.perf_counter()
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -88,6 +101,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app = FastAPI(title="specserve", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(StampArrival)
     for router in (system.router, openai.router, native.router):
         app.include_router(router)
     return app

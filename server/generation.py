@@ -36,6 +36,7 @@ def new_id(prefix: str) -> str:
 
 def build_row(
     state: ServerState,
+    request: Request,
     prompt_ids: list[int],
     fields: SamplingFields,
     max_tokens: int | None,
@@ -72,7 +73,8 @@ def build_row(
         row = state.engine.make_row(prompt_ids, sampling, spec, request_id=new_id("req"))
     except ValueError as e:
         raise APIError(400, str(e), "max_tokens" if "context" in str(e) else None) from e
-    row.deadline = time.perf_counter() + state.settings.request_timeout_s
+    row.arrival = getattr(request.state, "arrival", row.arrival)  # stamped when the request came in
+    row.deadline = row.arrival + state.settings.request_timeout_s
     return row
 
 

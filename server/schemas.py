@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from decoding.params import MAX_SPECULATIVE_TOKENS
 
-Method = Literal["none", "draft", "ngram"]
+Method = Literal["none", "draft", "ngram", "medusa"]
 
 
 def _encodable(value: object) -> object:

@@ -20,7 +20,7 @@ async def generate(body: GenerateRequest, request: Request, state: State):
     if (body.prompt is None) == (body.prompt_token_ids is None):
         raise APIError(400, "send exactly one of prompt and prompt_token_ids", "prompt")
     ids = state.target.tokenizer.encode(body.prompt) if body.prompt is not None else body.prompt_token_ids
-    row = build_row(state, ids, body, body.max_tokens, body.method, body.num_speculative_tokens)
+    row = build_row(state, request, ids, body, body.max_tokens, body.method, body.num_speculative_tokens)
     text = TextStream(state.target.tokenizer, body.stop)
     if not body.stream:
         out = await run_to_end(request, state.service, row, text)

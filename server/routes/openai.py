@@ -89,6 +89,7 @@ async def completions(body: CompletionRequest, request: Request, state: State):
     spec = body.speculation or Speculation()
     row = build_row(
         state,
+        request,
         encode_prompt(state, body.prompt),
         body,
         body.max_tokens,
@@ -117,6 +118,7 @@ async def chat(body: ChatRequest, request: Request, state: State):
     spec = body.speculation or Speculation()
     row = build_row(
         state,
+        request,
         _chat_prompt(state, body),
         body,
         body.max_completion_tokens or body.max_tokens,
