@@ -55,7 +55,8 @@ def verify_rejection(
     """Leviathan et al. Algorithm 1 for candidates sampled from the draft's q.
 
     p: [B, T, V] target probs, q: [B, K, V] draft probs the candidates were drawn from,
-    u_accept: [B, K] and u_next: [B] uniforms in [0, 1).
+    u_accept: [B, K] uniforms in [0, 1); u_next: [B] uniform for the emitted token, or [B, T] one per
+    position (the emitted token then takes the one of its own position).
     Accept candidate j with probability min(1, p_j(x) / q_j(x)); at the first rejection emit a
     recovered token from norm(max(0, p_j - q_j)); after a full accept, a bonus token from p_K.
     """
@@ -71,6 +72,8 @@ def verify_rejection(
     full = n == num_candidates  # bonus rows sample p itself
     degenerate = residual.sum(-1) <= 0  # p == q: rejection has probability 0; keep sampling defined
     dist = torch.where((full | degenerate)[:, None], p_n, residual)
+    if u_next.dim() == 2:
+        u_next = u_next.gather(1, n[:, None]).squeeze(1)
     return Verdict(n, sample(dist, u_next))
 
 

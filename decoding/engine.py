@@ -20,11 +20,13 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from decoding.adaptive import KController
 from decoding.batch import SubBatch, make_proposer
 from decoding.kv import KVState
 from decoding.medusa import medusa_step
 from decoding.params import METHODS, SamplingParams, SpecParams
 from decoding.row import Row
+from decoding.sampling import UniformStream
 from decoding.stats import RequestStats, StepStats
 from decoding.step import decode_step, prefill
 from decoding.tree import DEFAULT_CHOICES, Tree, build_tree
@@ -80,6 +82,7 @@ class Engine:
         self.charge = charge
         self.waiting: deque[Row] = deque()
         self.batches: dict[str, SubBatch] = {}
+        self.controllers: dict[str, KController] = {}  # adaptive K per method
         self._aborts: dict[str, str] = {}  # request id -> finish reason to record
         self._lock = threading.Lock()  # guards waiting and _aborts against other threads
         self._ids = itertools.count()
@@ -112,10 +115,11 @@ class Engine:
         vocab = self.target.get_output_embeddings().weight.shape[0]
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise ValueError(f"prompt token ids must lie in [0, {vocab})")
-        generator = None
+        generator, stream = None, None
         if not sampling.greedy:
-            generator = torch.Generator()
-            generator.manual_seed(sampling.seed if sampling.seed is not None else secrets.randbits(63))
+            seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+            generator = torch.Generator().manual_seed(seed ^ 0x5EED)  # draft sampling / acceptance
+            stream = UniformStream(seed)  # the emitted tokens
         stop = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else set(self.eos_token_ids))
         return Row(
             request_id=request_id if request_id is not None else f"req-{next(self._ids)}",
@@ -126,6 +130,7 @@ class Engine:
             stop_ids=frozenset(stop),
             max_len=ctx,
             generator=generator,
+            stream=stream,
             stats=RequestStats(method=spec.method, prompt_tokens=len(prompt)),
         )
 
@@ -174,6 +179,16 @@ class Engine:
             dropped += batch.retire()
         return dropped
 
+    def _controller(self, batch: SubBatch) -> KController | None:
+        """The method's adaptive-K controller when any of its rows asked for "auto"."""
+        k_max = max((r.spec.num_speculative_tokens for r in batch.rows if r.spec.adaptive), default=0)
+        if not k_max or batch.method == "none":
+            return None
+        ctl = self.controllers.get(batch.method)
+        if ctl is None or ctl.k_max < k_max:
+            ctl = self.controllers[batch.method] = KController(k_max)
+        return ctl
+
     def _report(self, stats: StepStats, rows: list[Row]) -> None:
         if self.charge is not None:
             self.charge(stats, rows)
@@ -220,8 +235,16 @@ class Engine:
             if not batch.rows:
                 continue
             try:
-                step = medusa_step if method == "medusa" else decode_step
-                self._report(step(self.target, batch, self.on_tokens), list(batch.rows))
+                if method == "medusa":  # the tree sets its speculation
+                    stats = medusa_step(self.target, batch, self.on_tokens)
+                else:
+                    ctl = self._controller(batch)
+                    stats = decode_step(
+                        self.target, batch, self.on_tokens, ctl.choose(len(batch.rows)) if ctl else None
+                    )
+                    if ctl:
+                        ctl.observe(stats)
+                self._report(stats, list(batch.rows))
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)
                 finished += _fail(batch.rows)

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from decoding.proposer import Emit, NoProposer
 from decoding.row import Row
-from decoding.sampling import draw_uniforms, sample, warp_probs
+from decoding.sampling import position_uniforms, sample, warp_probs
 from decoding.stats import Forward, StepStats
 from decoding.tree import Tree
 
@@ -110,7 +110,9 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     s = (~warp.greedy).nonzero().squeeze(1).tolist()
     if s:
         p = warp_probs(logits[s], warp.select(torch.tensor(s, device=dev)))  # [S, N, V]
-        u = draw_uniforms([rows[b].generator for b in s], tree.max_depth + 1, dev)
+        u = position_uniforms(
+            [rows[b].stream for b in s], [rows[b].num_generated for b in s], tree.max_depth + 1, dev
+        )  # [S, D + 1]: depth d emits generated position num_generated + d
         ids_list, cap_list = ids.tolist(), caps.tolist()
         for i, b in enumerate(s):
             nodes_b, nxt_list[b] = sampled_path(ids_list[b], p[i], u[i], tree, cap_list[b])
@@ -128,12 +130,16 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     cap_list = caps.tolist()
     stats.drafted_per_position = [sum(c > j for c in cap_list) for j in range(tree.max_depth)]
     stats.accepted_per_position = [sum(a > j for a in n_list) for j in range(tree.max_depth)]
+    stats.reached_per_position = [sum(c > j and a >= j for c, a in zip(cap_list, n_list, strict=True))
+                                  for j in range(tree.max_depth)]  # fmt: skip
     ids_list = ids.tolist()
     for b, row in enumerate(rows):
         a = n_list[b]
         row.stats.target_forwards += 1
         row.stats.batch_size_sum += B
         row.stats.draft_tokens += cap_list[b]  # what the row could have accepted: the tree's depth
+        row.stats.decode_steps += 1
+        row.stats.k_sum += cap_list[b]
         row.stats.accepted_tokens += a
         stats.tokens_verified += tree.num_nodes
         stats.draft_tokens += cap_list[b]

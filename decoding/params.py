@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 METHODS = ("none", "draft", "ngram", "medusa")
 MAX_SPECULATIVE_TOKENS = 16  # beyond this the verify forward costs more than any acceptance repays
+AUTO_MAX_TOKENS = 6  # "auto" chooses K in 0..this each step
+AUTO_SEEDED_DRAFT_K = 4  # seeded draft sampling follows K, so under "auto" it keeps this fixed K
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class SpecParams:
     num_speculative_tokens: int = 4
     ngram_max: int = 4  # prompt lookup tries suffixes of this many tokens first ...
     ngram_min: int = 1  # ... down to this many
+    adaptive: bool = False  # choose K per step up to num_speculative_tokens ("auto")
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -53,6 +56,25 @@ class SpecParams:
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, got {self.ngram_min}, {self.ngram_max}")
 
+    @classmethod
+    def parse(cls, method: str, k: int | str | None, default: int | str = "auto") -> SpecParams:
+        """K as a number, or "auto" (adaptive, up to AUTO_MAX_TOKENS); None takes the default."""
+        k = default if k is None else k
+        if k == "auto":
+            return cls(method, AUTO_MAX_TOKENS, adaptive=True)
+        if isinstance(k, str) and not k.isdigit():
+            raise ValueError(f"num_speculative_tokens must be a number or 'auto', got {k!r}")
+        return cls(method, int(k))
+
     @property
     def k(self) -> int:
         return 0 if self.method == "none" else self.num_speculative_tokens
+
+    def step_k(self, k_auto: int | None, seeded: bool) -> int:
+        """K for one step: the controller's choice for adaptive rows, except seeded draft sampling,
+        whose sample path depends on K (the other methods' does not: uniforms go by position)."""
+        if not self.adaptive:
+            return self.k
+        if self.method == "draft" and seeded:
+            return min(AUTO_SEEDED_DRAFT_K, self.num_speculative_tokens)
+        return self.k if k_auto is None else k_auto

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from decoding.params import SamplingParams, SpecParams
+from decoding.sampling import UniformStream
 from decoding.stats import RequestStats
 
 
@@ -20,7 +21,8 @@ class Row:
     spec: SpecParams
     stop_ids: frozenset[int]  # EOS (unless ignored) and the request's stop token ids
     max_len: int  # context limit of the models this row runs on
-    generator: torch.Generator | None  # None for greedy rows
+    generator: torch.Generator | None  # draft sampling and acceptance tests; None for greedy rows
+    stream: UniformStream | None  # uniforms by position for the emitted tokens; None for greedy rows
     stats: RequestStats
     arrival: float = field(default_factory=time.perf_counter)
     admitted: float = 0.0

@@ -64,6 +64,32 @@ def sample(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return idx.clamp(max=probs.shape[-1] - 1)
 
 
+class UniformStream:
+    """A row's uniforms indexed by generated-token position: the token emitted at position t is
+    always sample(p_t, u_t), whatever K or candidates the step had, so seeded output does not
+    depend on the speculation (for `none`, `ngram` and `medusa` it equals plain sampling's)."""
+
+    def __init__(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.buf = torch.empty(0, dtype=torch.float64)
+
+    def at(self, start: int, n: int) -> torch.Tensor:
+        """u for positions start .. start + n - 1 ([n])."""
+        if start + n > len(self.buf):
+            more = torch.rand(max(start + n - len(self.buf), 64), generator=self.gen, dtype=torch.float64)
+            self.buf = torch.cat([self.buf, more])
+        return self.buf[start : start + n]
+
+
+def position_uniforms(streams: list[UniformStream | None], starts: list[int], n: int, device) -> torch.Tensor:
+    """[B, n]: row b's uniforms for positions starts[b] .. + n - 1 (zeros for greedy rows)."""
+    rows = [
+        s.at(a, n) if s is not None else torch.zeros(n, dtype=torch.float64)
+        for s, a in zip(streams, starts, strict=True)
+    ]
+    return torch.stack(rows).to(device) if rows else torch.zeros(0, n, dtype=torch.float64, device=device)
+
+
 def draw_uniforms(generators: list[torch.Generator | None], n: int, device: torch.device) -> torch.Tensor:
     """n uniforms per row from each row's generator ([B, n]); greedy rows (None) get zeros."""
     rows = [

@@ -26,6 +26,7 @@ class StepStats:
     accepted_tokens: int = 0  # candidates accepted over all rows
     emitted_tokens: int = 0  # tokens appended to outputs (accepted + recovered/bonus, after stops)
     accepted_per_position: list[int] = field(default_factory=list)  # [K] rows accepting position j
+    reached_per_position: list[int] = field(default_factory=list)  # [K] rows that tested position j
     drafted_per_position: list[int] = field(default_factory=list)  # [K] rows proposing position j
     prefill_s: float = 0.0
     propose_s: float = 0.0
@@ -54,6 +55,8 @@ class RequestStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     batch_size_sum: int = 0  # sum over the forwards this request took part in
+    k_sum: int = 0  # speculative tokens asked for, summed over its decode steps (adaptive: chosen per step)
+    decode_steps: int = 0
     bytes_read: float = 0.0  # its share of weights and its own KV over every forward (an accountant's)
     flops: float = 0.0
     peak_bytes_per_s: float = 0.0  # the device's peaks, for mbu / mfu (0: unknown)
@@ -71,6 +74,11 @@ class RequestStats:
     @property
     def mean_batch_size(self) -> float:
         return self.batch_size_sum / self.target_forwards if self.target_forwards else 0.0
+
+    @property
+    def mean_num_speculative_tokens(self) -> float:
+        """K per decode step, on average (adaptive speculation chooses it per step; 0 = plain)."""
+        return self.k_sum / self.decode_steps if self.decode_steps else 0.0
 
     @property
     def busy_s(self) -> float:
@@ -93,11 +101,12 @@ class RequestStats:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for internal in ("batch_size_sum", "peak_bytes_per_s", "peak_flops_per_s"):
+        for internal in ("batch_size_sum", "peak_bytes_per_s", "peak_flops_per_s", "k_sum", "decode_steps"):
             d.pop(internal)
         d["acceptance_rate"] = self.acceptance_rate
         d["mean_accepted_length"] = self.mean_accepted_length
         d["mean_batch_size"] = self.mean_batch_size
+        d["num_speculative_tokens"] = self.mean_num_speculative_tokens
         d["bandwidth_bytes_per_s"] = self.bandwidth_bytes_per_s
         d["mbu"] = self.mbu
         d["mfu"] = self.mfu

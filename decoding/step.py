@@ -12,7 +12,7 @@ from decoding.batch import SubBatch
 from decoding.kv import KVState
 from decoding.proposer import Emit, Proposal
 from decoding.row import Row
-from decoding.sampling import Warp, draw_uniforms, sample, warp_probs
+from decoding.sampling import Warp, draw_uniforms, position_uniforms, sample, warp_probs
 from decoding.stats import StepStats
 
 
@@ -32,7 +32,7 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
     warp = _warp(new, logits.device)
     first = logits.argmax(-1)  # [B_new]
     if not bool(warp.greedy.all()):
-        u = draw_uniforms([r.generator for r in new], 1, logits.device)[:, 0]  # [B_new]
+        u = position_uniforms([r.stream for r in new], [0] * len(new), 1, logits.device)[:, 0]  # [B_new]
         first = torch.where(warp.greedy, first, sample(warp_probs(logits[:, None], warp)[:, 0], u))
     batch.kv.extend(kv)
     batch.proposer.admit(new, hidden)
@@ -52,49 +52,61 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
     return stats
 
 
-def _accept(logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor | None) -> Verdict:
-    """logits [B, T, V]; u [B, T + 1] per-row uniforms (None when every row is greedy)."""
+def _accept(
+    logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor | None, u_pos: torch.Tensor | None
+) -> Verdict:
+    """logits [B, T, V]; u [B, K] acceptance uniforms, u_pos [B, T] uniforms of the positions the
+    step may emit (both None when every row is greedy)."""
     dev = logits.device
     K = logits.shape[1] - 1
-    if K == 0 and u is None:  # plain greedy step
+    if K == 0 and u_pos is None:  # plain greedy step
         return Verdict(torch.zeros(logits.shape[0], dtype=torch.long, device=dev), logits[:, 0].argmax(-1))
     n_cand = torch.tensor([len(t) for t in prop.tokens], device=dev)  # [B]
     cand = torch.tensor([t + [-1] * (K - len(t)) for t in prop.tokens], dtype=torch.long, device=dev).view(
         len(prop.tokens), K
     )
     verdict = verify_greedy(logits.argmax(-1), cand, n_cand)
-    if u is None:
+    if u_pos is None:
         return verdict
     s = (~warp.greedy).nonzero().squeeze(1)  # sampling rows
     if len(s):
         p = warp_probs(logits[s], warp.select(s))  # [S, T, V]
         if prop.q is not None:
-            v = verify_rejection(p, prop.q[s, :K], cand[s], n_cand[s], u[s, :K], u[s, K])
+            v = verify_rejection(p, prop.q[s, :K], cand[s], n_cand[s], u[s, :K], u_pos[s, : K + 1])
         else:
-            v = verify_match(p, cand[s], n_cand[s], u[s, : K + 1])
+            v = verify_match(p, cand[s], n_cand[s], u_pos[s, : K + 1])
         verdict.num_accepted[s] = v.num_accepted
         verdict.next_token[s] = v.next_token
     return verdict
 
 
-def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepStats:
-    """propose -> verify -> accept -> commit for every row of the sub-batch."""
+def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: int | None = None) -> StepStats:
+    """propose -> verify -> accept -> commit for every row of the sub-batch.
+
+    k_auto: the K an adaptive controller chose for this step (rows with spec.adaptive use it)."""
     rows = batch.rows
     dev = batch.kv.mask.device
-    ks = [r.budget(r.spec.k) for r in rows]
+    ks = [r.budget(r.spec.step_k(k_auto, r.sampling.seed is not None)) for r in rows]
     K = max(ks)
     warp = batch.warp
     sampled = not bool(warp.greedy.all())
-    # draft uniforms [B, K], then acceptance uniforms [B, K + 2]
-    u = draw_uniforms([r.generator for r in rows], 2 * K + 2, dev) if sampled else None
+    # draft sampling [B, K] and acceptance [B, K] uniforms; the emitted positions' own [B, K + 1]
+    u = (
+        draw_uniforms([r.generator for r in rows], 2 * K, dev)
+        if sampled and batch.method == "draft"
+        else None
+    )
+    u_pos = None
+    if sampled:
+        u_pos = position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], K + 1, dev)
     # 1. propose
     t0 = time.perf_counter()
-    prop = batch.proposer.propose(rows, ks, warp, u[:, :K] if sampled else u)
+    prop = batch.proposer.propose(rows, ks, warp, u[:, :K] if u is not None else None)
     t1 = time.perf_counter()
     # 2. verify: one target forward over each row's pending token and its candidates
     logits = batch.kv.forward(target, [[r.tokens[-1]] + c for r, c in zip(rows, prop.tokens, strict=True)])
     # 3. accept
-    verdict = _accept(logits, prop, warp, u[:, K:] if sampled else u)
+    verdict = _accept(logits, prop, warp, u[:, K:] if u is not None else None, u_pos)
     n, nxt = verdict.num_accepted.tolist(), verdict.next_token.tolist()
     # 4. commit: keep the pending token and the accepted candidates in both caches
     T = logits.shape[1]
@@ -105,9 +117,14 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
     stats.drafted_per_position = [sum(len(c) > j for c in prop.tokens) for j in range(K)]
     stats.accepted_per_position = [sum(a > j for a in n) for j in range(K)]
+    stats.reached_per_position = [
+        sum(len(c) > j and a >= j for c, a in zip(prop.tokens, n, strict=True)) for j in range(K)
+    ]
     for row, cands, a, tok in zip(rows, prop.tokens, n, nxt, strict=True):
         row.stats.target_forwards += 1
         row.stats.batch_size_sum += len(rows)
+        row.stats.decode_steps += 1
+        row.stats.k_sum += len(cands)
         row.stats.draft_tokens += len(cands)
         row.stats.accepted_tokens += a
         stats.tokens_verified += 1 + len(cands)

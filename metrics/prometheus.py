@@ -78,6 +78,8 @@ class ServerMetrics:
             ["method", "position"],
             **r,
         )
+        self.k_chosen = hist("spec_decode_num_speculative_tokens", "K per decode step (adaptive: chosen).",
+                             ["method"], (0, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16))  # fmt: skip
         self.acceptance = hist("request_acceptance_rate", "Per-request acceptance rate.", ["method"], RATE)
         self.bytes = Counter(p + "model_bytes_read", "Bytes read by model forwards.", ["model", "kind"], **r)
         self.flops = Counter(p + "model_flops", "FLOPs of model forwards.", ["model"], **r)
@@ -102,6 +104,7 @@ class ServerMetrics:
         else:
             self.step_s.labels(s.method, "propose").observe(s.propose_s)
             self.step_s.labels(s.method, "verify").observe(s.verify_s)
+            self.k_chosen.labels(s.method).observe(s.k)
         if s.drafted_per_position and s.drafted_per_position[0]:
             self.drafts.labels(s.method).inc(s.drafted_per_position[0])  # rows that proposed anything
             self.draft_tokens.labels(s.method).inc(s.draft_tokens)

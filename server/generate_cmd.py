@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_prompt_args(p)
     add_sampling_args(p)
     p.add_argument("--method", choices=list(METHODS), default="none")
-    p.add_argument("--num-speculative-tokens", "-k", type=int, default=4)
+    p.add_argument("--num-speculative-tokens", "-k", default="4", help="K, or 'auto' (chosen per step)")
     p.add_argument("--batch-size", type=int, default=8, help="rows decoded together (continuous batching)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt, in input order")
     p.set_defaults(func=run)
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
         )
-        spec = SpecParams(args.method, args.num_speculative_tokens)
+        spec = SpecParams.parse(args.method, args.num_speculative_tokens)
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     except ValueError as e:

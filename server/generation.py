@@ -41,7 +41,7 @@ def build_row(
     fields: SamplingFields,
     max_tokens: int | None,
     method: str | None,
-    k: int | None,
+    k: int | str | None,
 ) -> Row:
     """Validate a request against the loaded models; every problem is a 400 naming the value."""
     if fields.n != 1:
@@ -69,7 +69,7 @@ def build_row(
             seed=fields.seed,
             ignore_eos=fields.ignore_eos,
         )
-        spec = SpecParams(method, k or state.settings.num_speculative_tokens)
+        spec = SpecParams.parse(method, k, default=state.settings.num_speculative_tokens)
         row = state.engine.make_row(prompt_ids, sampling, spec, request_id=new_id("req"))
     except ValueError as e:
         raise APIError(400, str(e), "max_tokens" if "context" in str(e) else None) from e

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from decoding.params import MAX_SPECULATIVE_TOKENS
 
 Method = Literal["none", "draft", "ngram", "medusa"]
+SpecK = Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"]  # K, or chosen per step
 
 
 def _encodable(value: object) -> object:
@@ -28,7 +29,7 @@ class Speculation(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: Method | None = None
-    num_speculative_tokens: int | None = Field(None, ge=1, le=MAX_SPECULATIVE_TOKENS)
+    num_speculative_tokens: SpecK | None = None
 
 
 class StreamOptions(BaseModel):
@@ -95,4 +96,4 @@ class GenerateRequest(SamplingFields):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(64, ge=1)
     method: Method | None = None
-    num_speculative_tokens: int | None = Field(None, ge=1, le=MAX_SPECULATIVE_TOKENS)
+    num_speculative_tokens: SpecK | None = None

@@ -14,7 +14,7 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "draft": "draft model for method 'draft' (default: the bundled suite's draft)",
     "medusa": "Medusa heads folder for method 'medusa' (default: the bundled suite's heads)",
     "method": "default method: none, draft, ngram or medusa (per request: the `speculation` field)",
-    "num_speculative_tokens": "candidates per step (1..16)",
+    "num_speculative_tokens": "candidates per step (1..16), or auto (default: chosen each step)",
     "max_batch_size": "rows decoded together",
     "max_waiting": "queued requests beyond this get 429",
     "dtype": "float32, float64, bfloat16 or float16",
@@ -51,9 +51,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     try:
         return Settings(**given)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}" for err in e.errors()
-        )
+        seen: dict[str, list[str]] = {}  # a union field reports once per member: group by field
+        for err in e.errors():
+            seen.setdefault(str(err["loc"][0]) if err["loc"] else "settings", []).append(err["msg"])
+        problems = "; ".join(f"{field}: {' or '.join(dict.fromkeys(msgs))}" for field, msgs in seen.items())
         raise SystemExit(f"error: {problems}") from e
 
 

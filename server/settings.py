@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     method: Literal["none", "draft", "ngram", "medusa"] | None = Field(
         None, description="default method (per-request override allowed); default: draft if loaded, else none"
     )
-    num_speculative_tokens: int = Field(4, ge=1, le=MAX_SPECULATIVE_TOKENS)
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"] = Field(
+        "auto", description="K per step, or auto: chosen per step"
+    )
     max_batch_size: int = Field(16, ge=1, le=512)
     max_waiting: int = Field(64, ge=0, le=100_000, description="queued requests beyond this get 429")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"

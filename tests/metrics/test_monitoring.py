@@ -101,12 +101,14 @@ def test_counters_grow_by_exactly_the_request_stats(live):
 
 
 def test_client_latency_agrees_with_server_stats(live):
-    for i in range(6):
-        s = generate(live, i, stream=True)
-        # the server measures from arrival to its own emission: never more than the client saw,
-        # and the gap (HTTP, SSE, the client's parsing) stays small
-        assert s["ttft_s"] <= s["client_ttft_s"] <= s["ttft_s"] * 1.2 + 0.010
-        assert s["e2e_s"] <= s["client_e2e_s"] <= s["e2e_s"] * 1.2 + 0.010
+    samples = [generate(live, i, stream=True) for i in range(8)]
+    for s in samples:  # the server measures from arrival to its own emission: never more than the client
+        assert s["ttft_s"] <= s["client_ttft_s"] and s["e2e_s"] <= s["client_e2e_s"]
+    # and what lies between (HTTP, SSE, the client's parsing) is a few ms plus 20%; the median keeps
+    # one request delayed by a busy machine from deciding it
+    for key in ("ttft_s", "e2e_s"):
+        excess = sorted(s["client_" + key] - 1.2 * s[key] for s in samples)
+        assert excess[len(excess) // 2] <= 0.010, (key, excess)
 
 
 @needs_prometheus
