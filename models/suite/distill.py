@@ -88,6 +88,7 @@ def distill_draft(
     val_windows: torch.Tensor,
     work_dir: Path,
     resume: bool = True,
+    data_id: str = "",
 ) -> TrainResult:
     """Train `draft` in place on the pool ([N, T] target continuations) to match the target's distribution.
 
@@ -103,5 +104,13 @@ def distill_draft(
 
     loss_fn = kd_loss_fn(target)
     return train_loop(
-        "distill", draft, cfg.train, batch_fn, val_windows, work_dir, loss_fn=loss_fn, resume=resume
+        "distill",
+        draft,
+        cfg.train,
+        batch_fn,
+        val_windows,
+        work_dir,
+        loss_fn=loss_fn,
+        resume=resume,
+        data_id=data_id,
     )

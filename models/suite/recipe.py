@@ -71,6 +71,7 @@ def _train_model(
     work_dir: Path,
     device: torch.device,
     resume: bool,
+    data_id: str,
 ) -> tuple[LlamaForCausalLM, TrainResult]:
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(shape.llama_config(preset.vocab_size, preset.context, **ids)).to(device)
@@ -83,6 +84,7 @@ def _train_model(
         val_windows[: cfg.eval_windows],
         work_dir / name,
         resume=resume,
+        data_id=data_id,
     )
     return model, result
 
@@ -165,6 +167,7 @@ def run_suite(
     fast = tokenizer.wrap(tok, preset.context)
     eot, pad = tok.token_to_id(tokenizer.EOT), tok.token_to_id(tokenizer.PAD)
     ids = {"bos": eot, "eos": eot, "pad": pad}
+    data_id = tokenizer.tokenizer_digest(tok)  # checkpoints resume only over the same token ids
     train_tokens = corpus.load_split(work_dir / "shards", "train")
     val = TokenWindows(corpus.load_split(work_dir / "shards", "validation"), preset.target_train.seq_len)
     val_windows = evaluate.val_sample(val, preset.eval)  # [val_windows, T]
@@ -176,7 +179,7 @@ def run_suite(
         ("draft", preset.draft, preset.draft_train),
     ):
         models[name], results[name] = _train_model(
-            name, shape, cfg, preset, ids, train_tokens, val_windows, work_dir, dev, resume
+            name, shape, cfg, preset, ids, train_tokens, val_windows, work_dir, dev, resume, data_id
         )
         _replace_folder(models[name], fast, out / name, preset.max_shard_bytes)
         clock.record(f"{name}_s", results[name].wall_s)
@@ -190,8 +193,9 @@ def run_suite(
     clock.record("acceptance_before_s", time.perf_counter() - t)
     t = time.perf_counter()
     pool_path = work_dir / "distill" / "pool.pt"
-    if not resume:
+    if not resume or any(r.steps > r.resumed_from for r in results.values()):  # new target or draft
         pool_path.unlink(missing_ok=True)
+        (work_dir / "distill" / "ckpt.pt").unlink(missing_ok=True)
     pool_reused = pool_path.is_file()
     pool = distill.build_pool(
         models["target"], TokenWindows(train_tokens, preset.distill.prompt_len), preset.distill, pool_path
@@ -205,6 +209,7 @@ def run_suite(
         val_windows[: preset.distill.train.eval_windows],
         work_dir / "distill",
         resume=resume,
+        data_id=data_id,
     )
     clock.record("distill_s", distill_res.wall_s)
     t = time.perf_counter()

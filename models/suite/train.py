@@ -126,8 +126,12 @@ def train_loop(
     val_loss_fn: LossFn = lm_loss,
     resume: bool = True,
     stop_after: int | None = None,
+    data_id: str = "",
 ) -> TrainResult:
     """Train `model` in place for cfg.steps, checkpointing to ckpt_dir/ckpt.pt.
+
+    A checkpoint resumes only with the same configuration and `data_id` (what the tokens mean: the
+    recipe passes the tokenizer's digest); otherwise training starts afresh.
 
     `stop_after` ends this call after that many steps of this run (an interruption, for tests); the
     next call with resume=True continues from the last checkpoint.
@@ -142,8 +146,11 @@ def train_loop(
         if resume and ckpt_path.is_file()
         else None
     )
-    if state is not None and state.get("config", asdict(cfg)) != asdict(cfg):
-        log.warning("%s: %s was written with another configuration; starting afresh", name, ckpt_path)
+    if state is not None and (state.get("config", asdict(cfg)), state.get("data_id", data_id)) != (
+        asdict(cfg),
+        data_id,
+    ):
+        log.warning("%s: %s was written with another configuration or data; starting afresh", name, ckpt_path)
         state = None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -195,7 +202,7 @@ def train_loop(
         if (step + 1) % cfg.ckpt_every == 0 or last:
             result.wall_s = wall0 + time.perf_counter() - t0
             state = {"model": model.state_dict(), "opt": opt.state_dict(), "result": asdict(result)}
-            _save_ckpt(ckpt_path, state | {"config": asdict(cfg)})
+            _save_ckpt(ckpt_path, state | {"config": asdict(cfg), "data_id": data_id})
     bar.close()
     result.wall_s = wall0 + time.perf_counter() - t0
     model.eval()

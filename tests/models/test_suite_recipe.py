@@ -182,11 +182,20 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path) -> None:
     )
     shape = ModelShape(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
 
-    def run(ckpt: Path, stop_after: int | None = None) -> tuple[LlamaForCausalLM, object]:
+    def run(
+        ckpt: Path, stop_after: int | None = None, data_id: str = "tok-a"
+    ) -> tuple[LlamaForCausalLM, object]:
         torch.manual_seed(1)
         model = LlamaForCausalLM(shape.llama_config(64, 32, 0, 0, 1))
         res = train_loop(
-            "t", model, cfg, lambda s: windows.batch(7, s, 2), windows.evenly(2), ckpt, stop_after=stop_after
+            "t",
+            model,
+            cfg,
+            lambda s: windows.batch(7, s, 2),
+            windows.evenly(2),
+            ckpt,
+            stop_after=stop_after,
+            data_id=data_id,
         )
         return model, res
 
@@ -197,6 +206,8 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path) -> None:
     assert res.resumed_from == 4 and res.steps == 6 and res.tokens_seen == whole_res.tokens_seen
     for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _, other = run(tmp_path / "split", data_id="tok-b")  # other token ids: the checkpoint does not apply
+    assert other.resumed_from == 0 and other.steps == 6
 
 
 def test_tokenizer_round_trips_code(tiny_suite) -> None:
