@@ -1,9 +1,14 @@
-"""`specserve bench serve`: a closed-loop HTTP load test against a running server.
+"""`specserve bench serve`: an HTTP load test against a running server.
 
-For each method and concurrency level, C clients each send streaming /generate requests back to
-back until the level's requests are done; client-side TTFT / e2e and the server's per-request stats
-are recorded. `--inprocess` also decodes the same prompts with an in-process engine at batch 1 on
-the same models, so "what HTTP costs" is a ratio measured in the same run.
+Methods are compared on one server through /generate's per-request `method` override. Closed loop
+(`--concurrency`): C clients send streaming requests back to back. Open loop (`--request-rates`):
+requests arrive at Poisson times (seeded), however fast the server answers. Levels run one at a
+time, the methods interleaved at each load so their ratios are measured close together; /metrics is
+scraped around each level for what only the server sees (acceptance, batch size, MBU, MFU), as
+`vllm bench serve` does. Writes serve.json, serve.csv and PNG plots to `--out-dir`, and a table.
+
+`--inprocess` also decodes the same prompts with an in-process engine at batch 1 on the same models,
+so "what HTTP costs" is a ratio measured in the same run.
 """
 
 from __future__ import annotations
@@ -12,146 +17,240 @@ import argparse
 import asyncio
 import json
 import logging
-import statistics
+import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import numpy as np
 from tqdm import tqdm
 
+from bench import loadgen, plots, report, scrape
 from bench.prompts import CODE_PROMPTS
 from server.cli_common import add_model_args, add_prompt_args, read_prompts
 
 log = logging.getLogger(__name__)
+SETTLE_S = 30.0  # how long to wait after a level for the server to count its requests and go idle
 
 
-@dataclass
-class Sample:
-    ok: bool
-    ttft_s: float = 0.0
-    e2e_s: float = 0.0
-    tokens: int = 0
-    stats: dict = field(default_factory=dict)
-    error: str = ""
+def _k(text: str) -> int | str:
+    return text if text == "auto" else _positive(text)
+
+
+def _count(text: str, least: int = 0) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = least - 1
+    if n < least:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text}")
+    return n
+
+
+def _positive(text: str) -> int:
+    return _count(text, least=1)
+
+
+def _seconds(text: str, zero_ok: bool = False) -> float:
+    s = float(text)
+    if not ((s > 0 or (zero_ok and s == 0)) and math.isfinite(s)):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text}")
+    return s
+
+
+def _duration(text: str) -> float:
+    return _seconds(text, zero_ok=True)
+
+
+def _rate(text: str) -> float:
+    rate = float(text)
+    if not rate > 0:
+        raise argparse.ArgumentTypeError(f"request rate must be > 0 (or inf), got {text}")
+    return rate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP load test against a running server")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
     p.add_argument("--api-key", default=None)
     p.add_argument("--methods", nargs="+", default=["none"], choices=["none", "draft", "ngram", "medusa"])
-    p.add_argument("--k", type=int, default=None, help="num_speculative_tokens override (default: server's)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    p.add_argument("--num-requests", type=int, default=0, help="per level (default: 4 x concurrency, >= 8)")
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--timeout-s", type=float, default=600.0, help="per level; the run stops by itself")
+    p.add_argument(
+        "--k",
+        type=_k,
+        default=None,
+        help="num_speculative_tokens override: K or auto (default: the server's)",
+    )
+    p.add_argument("--mode", choices=["closed", "open", "both"], default="closed")
+    p.add_argument(
+        "--concurrency", type=_positive, nargs="+", default=[1, 2, 4, 8, 16, 32], help="closed loop"
+    )
+    p.add_argument(
+        "--request-rates",
+        type=_rate,
+        nargs="+",
+        default=[1.0, 2.0, 4.0, 8.0],
+        help="open loop, req/s; inf: all at once",
+    )
+    p.add_argument(
+        "--num-requests",
+        type=_count,
+        default=0,
+        help="per level (default: closed max(8, 4 x concurrency); open max(8, 4 x rate), 32 at inf)",
+    )
+    p.add_argument("--max-tokens", type=_positive, default=64)
+    p.add_argument(
+        "--duration-s",
+        type=_duration,
+        default=0.0,
+        help="per level: send nothing after this (0: no bound)",
+    )
+    p.add_argument(
+        "--timeout-s", type=_seconds, default=600.0, help="per level: cancel what is still in flight"
+    )
+    p.add_argument("--warmup", type=_count, default=1, help="unmeasured requests per method before the sweep")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    p.add_argument("--no-plots", action="store_true")
     p.add_argument("--inprocess", action="store_true", help="also decode in-process at batch 1 (model flags)")
-    p.add_argument("--out", type=Path, default=Path("bench_results/serve.json"))
+    p.add_argument(
+        "--out-dir", type=Path, default=Path("bench_results/serve"), help="serve.json, serve.csv, *.png"
+    )
     add_prompt_args(p)
     add_model_args(p)
     p.set_defaults(func=run)
 
 
-async def one_request(client: httpx.AsyncClient, prompt: str, method: str, args) -> Sample:
-    body = {
-        "prompt": prompt,
-        "max_tokens": args.max_tokens,
-        "method": method,
-        "stream": True,
-        "ignore_eos": True,
-    }
-    if args.k is not None and method != "none":
-        body["num_speculative_tokens"] = args.k
-    t0 = time.perf_counter()
-    s = Sample(ok=False)
+def levels_of(args: argparse.Namespace) -> list[tuple[str, float, int]]:
+    """(mode, load, requests) in run order; the methods are interleaved at each of them."""
+    out = []
+    if args.mode in ("closed", "both"):
+        out += [("closed", c, args.num_requests or max(8, 4 * c)) for c in args.concurrency]
+    if args.mode in ("open", "both"):
+        for rate in args.request_rates:
+            default = 32 if math.isinf(rate) else max(8, math.ceil(4 * rate))
+            out.append(("open", rate, args.num_requests or default))
+    return out
+
+
+def check_server(args: argparse.Namespace, http: httpx.Client) -> dict:
+    """Fail clearly unless the server is up and offers every method asked for; returns its model card."""
     try:
-        async with client.stream("POST", "/generate", json=body) as r:
-            if r.status_code != 200:
-                s.error = f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"
-                return s
-            async for line in r.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                event = json.loads(line[6:])
-                if "error" in event:
-                    s.error = event["error"]["message"]
-                    return s
-                if event.get("token_ids") and not s.tokens:
-                    s.ttft_s = time.perf_counter() - t0
-                s.tokens += len(event.get("token_ids", []))
-                if "stats" in event:
-                    s.stats = event["stats"]
+        http.get("/health").raise_for_status()
     except httpx.HTTPError as e:
-        s.error = f"{type(e).__name__}: {e}"
-        return s
-    s.e2e_s, s.ok = time.perf_counter() - t0, True
-    return s
+        raise SystemExit(
+            f"error: the server at {args.url} is not reachable or not healthy ({type(e).__name__}: {e}); "
+            "start one with `specserve serve` or pass --url"
+        ) from e
+    try:
+        r = http.get("/v1/models")
+        r.raise_for_status()
+        card = r.json()["data"][0]
+    except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
+        raise SystemExit(f"error: GET {args.url}/v1/models failed ({e}); is --api-key right?") from e
+    missing = [m for m in args.methods if m not in card.get("methods", args.methods)]
+    if missing:
+        raise SystemExit(
+            f"error: the server does not offer {', '.join(missing)} (it offers {card['methods']})"
+        )
+    return card
 
 
-async def run_level(args, prompts: list[str], method: str, concurrency: int, bar: tqdm) -> dict:
-    n = args.num_requests or max(8, 4 * concurrency)
-    todo = iter(range(n))
-    samples: list[Sample] = []
+def run_level(
+    cfg: loadgen.LoadConfig,
+    http: httpx.Client,
+    prompts: list[str],
+    level: tuple[str, float, int],
+    method: str,
+    bar: tqdm,
+) -> report.LevelResult:
+    """One (mode, load, requests) level for one method, with /metrics scraped around it."""
+    mode, load, n = level
+    bar.set_description(f"{method} {mode} {'c' if mode == 'closed' else 'rate'}={load:g}")
+    before = scrape.scrape(http)
+    ended = [0]
+
+    def on_done() -> None:
+        ended[0] += 1
+        bar.update()
+
+    if mode == "closed":
+        drive = loadgen.closed_loop(cfg, prompts, method, int(load), n, on_done=on_done)
+    else:
+        drive = loadgen.open_loop(cfg, prompts, method, load, n, on_done=on_done)
+    result = asyncio.run(drive)
+    bar.update(n - ended[0])  # requests cancelled or never sent (the bounds) still fill the level's share
+    if result.timed_out:
+        log.warning("%s %s %g hit --timeout-s; reporting what finished", method, mode, load)
+    delta = None
+    if scrape.metrics_enabled(before):
+        finished = sum(s.ok for s in result.samples)
+        after = scrape.settled(http, before, method, finished, SETTLE_S)
+        delta = scrape.server_delta(before, after, method, result.wall_s)
+    return report.summarize(mode, method, load, n, result, delta)
+
+
+def warm_up(cfg: loadgen.LoadConfig, prompts: list[str], methods: list[str], n: int) -> None:
+    for method in methods:
+        run = asyncio.run(loadgen.closed_loop(cfg, prompts, method, 1, n)) if n else None
+        if run and not all(s.ok for s in run.samples):
+            raise SystemExit(f"error: warm-up requests with method {method} failed: {run.samples[0].error}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.inprocess and args.k == "auto":
+        raise SystemExit("error: --inprocess compares at a fixed K; pass a number to --k")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bar
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    limits = httpx.Limits(max_connections=concurrency)
-    async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, timeout=args.timeout_s, limits=limits
-    ) as client:
-
-        async def worker() -> None:
-            for i in todo:
-                samples.append(await one_request(client, prompts[i % len(prompts)], method, args))
-                bar.update()
-
+    cfg = loadgen.LoadConfig(
+        url=args.url.rstrip("/"),
+        max_tokens=args.max_tokens,
+        timeout_s=args.timeout_s,
+        duration_s=args.duration_s,
+        k=args.k,
+        api_key=args.api_key,
+        seed=args.seed,
+    )
+    given = args.prompt is not None or args.prompts is not None
+    prompts = [t for _, t in read_prompts(args)] if given else CODE_PROMPTS
+    levels = levels_of(args)
+    with httpx.Client(base_url=cfg.url, headers=headers, timeout=10.0) as http:
+        card = check_server(args, http)
+        if not scrape.metrics_enabled(scrape.scrape(http)):
+            log.warning(
+                "the server's metrics are off (--no-metrics?): acceptance, batch size, MBU, MFU stay empty"
+            )
+        warm_up(cfg, prompts, args.methods, args.warmup)
         t0 = time.perf_counter()
-        try:
-            await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), args.timeout_s)
-        except asyncio.TimeoutError:
-            log.warning("level %s x%d hit --timeout-s; reporting what finished", method, concurrency)
-        wall = time.perf_counter() - t0
-    return summarize_level(method, concurrency, samples, wall)
+        with tqdm(
+            total=sum(n for *_, n in levels) * len(args.methods), desc="bench serve", file=sys.stderr
+        ) as bar:
+            results = [run_level(cfg, http, prompts, lv, m, bar) for lv in levels for m in args.methods]
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    out = {"benchmark": "serve", "config": config, "server": card, "wall_s": time.perf_counter() - t0}
+    if args.inprocess:
+        out["inprocess"] = {m: inprocess_compare(args, prompts, m, results) for m in args.methods}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    report.write_json(args.out_dir / "serve.json", out, results)
+    report.write_csv(args.out_dir / "serve.csv", results)
+    written = [] if args.no_plots else plots.write_plots(results, args.out_dir)
+    sys.stdout.write(report.format_table(results) + "\n")
+    for m, base in out.get("inprocess", {}).items():
+        sys.stdout.write(f"in-process {m}: {json.dumps(report.jsonable(base))}\n")
+    names = ", ".join(p.name for p in written)
+    sys.stdout.write(f"wrote {args.out_dir}/serve.json, serve.csv{', ' + names if names else ''}\n")
+    return 0
 
 
-def pct(values: list[float]) -> dict:
-    if not values:
-        return {}
-    a = np.asarray(values)
-    return {
-        "mean": float(a.mean()),
-        "p50": float(np.percentile(a, 50)),
-        "p90": float(np.percentile(a, 90)),
-        "p99": float(np.percentile(a, 99)),
-    }
+def inprocess_compare(args: argparse.Namespace, prompts: list[str], method: str, results: list) -> dict:
+    base = inprocess_baseline(args, prompts, method)
+    http1 = next((r for r in results if r.method == method and r.concurrency == 1), None)
+    if http1 and base["output_tokens_per_s"]:
+        base["http_vs_inprocess_tokens_per_s"] = http1.output_tokens_per_s / base["output_tokens_per_s"]
+        if http1.ttft_s.p50 is not None:
+            base["http_added_ttft_s"] = http1.ttft_s.p50 - base["ttft_s"].p50
+    return base
 
 
-def summarize_level(method: str, concurrency: int, samples: list[Sample], wall: float) -> dict:
-    ok = [s for s in samples if s.ok]
-    tokens = sum(s.tokens for s in ok)
-    return {
-        "method": method,
-        "concurrency": concurrency,
-        "completed": len(ok),
-        "failed": len(samples) - len(ok),
-        "errors": sorted({s.error for s in samples if not s.ok})[:5],
-        "wall_s": wall,
-        "requests_per_s": len(ok) / wall if wall else 0.0,
-        "output_tokens": tokens,
-        "output_tokens_per_s": tokens / wall if wall else 0.0,
-        "ttft_s": pct([s.ttft_s for s in ok]),
-        "e2e_s": pct([s.e2e_s for s in ok]),
-        "server_ttft_s": pct([s.stats.get("ttft_s", 0.0) for s in ok]),
-        "mean_batch_size": statistics.fmean(s.stats.get("mean_batch_size", 0.0) for s in ok) if ok else 0.0,
-        "acceptance_rate": statistics.fmean(s.stats.get("acceptance_rate", 0.0) for s in ok) if ok else 0.0,
-        "mean_accepted_length": statistics.fmean(s.stats.get("mean_accepted_length", 0.0) for s in ok)
-        if ok
-        else 0.0,
-    }
-
-
-def inprocess_baseline(args, prompts: list[str], method: str) -> dict:
+def inprocess_baseline(args: argparse.Namespace, prompts: list[str], method: str) -> dict:
     """Decode the same prompts one at a time in this process, on the server's models."""
     from decoding import Engine, SamplingParams, SpecParams
     from server.cli_common import load_models
@@ -171,52 +270,5 @@ def inprocess_baseline(args, prompts: list[str], method: str) -> dict:
     return {
         "method": method,
         "output_tokens_per_s": tokens / wall,
-        "ttft_s": pct([r.stats.ttft_s for r in res]),
+        "ttft_s": report.percentiles([r.stats.ttft_s for r in res]),
     }
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        httpx.get(args.url.rstrip("/") + "/health", timeout=5).raise_for_status()
-    except httpx.HTTPError as e:
-        raise SystemExit(f"error: server at {args.url} is not reachable or not healthy ({e})") from e
-    prompts = [t for _, t in read_prompts(args)] if (args.prompt or args.prompts) else CODE_PROMPTS
-    levels = [(m, c) for m in args.methods for c in args.concurrency]
-    total = sum(args.num_requests or max(8, 4 * c) for _, c in levels)
-    bar = tqdm(total=total, desc="bench serve", file=sys.stderr)
-    results = [asyncio.run(run_level(args, prompts, m, c, bar)) for m, c in levels]
-    bar.close()
-    report = {"benchmark": "serve", "url": args.url, "max_tokens": args.max_tokens, "levels": results}
-    if args.inprocess:
-        report["inprocess"] = {}
-        for m in args.methods:
-            base = inprocess_baseline(args, prompts, m)
-            http1 = next((r for r in results if r["method"] == m and r["concurrency"] == 1), None)
-            if http1:
-                base["http_vs_inprocess_tokens_per_s"] = (
-                    http1["output_tokens_per_s"] / base["output_tokens_per_s"]
-                )
-                base["http_added_ttft_s"] = http1["ttft_s"]["p50"] - base["ttft_s"]["p50"]
-            report["inprocess"][m] = base
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    sys.stdout.write(format_table(results) + f"\nwrote {args.out}\n")
-    for m, base in report.get("inprocess", {}).items():
-        sys.stdout.write(f"in-process {m}: {json.dumps(base)}\n")
-    return 0
-
-
-def format_table(levels: list[dict]) -> str:
-    head = (
-        f"{'method':<8}{'conc':>5}{'ok':>5}{'fail':>5}{'req/s':>8}{'tok/s':>9}{'ttft p50':>10}{'e2e p50':>9}"
-        f"{'batch':>7}{'accept':>8}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in levels:
-        lines.append(
-            f"{r['method']:<8}{r['concurrency']:>5}{r['completed']:>5}{r['failed']:>5}"
-            f"{r['requests_per_s']:>8.2f}{r['output_tokens_per_s']:>9.1f}"
-            f"{r['ttft_s'].get('p50', 0):>10.4f}{r['e2e_s'].get('p50', 0):>9.3f}"
-            f"{r['mean_batch_size']:>7.2f}{r['acceptance_rate']:>8.2f}"
-        )
-    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""PNG plots of a `bench serve` run (matplotlib, Agg backend: no display needed).
+
+- throughput_vs_concurrency.png: output tok/s per method over the closed-loop concurrency levels;
+- throughput_vs_request_rate.png: the same over the open-loop request rates;
+- latency_vs_throughput.png: p50 e2e and p50 TTFT against output tok/s, one line per method and mode;
+- speedup_vs_concurrency.png: each method's output tok/s over `none`'s at the same concurrency
+  (only when `none` ran);
+- mbu_mfu_vs_batch_size.png: MBU and MFU against the mean decode batch size (when /metrics gave them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+from bench.report import LevelResult  # noqa: E402
+
+log = logging.getLogger(__name__)
+MARKERS = {"closed": "o", "open": "s"}
+LINES = {"closed": "-", "open": "--"}
+COLORS = {"none": "tab:blue", "draft": "tab:orange", "ngram": "tab:green", "medusa": "tab:red"}
+
+
+def _style(method: str, mode: str) -> dict:
+    """One color per method on every plot; the mode picks marker and line."""
+    return {"color": COLORS.get(method), "marker": MARKERS[mode], "ls": LINES[mode]}
+
+
+def _load(r: LevelResult) -> float:
+    """A level's load (concurrency or request rate): lines join levels in this order."""
+    return float(r.concurrency if r.mode == "closed" else r.request_rate)
+
+
+def _log2_ticks(ax, ticks: set[tuple[float, str]]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([t[0] for t in sorted(ticks)], [t[1] for t in sorted(ticks)])
+    ax.minorticks_off()
+
+
+def _by_method(levels: list[LevelResult], mode: str | None = None) -> dict[str, list[LevelResult]]:
+    out: dict[str, list[LevelResult]] = {}
+    for r in levels:
+        if mode is None or r.mode == mode:
+            out.setdefault(r.method, []).append(r)
+    return out
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _rate_axis(levels: list[LevelResult]) -> Callable[[LevelResult], float]:
+    """x of an open-loop level: its rate, with inf (all at once) drawn at twice the largest finite one."""
+    finite = [r.request_rate for r in levels if r.request_rate is not None and math.isfinite(r.request_rate)]
+    inf_at = 2.0 * max(finite, default=1.0)
+    return lambda r: (
+        r.request_rate if r.request_rate is not None and math.isfinite(r.request_rate) else inf_at
+    )
+
+
+def _throughput(
+    levels: list[LevelResult], mode: str, x: Callable[[LevelResult], float], xlabel: str, path: Path
+):
+    groups = _by_method(levels, mode)
+    if not groups:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, rs in groups.items():
+        rs = sorted(rs, key=x)
+        ax.plot([x(r) for r in rs], [r.output_tokens_per_s for r in rs], label=method, **_style(method, mode))
+    _log2_ticks(ax, {(x(r), r.load.split("=")[1]) for rs in groups.values() for r in rs})
+    ax.set(xlabel=xlabel, ylabel="output tokens/s", title=f"Throughput ({mode} loop)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _two_panels(
+    levels: list[LevelResult], x: Callable[[LevelResult], float | None], xlabel: str, panels, path: Path
+) -> Path:
+    """One line per (method, mode), joining its levels in load order, on each (y, ylabel, title) panel."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for (method, mode), rs in sorted(_groups(levels).items()):
+        for ax, (y, *_) in zip(axes, panels, strict=True):
+            pts = [(x(r), y(r)) for r in sorted(rs, key=_load) if x(r) is not None and y(r) is not None]
+            ax.plot(
+                [p[0] for p in pts], [p[1] for p in pts], label=f"{method} ({mode})", **_style(method, mode)
+            )
+    for ax, (_, ylabel, title) in zip(axes, panels, strict=True):
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _latency(levels: list[LevelResult], path: Path) -> Path:
+    panels = [
+        (lambda r: r.e2e_s.p50, "p50 e2e latency (s)", "e2e latency vs throughput"),
+        (lambda r: r.ttft_s.p50, "p50 TTFT (s)", "TTFT vs throughput"),
+    ]
+    return _two_panels(levels, lambda r: r.output_tokens_per_s, "output tokens/s", panels, path)
+
+
+def _groups(levels: list[LevelResult]) -> dict[tuple[str, str], list[LevelResult]]:
+    out: dict[tuple[str, str], list[LevelResult]] = {}
+    for r in levels:
+        out.setdefault((r.method, r.mode), []).append(r)
+    return out
+
+
+def _speedup(levels: list[LevelResult], path: Path) -> Path | None:
+    groups = _by_method(levels, "closed")
+    base = {r.concurrency: r.output_tokens_per_s for r in groups.get("none", []) if r.output_tokens_per_s}
+    if not base or len(groups) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, rs in groups.items():
+        pts = sorted(
+            (r.concurrency, r.output_tokens_per_s / base[r.concurrency]) for r in rs if r.concurrency in base
+        )
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=method, **_style(method, "closed"))
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    _log2_ticks(ax, {(c, str(c)) for c in base})
+    ax.set(xlabel="concurrency", ylabel="output tok/s / none's", title="Speedup over none (closed loop)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _utilization(levels: list[LevelResult], path: Path) -> Path | None:
+    usable = [r for r in levels if r.mean_batch_size is not None and r.mbu is not None]
+    if not usable:
+        return None
+    panels = [(lambda r: r.mbu, "MBU", "MBU vs batch size"), (lambda r: r.mfu, "MFU", "MFU vs batch size")]
+    return _two_panels(usable, lambda r: r.mean_batch_size, "mean decode batch size", panels, path)
+
+
+def write_plots(levels: list[LevelResult], out_dir: Path) -> list[Path]:
+    """Write every plot the levels allow; returns the files written."""
+    written = [
+        _throughput(
+            levels,
+            "closed",
+            lambda r: r.concurrency,
+            "concurrency",
+            out_dir / "throughput_vs_concurrency.png",
+        ),
+        _throughput(
+            levels,
+            "open",
+            _rate_axis(levels),
+            "request rate (req/s)",
+            out_dir / "throughput_vs_request_rate.png",
+        ),
+        _latency(levels, out_dir / "latency_vs_throughput.png") if levels else None,
+        _speedup(levels, out_dir / "speedup_vs_concurrency.png"),
+        _utilization(levels, out_dir / "mbu_mfu_vs_batch_size.png"),
+    ]
+    return [p for p in written if p is not None]

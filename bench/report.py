@@ -1,0 +1,192 @@
+"""Aggregation of a load level into a `LevelResult`, and the JSON / CSV / table outputs.
+
+Client-side latencies (vLLM's definitions): TTFT = send to the first token event; ITL = gaps
+between a request's successive token events (a speculative step may bring several tokens in one
+event); TPOT per request = (e2e - TTFT) / (tokens - 1); e2e = send to the stream's end. Each is
+reported as mean, p50, p90, p99 over the completed requests (ITL over all their gaps), with
+numpy's default (linear) percentile interpolation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.loadgen import LevelRun
+from bench.scrape import ServerDelta
+
+PERCENTILES = (50, 90, 99)
+DISTS = ("ttft_s", "tpot_s", "itl_s", "e2e_s")
+
+
+@dataclass
+class Dist:
+    n: int = 0
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+
+
+def percentiles(values: list[float]) -> Dist:
+    """Mean and p50 / p90 / p99 (linear interpolation between closest ranks); all None when empty."""
+    if not values:
+        return Dist()
+    a = np.asarray(values, dtype=float)
+    p50, p90, p99 = (float(np.percentile(a, q)) for q in PERCENTILES)
+    return Dist(len(a), float(a.mean()), p50, p90, p99)
+
+
+@dataclass
+class LevelResult:
+    mode: str  # "closed" or "open"
+    method: str
+    concurrency: int | None  # closed loop
+    request_rate: float | None  # open loop, req/s (inf: all at once)
+    num_requests: int  # planned
+    sent: int
+    completed: int
+    failed: int
+    wall_s: float
+    requests_per_s: float
+    output_tokens: int  # client-side, completed requests
+    output_tokens_per_s: float
+    server_output_tokens: float | None  # delta of specserve_generation_tokens_total{method}
+    ttft_s: Dist
+    tpot_s: Dist
+    itl_s: Dist
+    e2e_s: Dist
+    acceptance_rate: float | None  # /metrics deltas (None for method none)
+    mean_accepted_length: float | None
+    mean_batch_size: float | None  # decode steps' rows, from the step_batch_size histogram delta
+    mbu: float | None
+    mfu: float | None
+    request_mean_batch_size: float | None  # mean of the per-request stats
+    request_acceptance_rate: float | None
+    errors: list[str] = field(default_factory=list)  # distinct messages, at most 5
+    server: ServerDelta | None = None
+    requests: list[dict] = field(default_factory=list)  # per request: the recorded samples
+
+    @property
+    def load(self) -> str:
+        return f"c={self.concurrency}" if self.mode == "closed" else f"rate={self.request_rate:g}"
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def summarize(
+    mode: str, method: str, load: float, num_requests: int, run: LevelRun, server: ServerDelta | None
+) -> LevelResult:
+    ok = [s for s in run.samples if s.ok]
+    tokens = sum(s.tokens for s in ok)
+    wall = run.wall_s
+    tpot = [(s.e2e_s - s.ttft_s) / (s.tokens - 1) for s in ok if s.tokens > 1]
+    return LevelResult(
+        mode=mode,
+        method=method,
+        concurrency=int(load) if mode == "closed" else None,
+        request_rate=float(load) if mode == "open" else None,
+        num_requests=num_requests,
+        sent=run.sent,
+        completed=len(ok),
+        failed=run.sent - len(ok),
+        wall_s=wall,
+        requests_per_s=len(ok) / wall if wall else 0.0,
+        output_tokens=tokens,
+        output_tokens_per_s=tokens / wall if wall else 0.0,
+        server_output_tokens=server.generation_tokens if server else None,
+        ttft_s=percentiles([s.ttft_s for s in ok if s.ttft_s is not None]),
+        tpot_s=percentiles(tpot),
+        itl_s=percentiles([g for s in ok for g in s.itl_s]),
+        e2e_s=percentiles([s.e2e_s for s in ok]),
+        acceptance_rate=server.acceptance_rate if server else None,
+        mean_accepted_length=server.mean_accepted_length if server else None,
+        mean_batch_size=server.mean_batch_size if server else None,
+        mbu=server.mbu if server else None,
+        mfu=server.mfu if server else None,
+        request_mean_batch_size=_mean(
+            [s.stats["mean_batch_size"] for s in ok if "mean_batch_size" in s.stats]
+        ),
+        request_acceptance_rate=_mean(
+            [s.stats["acceptance_rate"] for s in ok if s.stats.get("draft_tokens")]
+        ),
+        errors=sorted({s.error for s in run.samples if not s.ok})[:5],
+        server=server,
+        requests=[
+            {k: v for k, v in asdict(s).items() if k != "stats"} | {"server_stats": s.stats}
+            for s in run.samples
+        ],
+    )
+
+
+def jsonable(obj):
+    """JSON without NaN / Infinity (not JSON): inf becomes the string "inf", NaN null."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(asdict(obj))
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, report: dict, levels: list[LevelResult]) -> None:
+    path.write_text(json.dumps(jsonable(report | {"levels": [asdict(r) for r in levels]}), indent=2))
+
+
+def csv_row(r: LevelResult) -> dict:
+    """One flat row: scalars as they are, each Dist as <name>_<stat>, the server deltas as server_<name>."""
+    row: dict = {}
+    for f in fields(r):
+        v = getattr(r, f.name)
+        if f.name in DISTS:
+            row |= {f"{f.name.removesuffix('_s')}_{k}_s": x for k, x in asdict(v).items() if k != "n"}
+        elif f.name == "server":
+            server = asdict(v) if v else {g.name: None for g in fields(ServerDelta)}
+            row |= {f"server_{k}": x for k, x in server.items()}
+        elif f.name == "errors":
+            row[f.name] = " | ".join(v)
+        elif f.name != "requests":
+            row[f.name] = v
+    return row
+
+
+def write_csv(path: Path, levels: list[LevelResult]) -> None:
+    rows = [csv_row(r) for r in levels]
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["mode"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _f(x: float | None, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def format_table(levels: list[LevelResult]) -> str:
+    head = (
+        f"{'mode':<7}{'method':<8}{'load':>10}{'ok':>5}{'fail':>5}{'req/s':>8}{'tok/s':>9}"
+        f"{'ttft p50':>10}{'tpot p50':>10}{'itl p50':>9}{'e2e p50':>9}{'e2e p99':>9}"
+        f"{'batch':>7}{'accept':>8}{'acc len':>8}{'mbu':>10}{'mfu':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in levels:
+        lines.append(
+            f"{r.mode:<7}{r.method:<8}{r.load:>10}{r.completed:>5}{r.failed:>5}"
+            f"{r.requests_per_s:>8.2f}{r.output_tokens_per_s:>9.1f}"
+            f"{_f(r.ttft_s.p50, '.4f'):>10}{_f(r.tpot_s.p50, '.4f'):>10}{_f(r.itl_s.p50, '.4f'):>9}"
+            f"{_f(r.e2e_s.p50, '.3f'):>9}{_f(r.e2e_s.p99, '.3f'):>9}{_f(r.mean_batch_size, '.2f'):>7}"
+            f"{_f(r.acceptance_rate, '.2f'):>8}{_f(r.mean_accepted_length, '.2f'):>8}"
+            f"{_f(r.mbu, '.2e'):>10}{_f(r.mfu, '.2e'):>10}"
+        )
+    return "\n".join(lines)
