@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bench import serve as bench_serve
     from bench import tree as bench_tree
     from server import generate_cmd, serve_cmd
+    from server.cli_train import add_train_parser
 
     parser = argparse.ArgumentParser(prog="specserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,12 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_decode.add_parser(bench)
     bench_serve.add_parser(bench)
     bench_tree.add_parser(bench)
-    try:  # the training recipes live in their own module
-        from server.cli_train import add_train_parser
-    except ImportError:
-        pass
-    else:
-        add_train_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

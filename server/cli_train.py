@@ -8,6 +8,7 @@ from pathlib import Path
 
 from models.suite.configs import PRESETS
 from models.suite_paths import SUITE_DIR
+from server.cli_medusa import add_medusa_parser
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ def run_train_suite(args: argparse.Namespace) -> int:
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `train suite` to a CLI's subparsers; the handler is set as `func` (called with the Namespace)."""
     train = subparsers.add_parser("train", help="train models (the bundled default suite)")
-    what = train.add_subparsers(dest="train_command", metavar="{suite}", required=True)
+    what = train.add_subparsers(dest="train_command", metavar="{suite,medusa}", required=True)
+    add_medusa_parser(what)
     suite = what.add_parser(
         "suite",
         help="corpus -> tokenizer -> target -> draft -> distillation -> evaluation -> model card",

@@ -38,3 +38,14 @@ def test_train_medusa_tiny(tiny_paths, tmp_path):
     got = engine.generate([prompt], SamplingParams(max_new_tokens=16), SpecParams("medusa"))[0]
     want = Engine(target.model).generate([prompt], SamplingParams(max_new_tokens=16), SpecParams())[0]
     assert got.token_ids == want.token_ids
+
+
+def test_train_medusa_cli_refuses_bad_input(tiny_paths, tmp_path):
+    import pytest
+
+    from server.cli import main
+
+    with pytest.raises(SystemExit, match="--steps must be >= 1, got 0"):
+        main(["train", "medusa", "--target", tiny_paths["target"], "--out", str(tmp_path), "--steps", "0"])
+    with pytest.raises(SystemExit, match="is not a directory"):
+        main(["train", "medusa", "--target", str(tmp_path / "nope"), "--out", str(tmp_path), "--steps", "1"])
