@@ -89,6 +89,7 @@ def distill_draft(
     work_dir: Path,
     resume: bool = True,
     data_id: str = "",
+    bf16: bool = False,
 ) -> TrainResult:
     """Train `draft` in place on the pool ([N, T] target continuations) to match the target's distribution.
 
@@ -113,4 +114,5 @@ def distill_draft(
         loss_fn=loss_fn,
         resume=resume,
         data_id=data_id,
+        bf16=bf16,
     )

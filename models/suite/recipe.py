@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM
 
 from models.suite import card, corpus, distill, evaluate, tokenizer
 from models.suite.configs import ModelShape, Preset, TrainConfig, get_preset
-from models.suite.train import TokenWindows, TrainResult, save_hf, train_loop
+from models.suite.train import TokenWindows, TrainResult, cpu_has_bf16, save_hf, train_loop
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def check_writable(path: Path) -> None:
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return f"1x {torch.cuda.get_device_name(device)}"
-    return f"{torch.get_num_threads()} CPU threads ({platform.machine()}, {os.cpu_count()} cores visible)"
+    n = torch.get_num_threads()
+    return f"{n} CPU thread{'' if n == 1 else 's'} ({platform.machine()}, {os.cpu_count()} cores visible)"
 
 
 def _model_entry(model: LlamaForCausalLM, shape: ModelShape, context: int, result: TrainResult) -> dict:
@@ -72,6 +73,7 @@ def _train_model(
     device: torch.device,
     resume: bool,
     data_id: str,
+    bf16: bool,
 ) -> tuple[LlamaForCausalLM, TrainResult]:
     torch.manual_seed(cfg.seed)
     model = LlamaForCausalLM(shape.llama_config(preset.vocab_size, preset.context, **ids)).to(device)
@@ -85,6 +87,7 @@ def _train_model(
         work_dir / name,
         resume=resume,
         data_id=data_id,
+        bf16=bf16,
     )
     return model, result
 
@@ -160,8 +163,9 @@ def run_suite(
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and (threads or preset.threads):
         torch.set_num_threads(threads or preset.threads)
+    bf16 = dev.type == "cuda" or (preset.cpu_bf16 and cpu_has_bf16())  # matmuls in bf16 while training
     clock = StageClock(work_dir / "stage_times.json")
-    log.info("suite %s: out=%s work=%s device=%s", preset.name, out, work_dir, dev)
+    log.info("suite %s: out=%s work=%s device=%s bf16=%s", preset.name, out, work_dir, dev, bf16)
 
     tok, manifest = _tokenize(preset, files, work_dir, resume, clock)
     fast = tokenizer.wrap(tok, preset.context)
@@ -179,7 +183,7 @@ def run_suite(
         ("draft", preset.draft, preset.draft_train),
     ):
         models[name], results[name] = _train_model(
-            name, shape, cfg, preset, ids, train_tokens, val_windows, work_dir, dev, resume, data_id
+            name, shape, cfg, preset, ids, train_tokens, val_windows, work_dir, dev, resume, data_id, bf16
         )
         _replace_folder(models[name], fast, out / name, preset.max_shard_bytes)
         clock.record(f"{name}_s", results[name].wall_s)
@@ -210,6 +214,7 @@ def run_suite(
         work_dir / "distill",
         resume=resume,
         data_id=data_id,
+        bf16=bf16,
     )
     clock.record("distill_s", distill_res.wall_s)
     t = time.perf_counter()
@@ -244,6 +249,7 @@ def run_suite(
     summary = _summary(
         preset, dev, clock, tok, manifest, entries, val_windows, before, after, keep, distill_res
     )
+    summary["training_precision"] = "bf16 autocast, float32 weights" if bf16 else "float32"
     card.write_card(out, summary)
     log.info(
         "suite %s done, %.1f min of work: val loss target %.4f, draft %.4f; acceptance %.3f -> %.3f (%s)",

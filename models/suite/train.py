@@ -79,20 +79,33 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast about doubles CPU training speed."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 @torch.no_grad()
 def evaluate_loss(
-    model: PreTrainedModel, windows: torch.Tensor, batch_size: int, loss_fn: LossFn = lm_loss
+    model: PreTrainedModel,
+    windows: torch.Tensor,
+    batch_size: int,
+    loss_fn: LossFn = lm_loss,
+    bf16: bool = False,
 ) -> float:
-    """Mean loss over [N, T] windows, batch by batch (every batch the same size but maybe the last)."""
+    """Mean loss over [N, T] windows, batch by batch (float32 unless bf16: reported losses are float32)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count = 0.0, 0
-    with _autocast(device):
+    with _autocast(device, bf16):
         for i in range(0, len(windows), batch_size):
             chunk = windows[i : i + batch_size].to(device)
             total += float(loss_fn(model, chunk)) * len(chunk)
@@ -127,11 +140,13 @@ def train_loop(
     resume: bool = True,
     stop_after: int | None = None,
     data_id: str = "",
+    bf16: bool = False,
 ) -> TrainResult:
     """Train `model` in place for cfg.steps, checkpointing to ckpt_dir/ckpt.pt.
 
     A checkpoint resumes only with the same configuration and `data_id` (what the tokens mean: the
-    recipe passes the tokenizer's digest); otherwise training starts afresh.
+    recipe passes the tokenizer's digest); otherwise training starts afresh. `bf16`: autocast matmuls
+    to bfloat16 (weights, optimizer state and reported losses stay float32).
 
     `stop_after` ends this call after that many steps of this run (an interruption, for tests); the
     next call with resume=True continues from the last checkpoint.
@@ -171,7 +186,7 @@ def train_loop(
         for group in opt.param_groups:
             group["lr"] = lr
         ids = batch_fn(step).to(device)
-        with _autocast(device):
+        with _autocast(device, bf16):
             loss = loss_fn(model, ids)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -181,7 +196,7 @@ def train_loop(
         result.steps, result.tokens_seen = step + 1, result.tokens_seen + tokens_per_step
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.eval_every == 0 or last:
-            val = evaluate_loss(model, val_windows, cfg.batch_size, val_loss_fn)
+            val = evaluate_loss(model, val_windows, cfg.batch_size, val_loss_fn, bf16=bf16)
             result.history.append(
                 {"step": step + 1, "train_loss": loss_sum / loss_n, "val_loss": val, "lr": lr}
             )
