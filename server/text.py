@@ -18,16 +18,25 @@ class TextStream:
         self.text = ""  # decoded so far (complete characters only)
         self.sent = 0  # characters of self.text already released
         self.stopped = False  # a stop string was found; self.text ends right before it
+        # incremental decoding (as TGI / vLLM): only ids[prefix:] are decoded each time; the text of
+        # ids[prefix:read] is already in self.text and is subtracted, which keeps word boundaries right
+        self._prefix = self._read = 0
 
     def _decode(self, final: bool) -> None:
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        if not final and text.endswith("\ufffd"):  # an unfinished UTF-8 sequence: wait for more bytes
-            text = text.rstrip("\ufffd")
-        self.text = text
-        for s in self.stop:
-            i = self.text.find(s)
-            if i >= 0:
-                self.text, self.stopped = self.text[:i], True
+        before = self.tok.decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        window = self.tok.decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if not final and window.endswith("\ufffd"):  # an unfinished UTF-8 sequence: wait for more bytes
+            return
+        if len(window) > len(before) or final:
+            new = window[len(before) :]
+            scan_from = max(0, len(self.text) - max((len(x) for x in self.stop), default=0))
+            self.text += new
+            self._prefix, self._read = self._read, len(self.ids)
+            for stop in self.stop:
+                i = self.text.find(stop, scan_from)
+                if i >= 0:
+                    self.text, self.stopped = self.text[:i], True
+                    scan_from = min(scan_from, i)
 
     def push(self, ids: list[int]) -> str:
         """Add generated tokens; return the text that is now safe to release."""
