@@ -56,7 +56,14 @@ class LevelRun:
     timed_out: bool
 
 
-def request_body(prompt: str, method: str, cfg: LoadConfig) -> dict:
+def split_variant(variant: str) -> tuple[str, str | None]:
+    """ "draft:auto" -> ("draft", "auto"); "ngram" -> ("ngram", None): a method and its own K."""
+    method, _, k = variant.partition(":")
+    return method, k or None
+
+
+def request_body(prompt: str, variant: str, cfg: LoadConfig) -> dict:
+    method, k = split_variant(variant)
     body = {
         "prompt": prompt,
         "max_tokens": cfg.max_tokens,
@@ -64,8 +71,9 @@ def request_body(prompt: str, method: str, cfg: LoadConfig) -> dict:
         "stream": True,
         "ignore_eos": True,
     }
-    if cfg.k is not None and method != "none":
-        body["num_speculative_tokens"] = cfg.k
+    k = k or cfg.k
+    if k is not None and method != "none":
+        body["num_speculative_tokens"] = k if k == "auto" else int(k)
     return body
 
 

@@ -73,7 +73,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP load test against a running server")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
     p.add_argument("--api-key", default=None)
-    p.add_argument("--methods", nargs="+", default=["none"], choices=["none", "draft", "ngram", "medusa"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=["none"],
+        type=_variant,
+        help="none, draft, ngram, medusa; METHOD:K or METHOD:auto gives one its own K (draft:4 draft:auto)",
+    )
     p.add_argument(
         "--k",
         type=_k,
@@ -146,7 +152,8 @@ def check_server(args: argparse.Namespace, http: httpx.Client) -> dict:
         card = r.json()["data"][0]
     except (httpx.HTTPError, KeyError, IndexError, ValueError) as e:
         raise SystemExit(f"error: GET {args.url}/v1/models failed ({e}); is --api-key right?") from e
-    missing = [m for m in args.methods if m not in card.get("methods", args.methods)]
+    offered = card.get("methods", [loadgen.split_variant(m)[0] for m in args.methods])
+    missing = [m for m in args.methods if loadgen.split_variant(m)[0] not in offered]
     if missing:
         raise SystemExit(
             f"error: the server does not offer {', '.join(missing)} (it offers {card['methods']})"
@@ -183,8 +190,9 @@ def run_level(
     delta = None
     if scrape.metrics_enabled(before):
         finished = sum(s.ok for s in result.samples)
-        after = scrape.settled(http, before, method, finished, SETTLE_S)
-        delta = scrape.server_delta(before, after, method, result.wall_s)
+        base = loadgen.split_variant(method)[0]  # the server labels its metrics by method only
+        after = scrape.settled(http, before, base, finished, SETTLE_S)
+        delta = scrape.server_delta(before, after, base, result.wall_s)
     return report.summarize(mode, method, load, n, result, delta)
 
 
@@ -195,8 +203,17 @@ def warm_up(cfg: loadgen.LoadConfig, prompts: list[str], methods: list[str], n: 
             raise SystemExit(f"error: warm-up requests with method {method} failed: {run.samples[0].error}")
 
 
+def _variant(text: str) -> str:
+    method, k = loadgen.split_variant(text)
+    if method not in ("none", "draft", "ngram", "medusa"):
+        raise argparse.ArgumentTypeError(f"unknown method {method!r} (none, draft, ngram, medusa)")
+    if k is not None and k != "auto" and not (k.isdigit() and 1 <= int(k) <= 16):
+        raise argparse.ArgumentTypeError(f"K in {text!r} must be 1..16 or auto")
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.inprocess and args.k == "auto":
+    if args.inprocess and (args.k == "auto" or any(m.endswith(":auto") for m in args.methods)):
         raise SystemExit("error: --inprocess compares at a fixed K; pass a number to --k")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bar
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -255,11 +272,12 @@ def inprocess_baseline(args: argparse.Namespace, prompts: list[str], method: str
     from decoding import Engine, SamplingParams, SpecParams
     from server.cli_common import load_models
 
+    method, k = loadgen.split_variant(method)
     models = load_models(args, need_draft=method == "draft", need_medusa=method == "medusa")
     tok = models.target.tokenizer
     draft = models.draft.model if models.draft else None
     engine = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)
-    spec = SpecParams(method, args.k or 4)
+    spec = SpecParams(method, int(k or args.k or 4))
     ids = [tok.encode(p) for p in prompts]
     engine.generate(ids[:1], SamplingParams(max_new_tokens=4, ignore_eos=True), spec)  # warm-up
     sampling = SamplingParams(max_new_tokens=args.max_tokens, ignore_eos=True)

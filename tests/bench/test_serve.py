@@ -194,3 +194,18 @@ def test_jsonl_prompts_and_the_inprocess_baseline(live, tiny_paths, tmp_path, ca
     assert base["output_tokens_per_s"] > 0 and base["http_vs_inprocess_tokens_per_s"] > 0
     assert "in-process none" in capsys.readouterr().out
     assert not list(out.glob("*.png"))
+
+
+def test_method_variants_carry_their_own_k():
+    import argparse
+
+    from bench.serve import _variant
+
+    cfg = loadgen.LoadConfig(url="http://127.0.0.1:1", max_tokens=4, timeout_s=1)
+    assert loadgen.request_body("x", "draft:auto", cfg)["num_speculative_tokens"] == "auto"
+    assert loadgen.request_body("x", "ngram:3", cfg)["num_speculative_tokens"] == 3
+    assert "num_speculative_tokens" not in loadgen.request_body("x", "medusa", cfg)
+    assert loadgen.request_body("x", "draft:2", cfg)["method"] == "draft"
+    for bad in ("beam", "draft:0", "draft:x"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _variant(bad)
