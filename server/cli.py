@@ -10,6 +10,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from bench import decode as bench_decode
+    from bench import overhead as bench_overhead
     from bench import serve as bench_serve
     from bench import tree as bench_tree
     from server import generate_cmd, serve_cmd
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_decode.add_parser(bench)
     bench_serve.add_parser(bench)
     bench_tree.add_parser(bench)
+    bench_overhead.add_parser(bench)
     add_train_parser(sub)
     return parser
 
