@@ -23,13 +23,13 @@ from transformers import PreTrainedModel
 from decoding.adaptive import KController
 from decoding.batch import SubBatch, make_proposer
 from decoding.kv import KVState
-from decoding.medusa import medusa_step
+from decoding.medusa import medusa_setup, medusa_step
 from decoding.params import METHODS, SamplingParams, SpecParams
 from decoding.row import Row
 from decoding.sampling import UniformStream
 from decoding.stats import RequestStats, StepStats
 from decoding.step import decode_step, prefill
-from decoding.tree import DEFAULT_CHOICES, Tree, build_tree
+from decoding.tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,7 @@ class Engine:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.target, self.draft = target, draft
-        if medusa is not None:
-            n_heads = medusa.config.num_heads
-            stored = getattr(medusa.config, "tree", None)  # fitted by `specserve bench tree`
-            tree = tree or build_tree(stored or DEFAULT_CHOICES[min(n_heads, max(DEFAULT_CHOICES))], n_heads)
-            if tree.max_depth > n_heads:
-                raise ValueError(
-                    f"the tree is {tree.max_depth} deep but there are only {n_heads} Medusa heads"
-                )
-            self.medusa: tuple | None = (medusa, tree.to(target.device))
-        else:
-            self.medusa = None
+        self.medusa = medusa_setup(medusa, tree, target.device) if medusa is not None else None
         self.eos_token_ids = tuple(eos_token_ids)
         self.max_batch_size = max_batch_size
         self.on_tokens = on_tokens or (lambda row, toks: None)

@@ -21,10 +21,20 @@ from decoding.proposer import Emit, NoProposer
 from decoding.row import Row
 from decoding.sampling import position_uniforms, sample, warp_probs
 from decoding.stats import Forward, StepStats
-from decoding.tree import Tree
+from decoding.tree import DEFAULT_CHOICES, Tree, build_tree
 
 if TYPE_CHECKING:
     from decoding.batch import SubBatch
+
+
+def medusa_setup(heads: nn.Module, tree: Tree | None, device: torch.device) -> tuple[nn.Module, Tree]:
+    """The heads and their tree: as given, else the one `bench tree` stored, else a default."""
+    n_heads = heads.config.num_heads
+    stored = getattr(heads.config, "tree", None)
+    tree = tree or build_tree(stored or DEFAULT_CHOICES[min(n_heads, max(DEFAULT_CHOICES))], n_heads)
+    if tree.max_depth > n_heads:
+        raise ValueError(f"the tree is {tree.max_depth} deep but there are only {n_heads} Medusa heads")
+    return heads, tree.to(device)
 
 
 class MedusaProposer(NoProposer):
