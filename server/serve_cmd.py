@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import sys
 
 from pydantic import ValidationError
 
@@ -64,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from server.app import create_app
 
     settings = settings_from_args(args)
+    # uvicorn drains on SIGTERM (stop accepting, let requests in flight finish, then the lifespan
+    # stops the engine) and then re-raises the signal; answering that with exit 0 marks the
+    # shutdown as the clean one it was
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     uvicorn.run(
         create_app(settings),
         host=settings.host,
