@@ -161,10 +161,7 @@ def train_loop(
         if resume and ckpt_path.is_file()
         else None
     )
-    if state is not None and (state.get("config", asdict(cfg)), state.get("data_id", data_id)) != (
-        asdict(cfg),
-        data_id,
-    ):
+    if state is not None and (state.get("config"), state.get("data_id")) != (asdict(cfg), data_id):
         log.warning("%s: %s was written with another configuration or data; starting afresh", name, ckpt_path)
         state = None
     if state is not None:
