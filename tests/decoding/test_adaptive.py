@@ -55,7 +55,7 @@ def test_auto_stays_lossless(tiny, method, batch_size):
     assert [r.token_ids for r in res] == [r.token_ids for r in plain]
     ctl = engine.controllers[method]
     assert ctl.k_max == 4 and ctl.cost  # it measured step costs
-    assert {k for (_, k) in ctl.cost} == set(range(5))  # every K was tried before trusting the table
+    assert {0, 4} <= {k for (_, k) in ctl.cost}  # both ends of the cost line were measured
     assert all(0.0 <= r.stats.to_dict()["num_speculative_tokens"] <= 4 for r in res)
 
 
