@@ -26,11 +26,16 @@ log = logging.getLogger(__name__)
 MARKERS = {"closed": "o", "open": "s"}
 LINES = {"closed": "-", "open": "--"}
 COLORS = {"none": "tab:blue", "draft": "tab:orange", "ngram": "tab:green", "medusa": "tab:red"}
+VARIANT_COLORS = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+_variants: dict[str, str] = {}
 
 
 def _style(method: str, mode: str) -> dict:
-    """One color per method on every plot; the mode picks marker and line."""
-    return {"color": COLORS.get(method), "marker": MARKERS[mode], "ls": LINES[mode]}
+    """One color per method (or METHOD:K variant) on every plot; the mode picks marker and line."""
+    color = COLORS.get(method)
+    if color is None:  # a variant such as draft:auto gets its own color, the same on every plot
+        color = _variants.setdefault(method, VARIANT_COLORS[len(_variants) % len(VARIANT_COLORS)])
+    return {"color": color, "marker": MARKERS[mode], "ls": LINES[mode]}
 
 
 def _load(r: LevelResult) -> float:
