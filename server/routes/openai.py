@@ -81,62 +81,44 @@ async def _stream(kind: str, cid: str, created: int, model: str, body, state, ro
     return sse(events())
 
 
+async def _respond(kind: str, body, prompt_ids: list[int], max_tokens: int | None, request: Request, state):
+    """Shared by both routes: build the row, then stream it or answer with the whole choice."""
+    spec = body.speculation or Speculation()
+    row = build_row(state, request, prompt_ids, body, max_tokens, spec.method, spec.num_speculative_tokens)
+    text = TextStream(state.target.tokenizer, body.stop)
+    cid, created = new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), int(time.time())
+    if body.stream:
+        return await _stream(kind, cid, created, body.model, body, state, row, text)
+    out = await run_to_end(request, state.service, row, text)
+    if kind == "chat.completion":
+        choice = {"index": 0, "message": {"role": "assistant", "content": out.text}}
+    else:
+        choice = {"index": 0, "text": out.text}
+    choice |= {"finish_reason": out.finish_reason, "logprobs": None}
+    return {
+        "id": cid,
+        "object": kind,
+        "created": created,
+        "model": body.model,
+        "choices": [choice],
+        "usage": usage(row),
+        "speculation": row.stats.to_dict(),
+    }
+
+
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, state: State):
     check_model(state, body.model)
     if body.echo:
         raise APIError(400, "echo is not supported", "echo")
-    spec = body.speculation or Speculation()
-    row = build_row(
-        state,
-        request,
-        encode_prompt(state, body.prompt),
-        body,
-        body.max_tokens,
-        spec.method,
-        spec.num_speculative_tokens,
-    )
-    text = TextStream(state.target.tokenizer, body.stop)
-    cid, created = new_id("cmpl"), int(time.time())
-    if body.stream:
-        return await _stream("text_completion", cid, created, body.model, body, state, row, text)
-    out = await run_to_end(request, state.service, row, text)
-    return {
-        "id": cid,
-        "object": "text_completion",
-        "created": created,
-        "model": body.model,
-        "choices": [{"index": 0, "text": out.text, "finish_reason": out.finish_reason, "logprobs": None}],
-        "usage": usage(row),
-        "speculation": row.stats.to_dict(),
-    }
+    prompt = encode_prompt(state, body.prompt)
+    return await _respond("text_completion", body, prompt, body.max_tokens, request, state)
 
 
 @router.post("/chat/completions")
 async def chat(body: ChatRequest, request: Request, state: State):
     check_model(state, body.model)
-    spec = body.speculation or Speculation()
-    row = build_row(
-        state,
-        request,
-        _chat_prompt(state, body),
-        body,
-        body.max_completion_tokens or body.max_tokens,
-        spec.method,
-        spec.num_speculative_tokens,
+    prompt = _chat_prompt(state, body)
+    return await _respond(
+        "chat.completion", body, prompt, body.max_completion_tokens or body.max_tokens, request, state
     )
-    text = TextStream(state.target.tokenizer, body.stop)
-    cid, created = new_id("chatcmpl"), int(time.time())
-    if body.stream:
-        return await _stream("chat.completion", cid, created, body.model, body, state, row, text)
-    out = await run_to_end(request, state.service, row, text)
-    message = {"role": "assistant", "content": out.text}
-    return {
-        "id": cid,
-        "object": "chat.completion",
-        "created": created,
-        "model": body.model,
-        "choices": [{"index": 0, "message": message, "finish_reason": out.finish_reason, "logprobs": None}],
-        "usage": usage(row),
-        "speculation": row.stats.to_dict(),
-    }
