@@ -21,6 +21,7 @@ from decoding.proposer import Emit, NoProposer
 from decoding.row import Row
 from decoding.sampling import position_uniforms, sample, warp_probs
 from decoding.stats import Forward, StepStats
+from decoding.step import record_step
 from decoding.tree import DEFAULT_CHOICES, Tree, build_tree
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     last = path.gather(1, n[:, None]).squeeze(1)  # [B] newest accepted node (0: the root)
     nxt = argmax.gather(1, last[:, None]).squeeze(1)  # [B]
     paths, n_list, nxt_list = path.tolist(), n.tolist(), nxt.tolist()
+    ids_list, cap_list = ids.tolist(), caps.tolist()
     warp = batch.warp
     s = (~warp.greedy).nonzero().squeeze(1).tolist()
     if s:
@@ -123,7 +125,6 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
         u = position_uniforms(
             [rows[b].stream for b in s], [rows[b].num_generated for b in s], tree.max_depth + 1, dev
         )  # [S, D + 1]: depth d emits generated position num_generated + d
-        ids_list, cap_list = ids.tolist(), caps.tolist()
         for i, b in enumerate(s):
             nodes_b, nxt_list[b] = sampled_path(ids_list[b], p[i], u[i], tree, cap_list[b])
             paths[b], n_list[b] = [0, *nodes_b], len(nodes_b)
@@ -137,24 +138,7 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     t2 = time.perf_counter()
     stats = StepStats(batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, k=tree.max_depth)
     stats.forwards = [Forward("heads", [1] * B, 0), *batch.kv.drain()]
-    cap_list = caps.tolist()
-    stats.drafted_per_position = [sum(c > j for c in cap_list) for j in range(tree.max_depth)]
-    stats.accepted_per_position = [sum(a > j for a in n_list) for j in range(tree.max_depth)]
-    stats.reached_per_position = [sum(c > j and a >= j for c, a in zip(cap_list, n_list, strict=True))
-                                  for j in range(tree.max_depth)]  # fmt: skip
-    ids_list = ids.tolist()
-    for b, row in enumerate(rows):
-        a = n_list[b]
-        row.stats.target_forwards += 1
-        row.stats.batch_size_sum += B
-        row.stats.draft_tokens += cap_list[b]  # what the row could have accepted: the tree's depth
-        row.stats.decode_steps += 1
-        row.stats.k_sum += cap_list[b]
-        row.stats.accepted_tokens += a
-        stats.tokens_verified += tree.num_nodes
-        stats.draft_tokens += cap_list[b]
-        stats.accepted_tokens += a
-        out = row.emit([ids_list[b][c] for c in paths[b][1 : a + 1]] + [nxt_list[b]])
-        stats.emitted_tokens += len(out)
-        emit(row, out)
+    emitted = [[ids_list[b][c] for c in paths[b][1 : n_list[b] + 1]] + [nxt_list[b]] for b in range(B)]
+    # a row's draft tokens are what it could have accepted: the tree's depth within its budget
+    record_step(stats, rows, cap_list, n_list, [tree.num_nodes] * B, emitted, emit)
     return stats

@@ -115,22 +115,41 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     t2 = time.perf_counter()
     stats = StepStats(batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, k=K)
     stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
-    stats.drafted_per_position = [sum(len(c) > j for c in prop.tokens) for j in range(K)]
-    stats.accepted_per_position = [sum(a > j for a in n) for j in range(K)]
+    drafted = [len(c) for c in prop.tokens]
+    emitted = [c[:a] + [tok] for c, a, tok in zip(prop.tokens, n, nxt, strict=True)]
+    record_step(stats, rows, drafted, n, [1 + d for d in drafted], emitted, emit)
+    return stats
+
+
+def record_step(
+    stats: StepStats,
+    rows: list[Row],
+    drafted: list[int],
+    accepted: list[int],
+    verified: list[int],
+    emitted: list[list[int]],
+    emit: Emit,
+) -> None:
+    """Per-position and per-request counters of a decode step, then each row's tokens out.
+
+    Per row: candidates it could accept, how many it accepted, tokens the target verified for it,
+    and the tokens it emits (accepted + recovered/bonus; stops may cut them)."""
+    K = stats.k
+    stats.drafted_per_position = [sum(d > j for d in drafted) for j in range(K)]
+    stats.accepted_per_position = [sum(a > j for a in accepted) for j in range(K)]
     stats.reached_per_position = [
-        sum(len(c) > j and a >= j for c, a in zip(prop.tokens, n, strict=True)) for j in range(K)
+        sum(d > j and a >= j for d, a in zip(drafted, accepted, strict=True)) for j in range(K)
     ]
-    for row, cands, a, tok in zip(rows, prop.tokens, n, nxt, strict=True):
+    for row, d, a, v, toks in zip(rows, drafted, accepted, verified, emitted, strict=True):
         row.stats.target_forwards += 1
         row.stats.batch_size_sum += len(rows)
         row.stats.decode_steps += 1
-        row.stats.k_sum += len(cands)
-        row.stats.draft_tokens += len(cands)
+        row.stats.k_sum += d
+        row.stats.draft_tokens += d
         row.stats.accepted_tokens += a
-        stats.tokens_verified += 1 + len(cands)
-        stats.draft_tokens += len(cands)
+        stats.tokens_verified += v
+        stats.draft_tokens += d
         stats.accepted_tokens += a
-        out = row.emit(cands[:a] + [tok])
+        out = row.emit(toks)
         stats.emitted_tokens += len(out)
         emit(row, out)
-    return stats
