@@ -2,9 +2,10 @@
 
 transformers' DynamicLayer re-concatenates the whole cache on every update: one full copy of every
 layer's keys and values per decode step, which on CPU costs as much as the attention itself. These
-layers grow their buffers by doubling, so an append writes only the new columns; `keys`/`values`
-are views of the filled part. Assigning `keys`/`values` (as kv.py does to select, join or compact
-rows) adopts the new tensor as the buffer.
+layers grow their buffers by doubling, in rows and in columns, so an append writes only the new
+columns, a row that leaves moves only the rows behind it, and a row that joins is written into
+spare rows; `keys`/`values` are views of the filled part. Assigning `keys`/`values` (as kv.py does
+to compact) adopts the new tensor as the buffer.
 """
 
 from __future__ import annotations
@@ -17,23 +18,28 @@ MIN_CAPACITY = 64
 
 
 class GrowingLayer(DynamicLayer):
+    """Keys/values in a buffer [rows capacity, H, columns capacity, D]; `keys`/`values` are views of
+    the filled part. Appending columns, dropping rows and adding rows copy only what moves."""
+
     def __init__(self) -> None:
-        self._k: torch.Tensor | None = None  # [B, H, capacity, D]
+        self._k: torch.Tensor | None = None  # [capacity rows, H, capacity columns, D]
         self._v: torch.Tensor | None = None
+        self._b = 0  # filled rows
         self._kn = self._vn = 0  # filled columns of each buffer
         super().__init__()
 
     @property
     def keys(self) -> torch.Tensor | None:
-        return None if self._k is None else self._k[:, :, : self._kn]
+        return None if self._k is None else self._k[: self._b, :, : self._kn]
 
     @keys.setter
     def keys(self, value: torch.Tensor | None) -> None:
         self._k, self._kn = value, (value.shape[2] if value is not None and value.dim() == 4 else 0)
+        self._b = value.shape[0] if value is not None and value.dim() == 4 else 0
 
     @property
     def values(self) -> torch.Tensor | None:
-        return None if self._v is None else self._v[:, :, : self._vn]
+        return None if self._v is None else self._v[: self._b, :, : self._vn]
 
     @values.setter
     def values(self, value: torch.Tensor | None) -> None:
@@ -43,6 +49,53 @@ class GrowingLayer(DynamicLayer):
         """Forget columns from `length` on; the buffer (and its spare capacity) stays."""
         self._kn = min(self._kn, length)
         self._vn = min(self._vn, length)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep `rows` (ascending indices) in place: only the rows after the first dropped one move."""
+        moved = torch.nonzero(rows != torch.arange(len(rows), device=rows.device))
+        if len(moved):
+            i = int(moved[0])
+            n = self._kn
+            self._k[i : len(rows), :, :n] = self._k[rows[i:], :, :n]
+            self._v[i : len(rows), :, :n] = self._v[rows[i:], :, :n]
+        self._b = len(rows)
+
+    def append_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Add rows [j, H, Lj, D] after ours; whichever side is shorter gets zero (hole) columns."""
+        j, lj = keys.shape[0], keys.shape[2]
+        b, n = self._b, self._kn
+        length = max(n, lj)
+        if b + j > self._k.shape[0] or length > self._k.shape[2]:
+            self._reserve(2 * (b + j), max(MIN_CAPACITY, 2 * length))
+        if lj > n:  # the new columns are holes for our rows (zeros: masked garbage could be NaN)
+            self._k[:b, :, n:lj] = 0
+            self._v[:b, :, n:lj] = 0
+        self._k[b : b + j, :, :lj] = keys
+        self._v[b : b + j, :, :lj] = values
+        if lj < length:
+            self._k[b : b + j, :, lj:length] = 0
+            self._v[b : b + j, :, lj:length] = 0
+        self._b, self._kn, self._vn = b + j, length, length
+
+    def write_rows(self, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite `rows` with [j, H, Lj, D] from column 0; their later columns become holes."""
+        lj, n = keys.shape[2], self._kn
+        if lj > n:
+            if lj > self._k.shape[2]:
+                self._reserve(self._b, max(MIN_CAPACITY, 2 * lj))
+            self._k[: self._b, :, n:lj] = 0  # new hole columns for every row
+            self._v[: self._b, :, n:lj] = 0
+            self._kn = self._vn = n = lj
+        self._k[rows, :, :lj], self._v[rows, :, :lj] = keys, values
+        self._k[rows, :, lj:n], self._v[rows, :, lj:n] = 0, 0
+
+    def _reserve(self, rows: int, columns: int) -> None:
+        b, n = self._b, self._kn
+        rows, columns = max(rows, self._k.shape[0]), max(columns, self._k.shape[2])
+        k = self._k.new_empty(rows, self._k.shape[1], columns, self._k.shape[3])
+        v = self._v.new_empty(rows, self._v.shape[1], columns, self._v.shape[3])
+        k[:b, :, :n], v[:b, :, :n] = self._k[:b, :, :n], self._v[:b, :, :n]
+        self._k, self._v = k, v
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -54,15 +107,9 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n, t = self._kn, key_states.shape[2]
         if n + t > self._k.shape[2]:
-            cap = max(MIN_CAPACITY, 2 * (n + t))
-            k = key_states.new_empty(key_states.shape[0], key_states.shape[1], cap, key_states.shape[3])
-            v = value_states.new_empty(
-                value_states.shape[0], value_states.shape[1], cap, value_states.shape[3]
-            )
-            k[:, :, :n], v[:, :, :n] = self._k[:, :, :n], self._v[:, :, :n]
-            self._k, self._v = k, v
-        self._k[:, :, n : n + t] = key_states
-        self._v[:, :, n : n + t] = value_states
+            self._reserve(self._b, max(MIN_CAPACITY, 2 * (n + t)))
+        self._k[: self._b, :, n : n + t] = key_states
+        self._v[: self._b, :, n : n + t] = value_states
         self._kn = self._vn = n + t
         return self.keys, self.values
 

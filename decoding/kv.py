@@ -4,7 +4,8 @@ All rows share the cache's columns. A row's tokens sit in its *valid* columns, i
 rejected (or never used: padding) stay behind as *holes*, masked out by a 2D attention mask, and each
 row carries its own position ids, so holes cost memory and attention FLOPs but never change a logit.
 Rollback is therefore one line (clear mask bits, in `rollback`); `compact` gathers each row's valid
-columns to the front when holes pile up. Rows leave by index selection and join by concatenation.
+columns to the front when holes pile up. Rows leave by selection and join by appending (in place,
+where the cache has spare rows).
 
 Invariant after every commit: `seen[b] == mask[b].sum()` == tokens of row b the model has consumed.
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from decoding.cache import GrowingCache
+from decoding.cache import GrowingCache, GrowingLayer
 from decoding.stats import Forward
 from decoding.tree import Tree
 
@@ -174,9 +175,13 @@ class KVState:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (a [B'] index tensor), in that order."""
+        ascending = len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
         for layer in _layers(self.cache):
-            layer.keys = layer.keys[rows]
-            layer.values = layer.values[rows]
+            if ascending and isinstance(layer, GrowingLayer):
+                layer.keep_rows(rows)  # in place: no new buffer, the spare capacity stays
+            else:
+                layer.keys = layer.keys[rows]
+                layer.values = layer.values[rows]
         self.mask = self.mask[rows]
         self.seen = self.seen[rows]
         self._trim()
@@ -187,12 +192,64 @@ class KVState:
         if self.batch_size == 0:
             self.cache, self.mask, self.seen, self.dense = other.cache, other.mask, other.seen, other.dense
             return
+        if not _layers(other.cache):  # rows that have consumed nothing yet (a lazy draft's)
+            self.add_rows(other.batch_size)
+            return
+        if not _layers(self.cache):  # ours have consumed nothing: they become hole rows over theirs
+            n = self.batch_size
+            self.cache, self.mask, self.seen = other.cache, other.mask, other.seen
+            for layer in _layers(self.cache):
+                zeros = layer.keys.new_zeros(n, *layer.keys.shape[1:])
+                layer.keys, layer.values = torch.cat([zeros, layer.keys]), torch.cat([zeros, layer.values])
+            self.mask = torch.cat([self.mask.new_zeros(n, self.num_columns), self.mask])
+            self.seen = torch.cat([self.seen.new_zeros(n), self.seen])
+            self.dense = False
+            return
         L = max(self.num_columns, other.num_columns)
         for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
+            if isinstance(mine, GrowingLayer):
+                mine.append_rows(theirs.keys, theirs.values)  # into spare rows: only theirs copied
+                continue
             mine.keys = torch.cat([_pad_cols(mine.keys, L), _pad_cols(theirs.keys, L)], dim=0)
             mine.values = torch.cat([_pad_cols(mine.values, L), _pad_cols(theirs.values, L)], dim=0)
         self.mask = torch.cat([_pad_cols(self.mask, L, dim=1), _pad_cols(other.mask, L, dim=1)], dim=0)
         self.seen = torch.cat([self.seen, other.seen])
+        self.dense = bool(self.mask.all())
+
+    def add_rows(self, n: int) -> None:
+        """Append n rows that have consumed nothing: every column is a hole for them."""
+        for layer in _layers(self.cache):
+            empty = layer.keys.new_zeros(n, layer.keys.shape[1], 0, layer.keys.shape[3])
+            layer.append_rows(empty, empty)
+        self.mask = torch.cat([self.mask, self.mask.new_zeros(n, self.num_columns)])
+        self.seen = torch.cat([self.seen, self.seen.new_zeros(n)])
+        self.dense = self.dense and not (n and self.num_columns)
+
+    def splice(self, rows: torch.Tensor, other: KVState) -> None:
+        """Put other's rows (e.g. a fresh prefill) in place of `rows`, rows that have consumed
+        nothing: their columns start at 0, and our later columns are holes for them."""
+        at = rows.tolist()
+        for f in other.drain():  # recorded over all our rows: the others fed nothing
+            tokens = [0] * self.batch_size
+            for r, t in zip(at, f.tokens, strict=True):
+                tokens[r] = t
+            self.forwards.append(Forward(f.model, tokens, f.columns))
+        lj = other.num_columns
+        if _layers(self.cache):
+            for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
+                mine.write_rows(rows, theirs.keys, theirs.values)
+        else:  # no row had consumed anything: adopt their layers, widened
+            self.cache = other.cache
+            for layer in _layers(self.cache):
+                k = layer.keys.new_zeros(self.batch_size, *layer.keys.shape[1:])
+                v = layer.values.new_zeros(self.batch_size, *layer.values.shape[1:])
+                k[rows], v[rows] = layer.keys, layer.values
+                layer.keys, layer.values = k, v
+        L = max(self.num_columns, lj)
+        self.mask = _pad_cols(self.mask, L, dim=1)
+        self.mask[rows] = _pad_cols(other.mask, L, dim=1)
+        self.seen = self.seen.clone()
+        self.seen[rows] = other.seen
         self.dense = bool(self.mask.all())
 
     def nbytes(self) -> int:
