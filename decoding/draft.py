@@ -3,6 +3,11 @@
 The draft lags the target by the tokens it has not consumed yet: usually the pending token, two
 tokens when all K candidates were accepted (the K-th was sampled but never fed back) - gpt-fast's
 "all accepted" case. `propose` feeds those first, so the lag needs no special path.
+
+The draft syncs lazily: a joining row is not prefilled in the draft until a step speculates, and
+plain steps (K = 0, chosen by adaptive speculation) do not feed it, so a plain step of a `draft`
+batch costs what a `none` step costs. The first speculative step prefills the rows the draft has
+never seen apart (a batch of their own, spliced into their places), then catches every row up at once.
 """
 
 from __future__ import annotations
@@ -27,9 +32,17 @@ class DraftProposer:
         self._cands_fed = 0  # candidate columns fed after it: kept only where accepted
 
     def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
-        new = KVState.empty(self.model, len(rows), role="draft")
-        new.forward(self.model, [r.tokens[: r.prompt_len] for r in rows], logits="last")  # prefill
-        self.kv.extend(new)
+        self.kv.add_rows(len(rows))  # prefilled only when a step first speculates (`_sync_fresh`)
+
+    def _sync_fresh(self, rows: list[Row]) -> None:
+        """Prefill, apart and densely, the rows the draft has consumed nothing of (all but their
+        pending token), then splice them into their places."""
+        fresh = [i for i, s in enumerate(self.kv.seen.tolist()) if s == 0 and len(rows[i].tokens) > 1]
+        if not fresh:
+            return
+        new = KVState.empty(self.model, len(fresh), role="draft")
+        new.forward(self.model, [rows[i].tokens[:-1] for i in fresh], logits="last")
+        self.kv.splice(torch.tensor(fresh, device=self.kv.mask.device), new)
 
     def select(self, keep: torch.Tensor) -> None:
         self.kv.select(keep)
@@ -48,6 +61,7 @@ class DraftProposer:
         self._catchup = self._cands_fed = 0
         if K == 0:
             return Proposal([[] for _ in rows])
+        self._sync_fresh(rows)
         sampled = not bool(warp.greedy.all())
         unseen = [r.tokens[s:] for r, s in zip(rows, self.kv.seen.tolist(), strict=True)]
         before = self.kv.num_columns

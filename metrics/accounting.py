@@ -3,7 +3,8 @@
 A forward of a model over a batch of B rows reads the weights once and each row's KV cache (every
 column attention reads, holes included: they cost bandwidth too). FLOPs are 2 x non-embedding
 parameters per token plus attention: 4 x layers x (heads x head size) per token per attended
-column (QK^T and AV). A row's share of a forward is weights / B plus its own KV, and its own FLOPs.
+column (QK^T and AV). A row's share of a forward is weights / B plus its own KV, and its own FLOPs;
+rows that fed no tokens to a forward (a lazy draft's prefill of just the rows joining) pay nothing.
 """
 
 from __future__ import annotations
@@ -45,14 +46,14 @@ class ModelCost:
 
     def row_costs(self, f: Forward) -> tuple[list[float], list[float], list[float]]:
         """Per row of the forward: (weight-byte share, KV bytes, FLOPs)."""
-        B = len(f.tokens)
-        kv = [float(f.columns * self.kv_bytes_per_token)] * B
+        fed = sum(t > 0 for t in f.tokens) or 1
+        kv = [float(f.columns * self.kv_bytes_per_token) if t else 0.0 for t in f.tokens]
         flops = [
             2.0 * self.non_embedding_params * t
             + self.attn_flops_per_token_column * t * (f.columns + (t + 1) / 2)
             for t in f.tokens
         ]
-        return [self.weight_bytes / B] * B, kv, flops
+        return [self.weight_bytes / fed if t else 0.0 for t in f.tokens], kv, flops
 
 
 class Accountant:

@@ -158,9 +158,11 @@ def test_steps_record_every_forward(tiny, prompts):
     engine.on_step = seen.append
     engine.generate(prompts, SamplingParams(max_new_tokens=12), SpecParams("draft", 3))
     prefill = [s for s in seen if s.phase == "prefill"][0]
-    assert [f.model for f in prefill.forwards] == ["target", "draft"]
+    assert [f.model for f in prefill.forwards] == ["target"]  # the draft syncs at its first proposal
     assert prefill.forwards[0].tokens == [len(p) for p in prompts] and prefill.forwards[0].columns == 0
-    step = next(s for s in seen if s.phase == "decode" and s.k == 3)
+    first, step = [s for s in seen if s.phase == "decode" and s.k == 3][:2]
+    assert [f.model for f in first.forwards] == ["draft"] * 4 + ["target"]  # + the draft's prefill
+    assert first.forwards[0].tokens == [len(p) for p in prompts] and first.forwards[0].columns == 0
     assert [f.model for f in step.forwards] == ["draft"] * 3 + ["target"]  # catch-up + K-1, then verify
     verify = step.forwards[-1]
     assert sum(verify.tokens) == step.tokens_verified and verify.columns > 0

@@ -21,6 +21,8 @@ def test_model_cost_by_hand(tiny):
     assert kv == [10 * 1024.0] * 2
     P = t.non_embedding_params
     assert flops == [2 * P * 1 + 512 * 1 * (10 + 1), 2 * P * 3 + 512 * 3 * (10 + 2)]
+    weights, kv, flops = cost.row_costs(Forward("target", [0, 4, 2], columns=10))  # row 0 fed nothing
+    assert weights == [0.0, t.weight_bytes / 2, t.weight_bytes / 2] and kv[0] == 0.0 and flops[0] == 0.0
 
 
 def test_accountant_charges_rows_and_totals_steps(tiny):
