@@ -77,6 +77,17 @@ def request_body(prompt: str, variant: str, cfg: LoadConfig) -> dict:
     return body
 
 
+def run(coro):
+    """Run a load coroutine on uvloop where installed (as the server does): the client shares the
+    machine with the server, so every microsecond it spends per streamed token is taken from it."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 async def one_request(client: httpx.AsyncClient, body: dict, s: Sample) -> None:
     """Stream one /generate request into `s` (filled as events arrive, so a cancel keeps what came)."""
     t0 = time.perf_counter()

@@ -14,7 +14,6 @@ so "what HTTP costs" is a ratio measured in the same run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import math
@@ -183,7 +182,7 @@ def run_level(
         drive = loadgen.closed_loop(cfg, prompts, method, int(load), n, on_done=on_done)
     else:
         drive = loadgen.open_loop(cfg, prompts, method, load, n, on_done=on_done)
-    result = asyncio.run(drive)
+    result = loadgen.run(drive)
     bar.update(n - ended[0])  # requests cancelled or never sent (the bounds) still fill the level's share
     if result.timed_out:
         log.warning("%s %s %g hit --timeout-s; reporting what finished", method, mode, load)
@@ -198,7 +197,7 @@ def run_level(
 
 def warm_up(cfg: loadgen.LoadConfig, prompts: list[str], methods: list[str], n: int) -> None:
     for method in methods:
-        run = asyncio.run(loadgen.closed_loop(cfg, prompts, method, 1, n)) if n else None
+        run = loadgen.run(loadgen.closed_loop(cfg, prompts, method, 1, n)) if n else None
         if run and not all(s.ok for s in run.samples):
             raise SystemExit(f"error: warm-up requests with method {method} failed: {run.samples[0].error}")
 

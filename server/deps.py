@@ -13,7 +13,8 @@ from server.errors import APIError, check_api_key
 from server.state import ServerState
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
+    """`async def`, as every dependency here: FastAPI runs a plain `def` one in a worker thread."""
     state = getattr(request.app.state, "specserve", None)
     if state is None:
         raise APIError(503, "models are still loading")
@@ -23,7 +24,7 @@ def get_state(request: Request) -> ServerState:
 State = Annotated[ServerState, Depends(get_state)]
 
 
-def require_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
     key = state.settings.api_key
     check_api_key(key.get_secret_value() if key else None, authorization)
 

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     num_speculative_tokens: Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"] = Field(
         "auto", description="K per step, or auto: chosen per step"
     )
-    max_batch_size: int = Field(16, ge=1, le=512)
+    max_batch_size: int = Field(32, ge=1, le=512)
     max_waiting: int = Field(64, ge=0, le=100_000, description="queued requests beyond this get 429")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
