@@ -4,10 +4,28 @@ expected tokens per row and step, for K candidates:
     E(K) = 1 + sum_{j < K} avail_j * prod_{i <= j} a_i
 where a_i is the moving-average acceptance of position i given positions before it were accepted,
 and avail_j the share of rows that had a j-th candidate (prompt lookup may find fewer than K).
-Step cost t(B, K) is a line a + c * K fitted, per batch-size bucket, to moving averages of measured
-step seconds (K = 0 and K = max are measured first; the neighbours of the current choice are
-re-measured now and then, so the line follows the machine). Choice: argmax_K E(K) / t(B, K), and
-K > 0 only when it beats a plain step by a margin.
+A position measured fewer than `min_samples` times takes the pooled acceptance of all positions
+after the first (given the first was accepted, the next ones are alike, and far likelier than the
+first): otherwise a deep position never tried keeps its prior and is never tried.
+
+Step cost t(B, K), measured per batch-size bucket (B rows verify B * (K + 1) tokens): a plain
+step (K = 0) on its own, since it runs no proposer and verifies one token per row; K >= 1 as a
+line in K fitted to the Ks measured there. A draft's catching up on earlier plain steps and new
+rows is left out: that is the price of switching, paid once, and it is charged to exploration.
+Choice: argmax_K E(K) / t(B, K), with K > 0 only when it beats a plain step by a margin.
+
+Exploration is what makes an adaptive controller lose, so it is paid from a budget: while plain
+steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
+their tokens, enough to cover what that trial is expected to lose, the draft's catching up
+included (at a batch where verification costs three plain steps, that is a trial every few dozen
+steps). While speculating, a plain step and the neighbours of the choice are re-measured every
+`recheck_every` steps. A new batch-size bucket starts with two plain steps and one step at
+K = k_max / 2 (rounded up), which anchor its cost line.
+
+Moving averages: an acceptance outcome weighs by the rows it was measured on (`alpha` each, at most
+`max_weight` per step), so one row at batch 1 is one coin flip, not a fifth of the estimate; step
+times are clipped at 1.5x their average, so a step that grew the cache or was preempted by the OS
+does not stand for the rest.
 """
 
 from __future__ import annotations
@@ -23,71 +41,143 @@ def bucket(batch_size: int) -> int:
 
 
 @dataclass
+class Cost:
+    """Moving average of one (bucket, K)'s step seconds. The first samples are averaged evenly, and
+    a sample is clipped to `clip` x the average: a step that happened to grow the cache, or that
+    the OS preempted, must not stand for the rest."""
+
+    seconds: float = 0.0
+    n: int = 0
+    clip: float = 1.5
+
+    def add(self, seconds: float, alpha: float) -> None:
+        self.n += 1
+        if self.n > 2:
+            seconds = min(seconds, self.clip * self.seconds)
+        self.seconds += max(alpha, 1.0 / self.n) * (seconds - self.seconds)
+
+
+@dataclass
 class KController:
     k_max: int
-    alpha: float = 0.2  # weight of the newest observation in the moving averages
-    explore_every: int = 32  # steps between re-measuring a neighbour of the current choice
-    margin: float = 0.05  # K > 0 must promise this much more throughput than a plain step
+    alpha: float = 0.05  # weight of one row's acceptance outcome in the moving averages ...
+    max_weight: float = 0.2  # ... and the most one step's outcome may weigh
+    margin: float = 0.1  # K > 0 must promise this much more throughput than a plain step
+    regret: float = 0.02  # share of a plain run's tokens that exploring may cost
+    recheck_every: int = 16  # while speculating: steps between re-measuring K = 0 or a neighbour
+    min_samples: int = 4  # updates before a position's own acceptance replaces the pooled one
     accept: list[float] = field(default_factory=list)  # [k_max] conditional acceptance per position
+    samples: list[int] = field(default_factory=list)  # [k_max] updates of each position's average
+    tail: float = 0.8  # pooled conditional acceptance of positions 1.. (prior: later positions are
+    # far likelier than the first - 0.85-0.9 for both proposers on the bundled suite)
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
-    cost: dict[tuple[int, int], float] = field(default_factory=dict)  # (bucket, K) -> seconds per step
+    cost_alpha: float = 0.1  # weight of the newest step time in its moving average
+    cost: dict[tuple[int, int], Cost] = field(default_factory=dict)  # (bucket, K) -> step seconds
+    sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative)
+    credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
     steps: int = 0
     last: int = 0
 
     def __post_init__(self) -> None:
         self.accept = self.accept or [0.5] * self.k_max  # a neutral prior until measured
         self.avail = self.avail or [1.0] * self.k_max
+        self.samples = self.samples or [0] * self.k_max
+
+    def acceptance(self, j: int) -> float:
+        """Position j's conditional acceptance: its own average once measured enough, else pooled."""
+        if j == 0 or self.samples[j] >= self.min_samples:
+            return self.accept[j]
+        return self.tail
 
     def expected_tokens(self, k: int) -> float:
         total, p = 1.0, 1.0
         for j in range(k):
-            p *= self.accept[j]
+            p *= self.acceptance(j)
             total += self.avail[j] * p
         return total
 
     def step_cost(self, b: int, k: int) -> float | None:
-        """Seconds per step at bucket b and K: a line a + c * K fitted to the Ks measured there
-        (a line, not the raw table: one noisy sample of one K must not decide)."""
-        pts = [(kk, t) for (bb, kk), t in self.cost.items() if bb == b]
-        if len(pts) < 2:
-            return dict(pts).get(k)
+        """Seconds per step at bucket b and K. K >= 1: a line in K through the Ks measured there (a
+        line, not the raw table: one noisy sample of one K must not decide); with one K measured,
+        the slope is its cost over a plain step's, per candidate."""
+        if k == 0:
+            c = self.cost.get((b, 0))
+            return c.seconds if c else None
+        pts = [(kk, c.seconds) for (bb, kk), c in self.cost.items() if bb == b and kk > 0]
+        if not pts:
+            return None
         n = len(pts)
         mk, mt = sum(x for x, _ in pts) / n, sum(t for _, t in pts) / n
-        var = sum((x - mk) ** 2 for x, _ in pts)
-        slope = max(sum((x - mk) * (t - mt) for x, t in pts) / var, 0.0) if var else 0.0
+        if n == 1:
+            plain = self.step_cost(b, 0)
+            slope = max((mt - plain) / mk, 0.0) if plain is not None else 0.0
+        else:
+            var = sum((x - mk) ** 2 for x, _ in pts)
+            slope = max(sum((x - mk) * (t - mt) for x, t in pts) / var, 0.0)
         return max(mt + slope * (k - mk), 1e-9)
 
+    def rates(self, b: int) -> dict[int, float]:
+        """Expected tokens per row per second for every K, at bucket b."""
+        return {k: self.expected_tokens(k) / self.step_cost(b, k) for k in range(self.k_max + 1)}
+
     def choose(self, batch_size: int) -> int:
-        b = bucket(batch_size)
+        self.last = self._choose(bucket(batch_size))
+        return self.last
+
+    def _choose(self, b: int) -> int:
         self.steps += 1
-        for k in (0, self.k_max):  # two points give the cost line at this batch size
-            if (b, k) not in self.cost:
-                self.last = k
-                return k
-        rates = {k: self.expected_tokens(k) / self.step_cost(b, k) for k in range(self.k_max + 1)}
+        plain = self.cost.get((b, 0))
+        if plain is None or plain.n < 2:
+            return 0  # the baseline first, twice
+        if not any(bb == b and k > 0 for bb, k in self.cost):
+            return (self.k_max + 1) // 2  # one speculative point anchors the line
+        rates = self.rates(b)
         best = max(rates, key=rates.get)
-        if rates[best] < (1 + self.margin) * rates[0]:
-            best = 0  # speculate only for a clear gain: estimates are noisy, a plain step never loses
-        # keep the line fresh around the choice; while plain steps are chosen, look more often,
-        # since acceptance is only measured when something is proposed (text changes: code turns
-        # repetitive, then the draft agrees far more than it did after the prompt)
-        every = self.explore_every // 4 if best == 0 else self.explore_every
-        if self.steps % every == 0:
-            best = min(self.k_max, best + 2) if best == 0 or (self.steps // every) % 2 else best - 1
-        self.last = best
-        return best
+        speculating = self.last > 0
+        if rates[best] >= (1 + self.margin) * rates[0]:
+            if self.steps % self.recheck_every == 0:  # keep the baseline and the neighbours fresh
+                turn = (self.steps // self.recheck_every) % 4
+                return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]
+            return best
+        # plain wins: bank tokens, and re-try the best speculative K once the bank covers its loss
+        # (plus, coming from plain steps, the draft's catching up, in tokens a plain step would give)
+        trial = max(range(1, self.k_max + 1), key=rates.get)
+        loss = (rates[0] - rates[trial]) * self.step_cost(b, trial)  # tokens per row forgone
+        if not speculating:
+            loss += self.sync * rates[0]
+        self.credit[b] = self.credit.get(b, 0.0) + self.regret
+        if self.credit[b] >= loss:
+            self.credit[b] -= max(loss, 0.0)
+            return trial
+        return 0
 
     def observe(self, stats: StepStats) -> None:
         """Update from one decode step that ran with K = stats.k."""
-        key = (bucket(stats.batch_size), stats.k)
-        seconds = stats.propose_s + stats.verify_s
-        old = self.cost.get(key)
-        self.cost[key] = seconds if old is None else (1 - self.alpha) * old + self.alpha * seconds
-        for j in range(min(stats.k, self.k_max)):
+        B, k = stats.batch_size, stats.k
+        if not B:
+            return
+        key = (bucket(B), k)
+        # a draft's catching up on earlier plain steps is the price of switching, not of K
+        seconds = stats.propose_s - stats.sync_s + stats.verify_s
+        self.cost.setdefault(key, Cost()).add(seconds, self.cost_alpha)
+        if stats.sync_s:
+            self.sync += 0.2 * (stats.sync_s - self.sync)
+        tail_reached = tail_accepted = 0
+        for j in range(min(k, self.k_max)):
             reached = stats.reached_per_position[j] if j < len(stats.reached_per_position) else 0
-            if reached:
+            if reached:  # weighted by the rows it saw: one row at batch 1 is one coin flip
                 a = stats.accepted_per_position[j] / reached
-                self.accept[j] = (1 - self.alpha) * self.accept[j] + self.alpha * a
-            if stats.batch_size:
-                v = stats.drafted_per_position[j] / stats.batch_size
-                self.avail[j] = (1 - self.alpha) * self.avail[j] + self.alpha * v
+                self.accept[j] += self._weight(reached) * (a - self.accept[j])
+                self.samples[j] += 1
+                if j:
+                    tail_reached += reached
+                    tail_accepted += stats.accepted_per_position[j]
+            v = stats.drafted_per_position[j] / B
+            self.avail[j] += self._weight(B) * (v - self.avail[j])
+        if tail_reached:
+            self.tail += self._weight(tail_reached) * (tail_accepted / tail_reached - self.tail)
+
+    def _weight(self, rows: int) -> float:
+        """Moving-average weight of a step's outcome over `rows` rows: as many single updates, up
+        to `max_weight` (rows of one step are alike: a step must not erase the average)."""
+        return min(1.0 - (1.0 - self.alpha) ** rows, self.max_weight)

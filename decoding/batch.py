@@ -62,10 +62,19 @@ class SubBatch:
         """Remove finished rows (and their cache rows); return them."""
         done = [r for r in self.rows if r.finish_reason]
         if done:
-            keep = [i for i, r in enumerate(self.rows) if not r.finish_reason]
+            keep = _fill_from_end([not r.finish_reason for r in self.rows])
             idx = torch.tensor(keep, dtype=torch.long, device=self.kv.mask.device)
             self.kv.select(idx)
             self.proposer.select(idx)
             self.rows = [self.rows[i] for i in keep]
             self._warp = None
         return done
+
+
+def _fill_from_end(alive: list[bool]) -> list[int]:
+    """Indices of the live rows, each gap filled by a live row from the end: the cache then moves
+    one row per row that left, not every row behind it (row order within a batch is free)."""
+    keep = [i for i, a in enumerate(alive) if a]
+    n = len(keep)
+    tail = [i for i in keep if i >= n]  # live rows beyond the new end, to move into the gaps
+    return [i if i < n and alive[i] else tail.pop() for i in range(n)]

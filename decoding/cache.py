@@ -51,13 +51,13 @@ class GrowingLayer(DynamicLayer):
         self._vn = min(self._vn, length)
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        """Keep `rows` (ascending indices) in place: only the rows after the first dropped one move."""
-        moved = torch.nonzero(rows != torch.arange(len(rows), device=rows.device))
+        """Keep `rows` (indices, any order) in place: only rows whose position changes are copied
+        (gathered first, so a source may also be a destination)."""
+        moved = torch.nonzero(rows != torch.arange(len(rows), device=rows.device)).flatten()
         if len(moved):
-            i = int(moved[0])
-            n = self._kn
-            self._k[i : len(rows), :, :n] = self._k[rows[i:], :, :n]
-            self._v[i : len(rows), :, :n] = self._v[rows[i:], :, :n]
+            n, src = self._kn, rows[moved]
+            self._k[moved, :, :n] = self._k[src, :, :n]
+            self._v[moved, :, :n] = self._v[src, :, :n]
         self._b = len(rows)
 
     def append_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:

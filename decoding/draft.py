@@ -12,6 +12,8 @@ never seen apart (a batch of their own, spliced into their places), then catches
 
 from __future__ import annotations
 
+import time
+
 import torch
 from transformers import PreTrainedModel
 
@@ -61,12 +63,17 @@ class DraftProposer:
         self._catchup = self._cands_fed = 0
         if K == 0:
             return Proposal([[] for _ in rows])
+        t0 = time.perf_counter()
         self._sync_fresh(rows)
+        t1 = time.perf_counter()
         sampled = not bool(warp.greedy.all())
         unseen = [r.tokens[s:] for r, s in zip(rows, self.kv.seen.tolist(), strict=True)]
         before = self.kv.num_columns
         logits = self.kv.forward(self.model, unseen, logits="last")  # [B, V]
         self._catchup = self.kv.num_columns - before
+        # new rows' prefill, and a lag beyond the usual 1-2 tokens, are the price of plain steps
+        # before this one, not of speculating: adaptive K must not count them against K > 0
+        sync_s = time.perf_counter() - t0 if self._catchup > 2 else t1 - t0
         cands, qs = [], []
         for j in range(K):
             c = logits.argmax(-1)  # [B]
@@ -80,7 +87,7 @@ class DraftProposer:
         self._cands_fed = K - 1
         tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
         q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
-        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q_all)
+        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q_all, sync_s)
 
     def commit(self, num_accepted: list[int]) -> None:
         """Keep the catch-up columns and the first min(n, K-1) candidate columns of each row."""

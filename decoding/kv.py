@@ -175,9 +175,8 @@ class KVState:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (a [B'] index tensor), in that order."""
-        ascending = len(rows) < 2 or bool((rows[1:] > rows[:-1]).all())
         for layer in _layers(self.cache):
-            if ascending and isinstance(layer, GrowingLayer):
+            if isinstance(layer, GrowingLayer):
                 layer.keep_rows(rows)  # in place: no new buffer, the spare capacity stays
             else:
                 layer.keys = layer.keys[rows]

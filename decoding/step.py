@@ -113,7 +113,9 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     batch.kv.rollback(torch.arange(T, device=dev)[None, :] <= verdict.num_accepted[:, None])  # [B, T]
     batch.proposer.commit(n)
     t2 = time.perf_counter()
-    stats = StepStats(batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, k=K)
+    stats = StepStats(
+        batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=K
+    )
     stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
     drafted = [len(c) for c in prop.tokens]
     emitted = [c[:a] + [tok] for c, a, tok in zip(prop.tokens, n, nxt, strict=True)]
