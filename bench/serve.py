@@ -100,7 +100,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--num-requests",
         type=_count,
         default=0,
-        help="per level (default: closed max(8, 4 x concurrency); open max(8, 4 x rate), 32 at inf)",
+        help="per level (default: closed max(8, N x concurrency); open max(8, N x rate), 32 at inf; "
+        "N = --requests-per-client)",
+    )
+    p.add_argument(
+        "--requests-per-client",
+        type=_positive,
+        default=4,
+        help="N in the default requests per level: longer levels, less noise",
     )
     p.add_argument("--max-tokens", type=_positive, default=64)
     p.add_argument(
@@ -128,10 +135,11 @@ def levels_of(args: argparse.Namespace) -> list[tuple[str, float, int]]:
     """(mode, load, requests) in run order; the methods are interleaved at each of them."""
     out = []
     if args.mode in ("closed", "both"):
-        out += [("closed", c, args.num_requests or max(8, 4 * c)) for c in args.concurrency]
+        n = args.requests_per_client
+        out += [("closed", c, args.num_requests or max(8, n * c)) for c in args.concurrency]
     if args.mode in ("open", "both"):
         for rate in args.request_rates:
-            default = 32 if math.isinf(rate) else max(8, math.ceil(4 * rate))
+            default = 32 if math.isinf(rate) else max(8, math.ceil(args.requests_per_client * rate))
             out.append(("open", rate, args.num_requests or default))
     return out
 

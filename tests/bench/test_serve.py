@@ -209,3 +209,18 @@ def test_method_variants_carry_their_own_k():
     for bad in ("beam", "draft:0", "draft:x"):
         with pytest.raises(argparse.ArgumentTypeError):
             _variant(bad)
+
+
+def test_requests_per_level_scale_with_clients():
+    import argparse
+
+    from bench.serve import add_parser, levels_of
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--concurrency", "1", "32", "--mode", "both", "--request-rates", "2"])
+    assert levels_of(args) == [("closed", 1, 8), ("closed", 32, 128), ("open", 2.0, 8)]
+    args = parser.parse_args(["serve", "--concurrency", "1", "32", "--requests-per-client", "16"])
+    assert levels_of(args) == [("closed", 1, 16), ("closed", 32, 512)]
+    args = parser.parse_args(["serve", "--concurrency", "4", "--num-requests", "5"])
+    assert levels_of(args) == [("closed", 4, 5)]
