@@ -30,7 +30,8 @@ class LoadConfig:
     duration_s: float = 0.0  # per level: no request is sent after this (0: no bound)
     k: int | str | None = None  # num_speculative_tokens override: K or "auto" (None: the server's)
     api_key: str | None = None
-    seed: int = 0  # Poisson arrivals
+    seed: int = 0  # Poisson arrivals and output lengths
+    range_ratio: float = 0.0  # output lengths uniform in [L(1 - r), L(1 + r)] (0: all L)
 
 
 @dataclass
@@ -62,11 +63,22 @@ def split_variant(variant: str) -> tuple[str, str | None]:
     return method, k or None
 
 
-def request_body(prompt: str, variant: str, cfg: LoadConfig) -> dict:
+def output_lengths(cfg: LoadConfig, n: int) -> list[int]:
+    """Each request's max_tokens: L, or uniform in [L(1 - r), L(1 + r)] (vLLM's --random-range-ratio),
+    the same draws for every method. Equal lengths started together keep plain decoding in lockstep
+    (every row joins and leaves at once), which no real workload does."""
+    L, r = cfg.max_tokens, cfg.range_ratio
+    if not r:
+        return [L] * n
+    rng = np.random.default_rng(cfg.seed)
+    return rng.integers(max(1, round(L * (1 - r))), round(L * (1 + r)) + 1, n).tolist()
+
+
+def request_body(prompt: str, variant: str, cfg: LoadConfig, max_tokens: int | None = None) -> dict:
     method, k = split_variant(variant)
     body = {
         "prompt": prompt,
-        "max_tokens": cfg.max_tokens,
+        "max_tokens": max_tokens or cfg.max_tokens,
         "method": method,
         "stream": True,
         "ignore_eos": True,
@@ -157,6 +169,7 @@ async def closed_loop(
     """`concurrency` workers send `num_requests` requests back to back."""
     samples: list[Sample] = []
     counter = iter(range(num_requests))
+    lengths = output_lengths(cfg, num_requests)
     async with _client(cfg, concurrency) as client:
         t0 = time.perf_counter()
 
@@ -166,7 +179,8 @@ async def closed_loop(
                     return
                 s = Sample(method, start_s=time.perf_counter() - t0)
                 samples.append(s)
-                await one_request(client, request_body(prompts[i % len(prompts)], method, cfg), s)
+                body = request_body(prompts[i % len(prompts)], method, cfg, lengths[i])
+                await one_request(client, body, s)
                 on_done()
 
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
@@ -194,6 +208,7 @@ async def open_loop(
     samples: list[Sample] = []
     tasks: list[asyncio.Task] = []
     arrivals = poisson_arrivals(rate, num_requests, cfg.seed)
+    lengths = output_lengths(cfg, num_requests)
 
     async def send(s: Sample, body: dict) -> None:
         await one_request(client, body, s)
@@ -209,5 +224,6 @@ async def open_loop(
                 await asyncio.sleep(delay)
             s = Sample(method, start_s=time.perf_counter() - t0)
             samples.append(s)
-            tasks.append(asyncio.create_task(send(s, request_body(prompts[i % len(prompts)], method, cfg))))
+            body = request_body(prompts[i % len(prompts)], method, cfg, lengths[i])
+            tasks.append(asyncio.create_task(send(s, body)))
         return await _finish(tasks, samples, t0, cfg)

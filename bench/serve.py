@@ -50,6 +50,16 @@ def _positive(text: str) -> int:
     return _count(text, least=1)
 
 
+def _ratio(text: str) -> float:
+    try:
+        r = float(text)
+    except ValueError:
+        r = -1.0
+    if not 0 <= r < 1:
+        raise argparse.ArgumentTypeError(f"expected a ratio in [0, 1), got {text}")
+    return r
+
+
 def _seconds(text: str, zero_ok: bool = False) -> float:
     s = float(text)
     if not ((s > 0 or (zero_ok and s == 0)) and math.isfinite(s)):
@@ -120,7 +130,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--timeout-s", type=_seconds, default=600.0, help="per level: cancel what is still in flight"
     )
     p.add_argument("--warmup", type=_count, default=1, help="unmeasured requests per method before the sweep")
-    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals")
+    p.add_argument(
+        "--random-range-ratio",
+        type=_ratio,
+        default=0.0,
+        help="output lengths uniform in [L(1-r), L(1+r)], L = --max-tokens, the same for every method; "
+        "0: all L (plain decoding then runs in lockstep, rows joining and leaving together)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals and output lengths")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--inprocess", action="store_true", help="also decode in-process at batch 1 (model flags)")
     p.add_argument(
@@ -232,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k,
         api_key=args.api_key,
         seed=args.seed,
+        range_ratio=args.random_range_ratio,
     )
     given = args.prompt is not None or args.prompts is not None
     prompts = [t for _, t in read_prompts(args)] if given else CODE_PROMPTS

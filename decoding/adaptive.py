@@ -12,7 +12,9 @@ Step cost t(B, K), measured per batch-size bucket (B rows verify B * (K + 1) tok
 step (K = 0) on its own, since it runs no proposer and verifies one token per row; K >= 1 as a
 line in K fitted to the Ks measured there. A draft's catching up on earlier plain steps and new
 rows is left out: that is the price of switching, paid once, and it is charged to exploration.
-Choice: argmax_K E(K) / t(B, K), with K > 0 only when it beats a plain step by a margin.
+Choice: argmax_K E(K) / t(B, K), with K > 0 only when it beats a plain step by a margin (10% at
+batch 1, growing to 20% at 32: the gains there are thin, and rows desynchronised by speculation
+cost prefill batching and slot occupancy that no step's time shows).
 
 Exploration is what makes an adaptive controller lose, so it is paid from a budget: while plain
 steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
@@ -62,7 +64,9 @@ class KController:
     k_max: int
     alpha: float = 0.05  # weight of one row's acceptance outcome in the moving averages ...
     max_weight: float = 0.2  # ... and the most one step's outcome may weigh
-    margin: float = 0.1  # K > 0 must promise this much more throughput than a plain step
+    margin: float = 0.1  # K > 0 must promise this much more throughput than a plain step (batch
+    # 1; +0.02 per doubling of the batch: rows that speculation desynchronises cost prefill
+    # batching and slot occupancy that a step's time does not show)
     regret: float = 0.02  # share of a plain run's tokens that exploring may cost
     recheck_every: int = 16  # while speculating: steps between re-measuring K = 0 or a neighbour
     min_samples: int = 4  # updates before a position's own acceptance replaces the pooled one
@@ -134,7 +138,7 @@ class KController:
         rates = self.rates(b)
         best = max(rates, key=rates.get)
         speculating = self.last > 0
-        if rates[best] >= (1 + self.margin) * rates[0]:
+        if rates[best] >= (1 + self.margin * (1 + b.bit_length() / 5 - 0.2)) * rates[0]:
             if self.steps % self.recheck_every == 0:  # keep the baseline and the neighbours fresh
                 turn = (self.steps // self.recheck_every) % 4
                 return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,9 +29,18 @@ from server.state import ServerState
 log = logging.getLogger(__name__)
 
 
+def engine_threads(settings: Settings) -> int:
+    """--threads, or on CPU every core but one: the HTTP event loop (and on a shared machine, the
+    clients) need a core, and torch's threads spin-wait at every op when one of them is preempted,
+    which costs far more than the core they would add."""
+    if settings.threads or settings.device != "cpu":
+        return settings.threads
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 def load_state(settings: Settings, registry: CollectorRegistry | None = None) -> ServerState:
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    if threads := engine_threads(settings):
+        torch.set_num_threads(threads)
     kw = {"dtype": settings.dtype, "device": settings.device, "trust_remote_code": settings.trust_remote_code}
     target = load_model(str(settings.target), **kw)
     draft = load_model(settings.draft, **kw) if settings.draft else None

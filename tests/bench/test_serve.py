@@ -224,3 +224,27 @@ def test_requests_per_level_scale_with_clients():
     assert levels_of(args) == [("closed", 1, 16), ("closed", 32, 512)]
     args = parser.parse_args(["serve", "--concurrency", "4", "--num-requests", "5"])
     assert levels_of(args) == [("closed", 4, 5)]
+
+
+def test_output_lengths_spread_the_same_way_for_every_method():
+    cfg = loadgen.LoadConfig(url="http://127.0.0.1:1", max_tokens=64, timeout_s=1, range_ratio=0.5, seed=3)
+    a = loadgen.output_lengths(cfg, 2000)
+    assert a == loadgen.output_lengths(cfg, 2000)  # seeded: each method gets the same workload
+    assert min(a) == 32 and max(a) == 96 and abs(sum(a) / len(a) - 64) < 2
+    flat = loadgen.LoadConfig(url="http://127.0.0.1:1", max_tokens=64, timeout_s=1)
+    assert loadgen.output_lengths(flat, 3) == [64, 64, 64]
+    assert loadgen.request_body("x", "none", cfg, 40)["max_tokens"] == 40
+
+
+def test_varied_output_lengths_against_a_live_server(live, tmp_path):
+    out = tmp_path / "serve"
+    argv = ["bench", "serve", "--url", live.url, "--api-key", API_KEY, "--methods", "none", "ngram",
+            "--concurrency", "2", "--num-requests", "6", "--max-tokens", "8", "--random-range-ratio", "0.5",
+            "--warmup", "0", "--no-plots", "--out-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    cfg = loadgen.LoadConfig(url=live.url, max_tokens=8, timeout_s=1, range_ratio=0.5)
+    want = loadgen.output_lengths(cfg, 6)
+    assert len(set(want)) > 1
+    for r in json.loads((out / "serve.json").read_text())["levels"]:
+        assert [q["tokens"] for q in r["requests"]] == want  # ignore_eos: each runs to its own length
+        assert r["output_tokens"] == sum(want) == r["server_output_tokens"]

@@ -162,3 +162,15 @@ def test_serve_hands_the_app_to_uvicorn(monkeypatch, tiny_paths):
                  "--log-level", "WARNING"]) == 0  # fmt: skip
     assert (seen["host"], seen["port"], seen["log_level"]) == ("127.0.0.1", 0, "warning")
     assert set(seen["app"].openapi()["paths"]) >= {"/health", "/v1/models", "/v1/completions", "/generate"}
+
+
+def test_engine_threads_leave_the_event_loop_a_core(tiny_paths, monkeypatch):
+    from server.app import engine_threads
+
+    t = tiny_paths["target"]
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert engine_threads(Settings(target=t)) == 7
+    assert engine_threads(Settings(target=t, threads=3)) == 3
+    assert engine_threads(Settings(target=t, device="cuda")) == 0  # torch's default
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert engine_threads(Settings(target=t)) == 1
