@@ -14,7 +14,10 @@ line in K fitted to the Ks measured there. A draft's catching up on earlier plai
 rows is left out: that is the price of switching, paid once, and it is charged to exploration.
 Choice: argmax_K E(K) / t(B, K), with K > 0 only when it beats a plain step by a margin (10% at
 batch 1, growing to 20% at 32: the gains there are thin, and rows desynchronised by speculation
-cost prefill batching and slot occupancy that no step's time shows).
+cost prefill batching and slot occupancy that no step's time shows). The model proposes, the
+measurements dispose: per bucket, the tokens per row-second that speculative and plain steps really
+gave (catching up included) are tracked, and once both are measured, speculation must have beaten
+plain by the same margin; otherwise it only gets budgeted trials.
 
 Exploration is what makes an adaptive controller lose, so it is paid from a budget: while plain
 steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
@@ -43,20 +46,20 @@ def bucket(batch_size: int) -> int:
 
 
 @dataclass
-class Cost:
-    """Moving average of one (bucket, K)'s step seconds. The first samples are averaged evenly, and
-    a sample is clipped to `clip` x the average: a step that happened to grow the cache, or that
-    the OS preempted, must not stand for the rest."""
+class Average:
+    """Moving average (of one (bucket, K)'s step seconds, or a realized rate). The first samples are
+    averaged evenly, and a sample is clipped to `clip` x the average: a step that happened to grow
+    the cache, or that the OS preempted, must not stand for the rest."""
 
-    seconds: float = 0.0
+    value: float = 0.0
     n: int = 0
     clip: float = 1.5
 
-    def add(self, seconds: float, alpha: float) -> None:
+    def add(self, x: float, alpha: float) -> None:
         self.n += 1
         if self.n > 2:
-            seconds = min(seconds, self.clip * self.seconds)
-        self.seconds += max(alpha, 1.0 / self.n) * (seconds - self.seconds)
+            x = min(x, self.clip * self.value)
+        self.value += max(alpha, 1.0 / self.n) * (x - self.value)
 
 
 @dataclass
@@ -76,7 +79,9 @@ class KController:
     # far likelier than the first - 0.85-0.9 for both proposers on the bundled suite)
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
     cost_alpha: float = 0.1  # weight of the newest step time in its moving average
-    cost: dict[tuple[int, int], Cost] = field(default_factory=dict)  # (bucket, K) -> step seconds
+    cost: dict[tuple[int, int], Average] = field(default_factory=dict)  # (bucket, K) -> step seconds
+    realized: dict[tuple[int, bool], Average] = field(default_factory=dict)  # (bucket, K > 0) ->
+    # tokens per row per second the steps actually gave, catching up included (the check on the model)
     sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
     steps: int = 0
@@ -106,8 +111,8 @@ class KController:
         the slope is its cost over a plain step's, per candidate."""
         if k == 0:
             c = self.cost.get((b, 0))
-            return c.seconds if c else None
-        pts = [(kk, c.seconds) for (bb, kk), c in self.cost.items() if bb == b and kk > 0]
+            return c.value if c else None
+        pts = [(kk, c.value) for (bb, kk), c in self.cost.items() if bb == b and kk > 0]
         if not pts:
             return None
         n = len(pts)
@@ -138,15 +143,21 @@ class KController:
         rates = self.rates(b)
         best = max(rates, key=rates.get)
         speculating = self.last > 0
-        if rates[best] >= (1 + self.margin * (1 + b.bit_length() / 5 - 0.2)) * rates[0]:
+        margin = self.margin * (1 + b.bit_length() / 5 - 0.2)
+        if rates[best] >= (1 + margin) * rates[0] and self._realized_ok(b, margin):
             if self.steps % self.recheck_every == 0:  # keep the baseline and the neighbours fresh
                 turn = (self.steps // self.recheck_every) % 4
                 return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]
             return best
         # plain wins: bank tokens, and re-try the best speculative K once the bank covers its loss
-        # (plus, coming from plain steps, the draft's catching up, in tokens a plain step would give)
+        # (by the model, or by what speculation really gave here if worse; never free; coming from
+        # plain steps, plus the draft's catching up, in tokens a plain step would give)
         trial = max(range(1, self.k_max + 1), key=rates.get)
-        loss = (rates[0] - rates[trial]) * self.step_cost(b, trial)  # tokens per row forgone
+        t = self.step_cost(b, trial)
+        loss = max((rates[0] - rates[trial]) * t, 0.01 * rates[0] * t)  # tokens per row forgone
+        spec, plain = self.realized.get((b, True)), self.realized.get((b, False))
+        if spec is not None and plain is not None:
+            loss = max(loss, (plain.value - spec.value) * t)
         if not speculating:
             loss += self.sync * rates[0]
         self.credit[b] = self.credit.get(b, 0.0) + self.regret
@@ -154,6 +165,14 @@ class KController:
             self.credit[b] -= max(loss, 0.0)
             return trial
         return 0
+
+    def _realized_ok(self, b: int, margin: float) -> bool:
+        """The model proposes, the measurements dispose: once speculative and plain steps have both
+        been measured here, speculation needs to have given `margin` more tokens per row-second."""
+        spec, plain = self.realized.get((b, True)), self.realized.get((b, False))
+        if spec is None or plain is None or spec.n < self.min_samples or plain.n < self.min_samples:
+            return True
+        return spec.value >= (1 + margin) * plain.value
 
     def observe(self, stats: StepStats) -> None:
         """Update from one decode step that ran with K = stats.k."""
@@ -163,7 +182,10 @@ class KController:
         key = (bucket(B), k)
         # a draft's catching up on earlier plain steps is the price of switching, not of K
         seconds = stats.propose_s - stats.sync_s + stats.verify_s
-        self.cost.setdefault(key, Cost()).add(seconds, self.cost_alpha)
+        self.cost.setdefault(key, Average()).add(seconds, self.cost_alpha)
+        if stats.propose_s + stats.verify_s > 0:
+            rate = stats.emitted_tokens / B / (stats.propose_s + stats.verify_s)
+            self.realized.setdefault((key[0], k > 0), Average(clip=float("inf"))).add(rate, self.cost_alpha)
         if stats.sync_s:
             self.sync += 0.2 * (stats.sync_s - self.sync)
         tail_reached = tail_accepted = 0

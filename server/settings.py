@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     served_model_name: str | None = None
     trust_remote_code: bool = False
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: on CPU all cores but one, else torch's default)")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: on CPU all cores but one)")
     metrics: bool = Field(True, description="record Prometheus metrics and per-request bytes/FLOPs")
     peak_bandwidth: float | None = Field(
         None, gt=0, description="device peak bytes/s (default: table or probe)"

@@ -169,3 +169,20 @@ def test_draft_syncs_lazily_across_plain_steps(tiny, draft_kind, batch_size):
     assert sum(r.stats.bytes_read for r in res) == pytest.approx(total)
     if draft_kind == "same":
         assert sum(r.stats.accepted_tokens for r in res) == sum(r.stats.draft_tokens for r in res)
+
+
+def test_measured_outcomes_overrule_the_model():
+    """Every speculative step pays a catch-up the cost model leaves out (as switching cost), so the
+    model keeps promising a win; the tokens per second those steps really gave veto it."""
+    ctl = KController(k_max=4)
+    ks = []
+    for _ in range(600):
+        k = ctl.choose(1)
+        ks.append(k)
+        sync = 0.06 if k else 0.0
+        stats = StepStats("draft", "decode", 1, k=k, propose_s=0.001 * k + sync, verify_s=0.010, sync_s=sync)
+        stats.drafted_per_position = stats.reached_per_position = stats.accepted_per_position = [1] * k
+        stats.emitted_tokens = k + 1  # all accepted: 5 tokens in 75 ms lose to 1 token in 10 ms
+        ctl.observe(stats)
+    assert ctl.rates(1)[4] > 2 * ctl.rates(1)[0]  # the model alone would speculate
+    assert ks[-200:].count(0) >= 180
