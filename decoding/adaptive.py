@@ -75,6 +75,7 @@ class KController:
     min_samples: int = 4  # updates before a position's own acceptance replaces the pooled one
     accept: list[float] = field(default_factory=list)  # [k_max] conditional acceptance per position
     samples: list[int] = field(default_factory=list)  # [k_max] updates of each position's average
+    rows_seen: dict[str, float] = field(default_factory=dict)  # row outcomes per average so far
     tail: float = 0.8  # pooled conditional acceptance of positions 1.. (prior: later positions are
     # far likelier than the first - 0.85-0.9 for both proposers on the bundled suite)
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
@@ -139,6 +140,8 @@ class KController:
         if plain is None or plain.n < 2:
             return 0  # the baseline first, twice
         if not any(bb == b and k > 0 for bb, k in self.cost):
+            if self._verdict_below(b) is False:
+                return 0  # it did not pay at a smaller batch: it will not here, so do not explore
             return (self.k_max + 1) // 2  # one speculative point anchors the line
         rates = self.rates(b)
         best = max(rates, key=rates.get)
@@ -165,6 +168,17 @@ class KController:
             self.credit[b] -= max(loss, 0.0)
             return trial
         return 0
+
+    def _verdict_below(self, b: int) -> bool | None:
+        """Whether speculation paid at the largest smaller bucket where both kinds of step were
+        measured (None: nowhere yet). Its gain only shrinks as the batch grows (verification turns
+        compute-bound), so a bucket never tried inherits a "no" and skips exploring: at equal
+        output lengths one speculative step would also end plain decoding's lockstep for good."""
+        for bb in sorted({bb for bb, _ in self.realized if bb < b}, reverse=True):
+            spec, plain = self.realized.get((bb, True)), self.realized.get((bb, False))
+            if spec and plain and spec.n >= self.min_samples and plain.n >= self.min_samples:
+                return self._realized_ok(bb, self.margin * (1 + bb.bit_length() / 5 - 0.2))
+        return None
 
     def _realized_ok(self, b: int, margin: float) -> bool:
         """The model proposes, the measurements dispose: once speculative and plain steps have both
@@ -193,17 +207,21 @@ class KController:
             reached = stats.reached_per_position[j] if j < len(stats.reached_per_position) else 0
             if reached:  # weighted by the rows it saw: one row at batch 1 is one coin flip
                 a = stats.accepted_per_position[j] / reached
-                self.accept[j] += self._weight(reached) * (a - self.accept[j])
+                self.accept[j] += self._weight(reached, f"accept{j}") * (a - self.accept[j])
                 self.samples[j] += 1
                 if j:
                     tail_reached += reached
                     tail_accepted += stats.accepted_per_position[j]
             v = stats.drafted_per_position[j] / B
-            self.avail[j] += self._weight(B) * (v - self.avail[j])
+            self.avail[j] += self._weight(B, f"avail{j}") * (v - self.avail[j])
         if tail_reached:
-            self.tail += self._weight(tail_reached) * (tail_accepted / tail_reached - self.tail)
+            self.tail += self._weight(tail_reached, "tail") * (tail_accepted / tail_reached - self.tail)
 
-    def _weight(self, rows: int) -> float:
+    def _weight(self, rows: float, name: str) -> float:
         """Moving-average weight of a step's outcome over `rows` rows: as many single updates, up
-        to `max_weight` (rows of one step are alike: a step must not erase the average)."""
-        return min(1.0 - (1.0 - self.alpha) ** rows, self.max_weight)
+        to `max_weight` (rows of one step are alike: a step must not erase the average); while
+        an average has seen few rows, their plain mean (the prior must not linger for dozens of
+        steps at batch 1)."""
+        seen = self.rows_seen.get(name, 0.0) + rows
+        self.rows_seen[name] = seen
+        return max(min(1.0 - (1.0 - self.alpha) ** rows, self.max_weight), rows / (seen + 1))

@@ -186,3 +186,21 @@ def test_measured_outcomes_overrule_the_model():
         ctl.observe(stats)
     assert ctl.rates(1)[4] > 2 * ctl.rates(1)[0]  # the model alone would speculate
     assert ks[-200:].count(0) >= 180
+
+
+@pytest.mark.parametrize("paid_below", [False, True])
+def test_a_new_larger_batch_inherits_a_smaller_ones_no(paid_below):
+    """Speculation that did not pay at batch 8 will not at 16: the new bucket runs plain steps
+    without the anchor or trials that would end a lockstep; one that paid is explored."""
+    from decoding.adaptive import Average
+
+    ctl = KController(k_max=4)
+    for k in (0, 2):
+        ctl.cost[(8, k)] = Average(0.010 * (1 + k), 9)
+    ctl.realized[(8, False)] = Average(100.0, 9)
+    ctl.realized[(8, True)] = Average(150.0 if paid_below else 90.0, 9)
+    ks = [ctl.choose(16) for _ in range(2)]
+    ctl.observe(StepStats("draft", "decode", 16, k=0, verify_s=0.02))
+    ctl.observe(StepStats("draft", "decode", 16, k=0, verify_s=0.02))
+    ks += [ctl.choose(16) for _ in range(200)]
+    assert (max(ks) > 0) == paid_below
