@@ -10,13 +10,14 @@ first): otherwise a deep position never tried keeps its prior and is never tried
 
 Step cost t(B, K), measured per batch-size bucket (B rows verify B * (K + 1) tokens): a plain
 step (K = 0) on its own, since it runs no proposer and verifies one token per row; K >= 1 as a
-line in K fitted to the Ks measured there. A draft's catching up on earlier plain steps and new
-rows is left out: that is the price of switching, paid once, and it is charged to exploration.
+line in K fitted to the Ks measured there. A draft's prefilling of rows it never saw (they joined
+during plain steps) is left out: that is the price of switching, paid once, and it is charged to
+exploration.
 Choice: argmax_K E(K) / t(B, K), with K > 0 only when it beats a plain step by a margin (10% at
 batch 1, growing to 20% at 32: the gains there are thin, and rows desynchronised by speculation
 cost prefill batching and slot occupancy that no step's time shows). The model proposes, the
 measurements dispose: per bucket, the tokens per row-second that speculative and plain steps really
-gave (catching up included) are tracked, and once both are measured, speculation must have beaten
+gave are tracked, and once both are measured, speculation must have beaten
 plain by the same margin; otherwise it only gets budgeted trials.
 
 Exploration is what makes an adaptive controller lose, so it is paid from a budget: while plain
@@ -82,8 +83,8 @@ class KController:
     cost_alpha: float = 0.1  # weight of the newest step time in its moving average
     cost: dict[tuple[int, int], Average] = field(default_factory=dict)  # (bucket, K) -> step seconds
     realized: dict[tuple[int, bool], Average] = field(default_factory=dict)  # (bucket, K > 0) ->
-    # tokens per row per second the steps actually gave, catching up included (the check on the model)
-    sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative)
+    # tokens per row per second the steps actually gave (the check on the model)
+    sync: float = 0.0  # moving average of a switch's prefill seconds (plain -> speculative)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
     steps: int = 0
     last: int = 0
@@ -197,8 +198,8 @@ class KController:
         # a draft's catching up on earlier plain steps is the price of switching, not of K
         seconds = stats.propose_s - stats.sync_s + stats.verify_s
         self.cost.setdefault(key, Average()).add(seconds, self.cost_alpha)
-        if stats.propose_s + stats.verify_s > 0:
-            rate = stats.emitted_tokens / B / (stats.propose_s + stats.verify_s)
+        if seconds > 0:  # switching cost left out here too: trials always follow plain steps
+            rate = stats.emitted_tokens / B / seconds
             self.realized.setdefault((key[0], k > 0), Average(clip=float("inf"))).add(rate, self.cost_alpha)
         if stats.sync_s:
             self.sync += 0.2 * (stats.sync_s - self.sync)

@@ -71,9 +71,10 @@ class DraftProposer:
         before = self.kv.num_columns
         logits = self.kv.forward(self.model, unseen, logits="last")  # [B, V]
         self._catchup = self.kv.num_columns - before
-        # new rows' prefill, and a lag beyond the usual 1-2 tokens, are the price of plain steps
-        # before this one, not of speculating: adaptive K must not count them against K > 0
-        sync_s = time.perf_counter() - t0 if self._catchup > 2 else t1 - t0
+        # prefilling rows the draft never saw is the price of the plain steps before this one, not
+        # of speculating: adaptive K keeps it out of K's cost (the catch-up forward stays in: a
+        # lag costs a little more than the usual 1-2 tokens, and a speculative step needs it anyway)
+        sync_s = t1 - t0
         cands, qs = [], []
         for j in range(K):
             c = logits.argmax(-1)  # [B]

@@ -23,7 +23,7 @@ class Proposal:
     q: torch.Tensor | None = (
         None  # [B, K, V] draft probs the candidates were sampled from; None = deterministic
     )
-    sync_s: float = 0.0  # of the proposing time, spent catching up on plain steps and new rows
+    sync_s: float = 0.0  # of the proposing time, spent prefilling rows that joined during plain steps
 
 
 class Proposer(Protocol):

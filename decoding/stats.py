@@ -31,7 +31,7 @@ class StepStats:
     prefill_s: float = 0.0
     propose_s: float = 0.0
     verify_s: float = 0.0
-    sync_s: float = 0.0  # of propose_s: a draft catching up on plain steps and new rows (adaptive K)
+    sync_s: float = 0.0  # of propose_s: a draft prefilling rows that joined during plain steps
     k: int = 0  # speculative tokens asked for this step
     forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran
     bytes_read: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> weights/kv -> bytes
