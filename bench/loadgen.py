@@ -95,6 +95,8 @@ def run(coro):
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+        uvloop = None
+    if uvloop is None or not hasattr(asyncio, "Runner"):  # asyncio.Runner: Python 3.11+
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)

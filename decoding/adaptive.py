@@ -113,7 +113,7 @@ class KController:
         the slope is its cost over a plain step's, per candidate."""
         if k == 0:
             c = self.cost.get((b, 0))
-            return c.value if c else None
+            return max(c.value, 1e-9) if c else None
         pts = [(kk, c.value) for (bb, kk), c in self.cost.items() if bb == b and kk > 0]
         if not pts:
             return None

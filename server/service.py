@@ -1,9 +1,9 @@
 """The engine thread: owns the models, steps the continuous batch, streams tokens to asyncio.
 
 Requests cross threads only through `submit` / `abort` (engine side: a locked queue) and
-per-request `asyncio.Queue`s (server side), fed once per engine step: one `call_soon_threadsafe`
-carries every request's events of that step, so the event loop wakes once per step, not once per
-row (at batch 32 the wake-ups alone cost the engine thread GIL time).
+per-request `asyncio.Queue`s (server side), fed once per prefill or sub-batch decode: one
+`call_soon_threadsafe` carries every request's events of it, so the event loop wakes once per
+phase, not once per row (at batch 32 the wake-ups alone cost the engine thread GIL time).
 """
 
 from __future__ import annotations
@@ -110,6 +110,7 @@ class EngineService:
     def _on_step(self, stats: StepStats) -> None:
         for listener in self.step_listeners:
             listener(stats)
+        self._flush()  # after each prefill and each sub-batch's decode: first tokens go out at once
 
     def _run(self) -> None:
         while not self._stop.is_set():
