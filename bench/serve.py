@@ -25,57 +25,12 @@ import httpx
 from tqdm import tqdm
 
 from bench import loadgen, plots, report, scrape
+from bench.argtypes import _count, _duration, _k, _positive, _rate, _ratio, _seconds, _variant
 from bench.prompts import CODE_PROMPTS
 from server.cli_common import add_model_args, add_prompt_args, read_prompts
 
 log = logging.getLogger(__name__)
 SETTLE_S = 30.0  # how long to wait after a level for the server to count its requests and go idle
-
-
-def _k(text: str) -> int | str:
-    return text if text == "auto" else _positive(text)
-
-
-def _count(text: str, least: int = 0) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = least - 1
-    if n < least:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text}")
-    return n
-
-
-def _positive(text: str) -> int:
-    return _count(text, least=1)
-
-
-def _ratio(text: str) -> float:
-    try:
-        r = float(text)
-    except ValueError:
-        r = -1.0
-    if not 0 <= r < 1:
-        raise argparse.ArgumentTypeError(f"expected a ratio in [0, 1), got {text}")
-    return r
-
-
-def _seconds(text: str, zero_ok: bool = False) -> float:
-    s = float(text)
-    if not ((s > 0 or (zero_ok and s == 0)) and math.isfinite(s)):
-        raise argparse.ArgumentTypeError(f"expected a finite number of seconds > 0, got {text}")
-    return s
-
-
-def _duration(text: str) -> float:
-    return _seconds(text, zero_ok=True)
-
-
-def _rate(text: str) -> float:
-    rate = float(text)
-    if not rate > 0:
-        raise argparse.ArgumentTypeError(f"request rate must be > 0 (or inf), got {text}")
-    return rate
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -225,15 +180,6 @@ def warm_up(cfg: loadgen.LoadConfig, prompts: list[str], methods: list[str], n: 
         run = loadgen.run(loadgen.closed_loop(cfg, prompts, method, 1, n)) if n else None
         if run and not all(s.ok for s in run.samples):
             raise SystemExit(f"error: warm-up requests with method {method} failed: {run.samples[0].error}")
-
-
-def _variant(text: str) -> str:
-    method, k = loadgen.split_variant(text)
-    if method not in ("none", "draft", "ngram", "medusa"):
-        raise argparse.ArgumentTypeError(f"unknown method {method!r} (none, draft, ngram, medusa)")
-    if k is not None and k != "auto" and not (k.isdigit() and 1 <= int(k) <= 16):
-        raise argparse.ArgumentTypeError(f"K in {text!r} must be 1..16 or auto")
-    return text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -137,8 +137,8 @@ class KController:
 
     def _choose(self, b: int) -> int:
         self.steps += 1
-        plain = self.cost.get((b, 0))
-        if plain is None or plain.n < 2:
+        baseline = self.cost.get((b, 0))
+        if baseline is None or baseline.n < 2:
             return 0  # the baseline first, twice
         if not any(bb == b and k > 0 for bb, k in self.cost):
             if self._verdict_below(b) is False:
@@ -147,8 +147,7 @@ class KController:
         rates = self.rates(b)
         best = max(rates, key=rates.get)
         speculating = self.last > 0
-        margin = self.margin * (1 + b.bit_length() / 5 - 0.2)
-        if rates[best] >= (1 + margin) * rates[0] and self._realized_ok(b, margin):
+        if rates[best] >= (1 + self._margin(b)) * rates[0] and self._realized_ok(b):
             if self.steps % self.recheck_every == 0:  # keep the baseline and the neighbours fresh
                 turn = (self.steps // self.recheck_every) % 4
                 return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]
@@ -178,16 +177,20 @@ class KController:
         for bb in sorted({bb for bb, _ in self.realized if bb < b}, reverse=True):
             spec, plain = self.realized.get((bb, True)), self.realized.get((bb, False))
             if spec and plain and spec.n >= self.min_samples and plain.n >= self.min_samples:
-                return self._realized_ok(bb, self.margin * (1 + bb.bit_length() / 5 - 0.2))
+                return self._realized_ok(bb)
         return None
 
-    def _realized_ok(self, b: int, margin: float) -> bool:
+    def _margin(self, b: int) -> float:
+        """The gain K > 0 must promise at bucket b: `margin` at batch 1, +0.02 per doubling."""
+        return self.margin * (1 + b.bit_length() / 5 - 0.2)
+
+    def _realized_ok(self, b: int) -> bool:
         """The model proposes, the measurements dispose: once speculative and plain steps have both
-        been measured here, speculation needs to have given `margin` more tokens per row-second."""
+        been measured here, speculation needs to have given the margin in tokens per row-second."""
         spec, plain = self.realized.get((b, True)), self.realized.get((b, False))
         if spec is None or plain is None or spec.n < self.min_samples or plain.n < self.min_samples:
             return True
-        return spec.value >= (1 + margin) * plain.value
+        return spec.value >= (1 + self._margin(b)) * plain.value
 
     def observe(self, stats: StepStats) -> None:
         """Update from one decode step that ran with K = stats.k."""

@@ -62,23 +62,15 @@ class GrowingLayer(DynamicLayer):
 
     def append_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Add rows [j, H, Lj, D] after ours; whichever side is shorter gets zero (hole) columns."""
-        j, lj = keys.shape[0], keys.shape[2]
-        b, n = self._b, self._kn
-        length = max(n, lj)
-        if b + j > self._k.shape[0] or length > self._k.shape[2]:
-            self._reserve(2 * (b + j), max(MIN_CAPACITY, 2 * length))
-        if lj > n:  # the new columns are holes for our rows (zeros: masked garbage could be NaN)
-            self._k[:b, :, n:lj] = 0
-            self._v[:b, :, n:lj] = 0
-        self._k[b : b + j, :, :lj] = keys
-        self._v[b : b + j, :, :lj] = values
-        if lj < length:
-            self._k[b : b + j, :, lj:length] = 0
-            self._v[b : b + j, :, lj:length] = 0
-        self._b, self._kn, self._vn = b + j, length, length
+        b, j = self._b, keys.shape[0]
+        if b + j > self._k.shape[0]:
+            self._reserve(2 * (b + j), self._k.shape[2])
+        self._b = b + j
+        self.write_rows(slice(b, b + j), keys, values)
 
-    def write_rows(self, rows: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Overwrite `rows` with [j, H, Lj, D] from column 0; their later columns become holes."""
+    def write_rows(self, rows: torch.Tensor | slice, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite `rows` with [j, H, Lj, D] from column 0; their later columns become holes, and
+        columns beyond ours become holes for every other row (zeros: masked garbage could be NaN)."""
         lj, n = keys.shape[2], self._kn
         if lj > n:
             if lj > self._k.shape[2]:

@@ -32,13 +32,18 @@ class DraftProposer:
         self.kv = KVState.empty(model, 0, role="draft")
         self._catchup = 0  # columns of the last propose's first forward: real tokens, always kept
         self._cands_fed = 0  # candidate columns fed after it: kept only where accepted
+        self._joined = False  # rows joined since the last proposal: some may need their prefill
 
     def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
         self.kv.add_rows(len(rows))  # prefilled only when a step first speculates (`_sync_fresh`)
+        self._joined = True
 
     def _sync_fresh(self, rows: list[Row]) -> None:
-        """Prefill, apart and densely, the rows the draft has consumed nothing of (all but their
-        pending token), then splice them into their places."""
+        """Prefill, in a batch of their own, the rows the draft has consumed nothing of (all but their
+        pending token), then splice them into their places. Looks only when rows have joined."""
+        if not self._joined:
+            return
+        self._joined = False
         fresh = [i for i, s in enumerate(self.kv.seen.tolist()) if s == 0 and len(rows[i].tokens) > 1]
         if not fresh:
             return
@@ -51,6 +56,7 @@ class DraftProposer:
 
     def extend(self, other: DraftProposer) -> None:
         self.kv.extend(other.kv)
+        self._joined = self._joined or other._joined
 
     def drain_forwards(self) -> list[Forward]:
         return self.kv.drain()

@@ -194,16 +194,6 @@ class KVState:
         if not _layers(other.cache):  # rows that have consumed nothing yet (a lazy draft's)
             self.add_rows(other.batch_size)
             return
-        if not _layers(self.cache):  # ours have consumed nothing: they become hole rows over theirs
-            n = self.batch_size
-            self.cache, self.mask, self.seen = other.cache, other.mask, other.seen
-            for layer in _layers(self.cache):
-                zeros = layer.keys.new_zeros(n, *layer.keys.shape[1:])
-                layer.keys, layer.values = torch.cat([zeros, layer.keys]), torch.cat([zeros, layer.values])
-            self.mask = torch.cat([self.mask.new_zeros(n, self.num_columns), self.mask])
-            self.seen = torch.cat([self.seen.new_zeros(n), self.seen])
-            self.dense = False
-            return
         L = max(self.num_columns, other.num_columns)
         for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
             if isinstance(mine, GrowingLayer):
