@@ -24,7 +24,7 @@ from models.loading import load_model
 from models.medusa import MedusaConfig, MedusaHeads
 from models.suite import corpus
 from models.suite.tokenizer import tokenizer_digest
-from models.suite.train import TokenWindows
+from models.suite.train import StepBudget, TokenWindows
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class MedusaTrainConfig:
     val_windows: int = 32
     val_per_mille: int = 20  # share of corpus files held out for validation
     seed: int = 0
+    max_seconds: float | None = None  # wall-clock budget for the steps: fewer when `steps` would not fit
 
 
 def head_losses(heads: MedusaHeads, hidden: torch.Tensor, p: torch.Tensor) -> list[torch.Tensor]:
@@ -95,7 +96,13 @@ def train_medusa(
     work_dir: Path = Path("runs/medusa"),
     roots: list[Path] | None = None,
     device: str = "auto",
+    windows: tuple[TokenWindows, TokenWindows] | None = None,
 ) -> dict:
+    """Train heads for the target at `target_path` into `out`; returns the report (also training.json).
+
+    `windows`: (train, validation) token windows in the target's tokens (e.g. the suite recipe's own
+    shards); by default the corpus under `roots` is tokenized into `work_dir`.
+    """
     t_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -107,16 +114,22 @@ def train_medusa(
         cfg.num_heads, model.config.hidden_size, vocab, cfg.num_layers, cfg.share_lm_head, target=target_path
     )
     heads = MedusaHeads(mcfg, model.get_output_embeddings()).to(target.device)
-    train, val = corpus_windows(target.tokenizer, work_dir, cfg, roots)
+    train, val = windows or corpus_windows(target.tokenizer, work_dir, cfg, roots)
     val_windows = val.evenly(cfg.val_windows).to(target.device)
     before = head_accuracy(model, heads, val_windows)
     params = [p for n, p in heads.named_parameters() if not n.startswith("shared.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     history = []
+    budget, t_loop = StepBudget(cfg.max_seconds, cfg.steps, 0), time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="train medusa", unit="step")
+    steps_done = 0
     for step in bar:
+        now = time.perf_counter()
+        total = budget.plan(step, now - t_loop, now)
+        if step >= total:
+            break
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-        lr *= 0.5 * (1 + math.cos(math.pi * step / cfg.steps)) if step >= cfg.warmup_steps else 1.0
+        lr *= 0.5 * (1 + math.cos(math.pi * step / total)) if step >= cfg.warmup_steps else 1.0
         for g in opt.param_groups:
             g["lr"] = lr
         ids = train.batch(cfg.seed, step, cfg.batch_size).to(target.device)
@@ -130,15 +143,17 @@ def train_medusa(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
-        if (step + 1) % 50 == 0 or step + 1 == cfg.steps:
+        steps_done = step + 1
+        if (step + 1) % 50 == 0 or step + 1 == total or budget.over(time.perf_counter() - t_loop):
             history.append({"step": step + 1, "losses": [round(x.item(), 4) for x in losses]})
-            log.info("medusa step %d/%d: head losses %s", step + 1, cfg.steps, history[-1]["losses"])
+            log.info("medusa step %d/%d: head losses %s", step + 1, total, history[-1]["losses"])
     after = head_accuracy(model, heads, val_windows)
     heads.save(out)
     report = {
         "target": target_path,
         "config": asdict(cfg),
-        "tokens_seen": cfg.steps * cfg.batch_size * cfg.seq_len,
+        "steps": steps_done,
+        "tokens_seen": steps_done * cfg.batch_size * cfg.seq_len,
         "accuracy_before": before,
         "accuracy": after,
         "history": history,
@@ -172,8 +187,9 @@ def card(r: dict) -> str:
         rows,
         "",
         f"Agreement with the target's own argmax on held-out windows ({c['val_windows']} x {c['seq_len']}).",
-        f"Steps: {c['steps']} x batch {c['batch_size']} ({r['tokens_seen']:,} tokens), lr {c['lr']},",
+        f"Steps: {r['steps']} x batch {c['batch_size']} ({r['tokens_seen']:,} tokens), lr {c['lr']},",
         f"on {r['hardware']}, {r['train_s']:.0f} s.",
-        f"Reproduce: `specserve train medusa --target {r['target']} --out DIR --steps {c['steps']}`.",
+        f"Reproduce: `specserve train medusa --target {r['target']} --out DIR --steps {r['steps']}"
+        f" --batch-size {c['batch_size']} --seq-len {c['seq_len']}`.",
     ]
     return "\n".join(lines) + "\n"

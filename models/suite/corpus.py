@@ -70,15 +70,20 @@ def split_of(sha256: str, val_per_mille: int) -> str:
     return "validation" if int(sha256[:8], 16) % 1000 < val_per_mille else "train"
 
 
-def collect_files(roots: Iterable[Path], val_per_mille: int, max_file_bytes: int) -> CorpusFiles:
-    """Scan roots for `.py` files; a ValueError naming the roots when none is usable."""
+def collect_files(
+    roots: Iterable[Path], val_per_mille: int, max_file_bytes: int, max_train_bytes: int | None = None
+) -> CorpusFiles:
+    """Scan roots for `.py` files; a ValueError naming the roots when none is usable.
+
+    `max_train_bytes` keeps the train split's first files in content-hash order (a stable sample)
+    up to that many bytes; the rest count as skipped ("train_cap")."""
     roots = [Path(r) for r in roots]
     missing = [str(r) for r in roots if not r.is_dir()]
     if missing:
         raise ValueError(f"corpus folder(s) not found: {', '.join(missing)}")
     seen: set[str] = set()
     splits: dict[str, list[SourceFile]] = {s: [] for s in SPLITS}
-    skipped = {"duplicate": 0, "too_large": 0, "not_utf8": 0, "empty": 0, "unreadable": 0}
+    skipped = {"duplicate": 0, "too_large": 0, "not_utf8": 0, "empty": 0, "unreadable": 0, "train_cap": 0}
     paths = [p for r in roots for p in _walk(r)]
     for p in tqdm(paths, desc="scan .py files", unit="file", mininterval=2):
         try:
@@ -110,6 +115,15 @@ def collect_files(roots: Iterable[Path], val_per_mille: int, max_file_bytes: int
         )
     for files in splits.values():
         files.sort(key=lambda f: f.sha256)
+    if max_train_bytes is not None:
+        total, kept = 0, []
+        for f in splits["train"]:
+            if total + f.size > max_train_bytes and kept:
+                break
+            total += f.size
+            kept.append(f)
+        skipped["train_cap"] = len(splits["train"]) - len(kept)
+        splits["train"] = kept
     if not splits["validation"]:  # tiny corpora: keep at least one file held out
         splits["validation"].append(splits["train"].pop())
     if not splits["train"]:

@@ -159,7 +159,9 @@ def run_suite(
     check_writable(out)
     check_writable(work_dir)
     roots = [Path(d) for d in corpus_dirs] if corpus_dirs else corpus.default_roots()
-    files = corpus.collect_files(roots, preset.val_per_mille, preset.max_file_bytes)  # before any training
+    files = corpus.collect_files(  # before any training
+        roots, preset.val_per_mille, preset.max_file_bytes, preset.max_train_bytes
+    )
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and (threads or preset.threads):
         torch.set_num_threads(threads or preset.threads)

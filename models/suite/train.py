@@ -60,6 +60,7 @@ class TrainResult:
     wall_s: float  # summed over resumed runs
     final_val_loss: float
     resumed_from: int = 0
+    planned_steps: int = 0  # cfg.steps, or fewer when a time budget shortened the run
     history: list[dict] = field(default_factory=list)  # {"step", "train_loss", "val_loss", "lr"}
 
     def to_dict(self) -> dict:
@@ -72,10 +73,12 @@ def lm_loss(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, total: int | None = None) -> float:
+    """Linear warm-up, then cosine down to lr * min_lr_ratio at `total` steps (default cfg.steps)."""
+    total = cfg.steps if total is None else total
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -118,7 +121,48 @@ def _optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]  # no decay on norms
     other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=False)
+    fused = next(model.parameters()).device.type == "cuda"  # one kernel per step on GPU
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=fused)
+
+
+class StepBudget:
+    """Fits a run into `max_seconds` of wall clock: steps `probe_from`..`probe_to` are timed, then the
+    planned steps shrink to what the rest of the budget holds (8% kept for evaluations and
+    checkpoints); past the budget the run ends at once. No budget: the plan is cfg.steps."""
+
+    RESERVE = 0.92
+
+    def __init__(
+        self, max_seconds: float | None, steps: int, start: int, probe_from: int = 5, probe_to: int = 25
+    ):
+        self.max_seconds, self.steps = max_seconds, steps
+        self.probe_from, self.probe_to = start + probe_from, start + probe_to
+        self.t_probe = 0.0
+
+    def over(self, elapsed: float) -> bool:
+        return self.max_seconds is not None and elapsed >= self.max_seconds
+
+    def plan(self, step: int, elapsed: float, now: float) -> int:
+        """The planned number of steps, asked before `step` runs, `elapsed` seconds into the budget."""
+        if self.max_seconds is None:
+            return self.steps
+        if self.over(elapsed):
+            return min(self.steps, step)  # over budget: the last step has run
+        if step == self.probe_from:
+            self.t_probe = now
+        elif step == self.probe_to:
+            per_step = (now - self.t_probe) / (self.probe_to - self.probe_from)
+            fit = step + int(self.RESERVE * (self.max_seconds - elapsed) / per_step)
+            if fit < self.steps:
+                log.info(
+                    "time budget %.0f s at %.1f ms/step: %d steps instead of %d",
+                    self.max_seconds,
+                    per_step * 1e3,
+                    fit,
+                    self.steps,
+                )
+                self.steps = max(fit, step + 1)
+        return self.steps
 
 
 def _save_ckpt(path: Path, state: dict) -> None:
@@ -173,13 +217,22 @@ def train_loop(
     model.train()
     tokens_per_step = cfg.batch_size * cfg.seq_len
     start_step, t0, wall0 = result.steps, time.perf_counter(), result.wall_s
+    budget = StepBudget(cfg.max_seconds, result.planned_steps or cfg.steps, start_step)
+    if result.planned_steps:  # a resumed run keeps the plan it made
+        budget.probe_to = -1
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {name}", unit="step", mininterval=5)
     loss_sum, loss_n = 0.0, 0
     for step in range(start_step, cfg.steps):
+        now = time.perf_counter()
+        total = result.planned_steps = budget.plan(step, wall0 + now - t0, now)
+        if step >= total:
+            break
         if stop_after is not None and step - start_step >= stop_after:
             log.info("%s: stopping after %d steps (at step %d) as asked", name, stop_after, step)
             break
-        lr = lr_at(step, cfg)
+        if bar.total != total:
+            bar.total = total
+        lr = lr_at(step, cfg, total)
         for group in opt.param_groups:
             group["lr"] = lr
         ids = batch_fn(step).to(device)
@@ -191,7 +244,7 @@ def train_loop(
         opt.zero_grad(set_to_none=True)
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         result.steps, result.tokens_seen = step + 1, result.tokens_seen + tokens_per_step
-        last = step + 1 == cfg.steps
+        last = step + 1 == total or budget.over(wall0 + time.perf_counter() - t0)
         if (step + 1) % cfg.eval_every == 0 or last:
             val = evaluate_loss(model, val_windows, cfg.batch_size, val_loss_fn, bf16=bf16)
             result.history.append(
@@ -202,7 +255,7 @@ def train_loop(
                 "%s step %d/%d: train loss %.4f, val loss %.4f, lr %.2e, %.0f tok/s",
                 name,
                 step + 1,
-                cfg.steps,
+                total,
                 loss_sum / loss_n,
                 val,
                 lr,
