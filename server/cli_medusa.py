@@ -23,6 +23,12 @@ def add_medusa_parser(what: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="wall-clock budget: fewer steps (and a shorter cosine) when --steps would not fit",
+    )
+    p.add_argument(
         "--corpus-dir",
         action="append",
         default=None,
@@ -49,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("num_heads", "num_layers", "steps", "batch_size", "seq_len"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise SystemExit(f"error: --max-seconds must be > 0, got {args.max_seconds}")
     cfg = MedusaTrainConfig(
         num_heads=args.num_heads,
         num_layers=args.num_layers,
@@ -58,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         lr=args.lr,
         warmup_steps=min(20, args.steps),
+        max_seconds=args.max_seconds,
     )
     try:
         report = train_medusa(

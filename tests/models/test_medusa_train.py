@@ -49,3 +49,34 @@ def test_train_medusa_cli_refuses_bad_input(tiny_paths, tmp_path):
         main(["train", "medusa", "--target", tiny_paths["target"], "--out", str(tmp_path), "--steps", "0"])
     with pytest.raises(SystemExit, match="is not a directory"):
         main(["train", "medusa", "--target", str(tmp_path / "nope"), "--out", str(tmp_path), "--steps", "1"])
+    with pytest.raises(SystemExit, match="--max-seconds must be > 0, got 0.0"):
+        main(
+            [
+                "train",
+                "medusa",
+                "--target",
+                tiny_paths["target"],
+                "--out",
+                str(tmp_path),
+                "--max-seconds",
+                "0",
+            ]
+        )
+
+
+def test_train_medusa_on_given_windows_within_a_time_budget(tiny_paths, tmp_path):
+    """The recipe hands over its own shards (no corpus scan); a budget ends the run early, whole."""
+    import numpy as np
+
+    from models.suite.train import TokenWindows
+
+    tokens = np.random.default_rng(0).integers(0, 90, 5000).astype(np.uint16)
+    windows = (TokenWindows(tokens, 32), TokenWindows(tokens[:500], 32))
+    cfg = MedusaTrainConfig(num_heads=2, steps=10_000_000, batch_size=2, seq_len=32, max_seconds=0.5)
+    out = tmp_path / "heads"
+    work = tmp_path / "work"
+    report = train_medusa(tiny_paths["target"], out, cfg, work, roots=None, windows=windows, device="cpu")
+    assert 25 < report["steps"] < cfg.steps
+    assert report["tokens_seen"] == report["steps"] * 2 * 32
+    assert report["history"][-1]["step"] == report["steps"]  # the last step is logged
+    assert not (work / "shards").exists() and (out / "config.json").is_file()

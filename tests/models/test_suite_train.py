@@ -1,0 +1,65 @@
+"""Training-loop pieces of the suite recipe: the wall-clock budget and the distillation pool's sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+from transformers import LlamaForCausalLM
+
+from models.suite.configs import ModelShape, TrainConfig
+from models.suite.distill import sample_tokens
+from models.suite.train import StepBudget, TokenWindows, lr_at, train_loop
+
+
+def test_no_budget_keeps_the_configured_steps() -> None:
+    budget = StepBudget(None, 500, start=0)
+    assert [budget.plan(s, elapsed=1e9, now=float(s)) for s in (0, 5, 25, 400)] == [500] * 4
+
+
+def test_budget_shrinks_the_plan_from_the_probed_step_time() -> None:
+    budget = StepBudget(10.0, 10_000, start=0)  # 0.1 s per step on a synthetic clock
+    plans = [budget.plan(s, elapsed=0.1 * s, now=0.1 * s) for s in range(30)]
+    assert plans[:25] == [10_000] * 25
+    # at step 25: 2.5 s spent, 7.5 s left, 8% kept for evaluations -> 69 more steps
+    assert plans[25:] == [25 + 69] * 5
+    assert budget.plan(94, elapsed=10.0, now=10.0) == 94  # over budget: no step after the last one
+    assert not budget.over(9.99) and budget.over(10.0)
+
+
+def test_budget_never_lengthens_a_run() -> None:
+    budget = StepBudget(1000.0, 40, start=0)
+    assert all(budget.plan(s, elapsed=0.01 * s, now=0.01 * s) == 40 for s in range(40))
+
+
+def test_budgeted_run_ends_its_schedule_inside_the_budget(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(ModelShape(16, 1, 1, 32).llama_config(40, 64, 0, 0, 1))
+    windows = TokenWindows(np.random.default_rng(0).integers(0, 40, 4000).astype(np.uint16), 16)
+    cfg = TrainConfig(
+        steps=10_000_000, batch_size=2, seq_len=16, lr=1e-3, warmup_steps=2, eval_every=10**9,
+        eval_windows=2, ckpt_every=10**9, max_seconds=0.5,
+    )  # fmt: skip
+    res = train_loop(
+        "t", model, cfg, lambda s: windows.batch(0, s, 2), windows.evenly(2), tmp_path, resume=False
+    )
+    assert 25 < res.steps < cfg.steps and res.planned_steps == res.steps
+    last = res.history[-1]
+    assert last["step"] == res.steps  # the last step evaluates, as an unbudgeted run's would
+    assert last["lr"] == pytest.approx(lr_at(res.steps - 1, cfg, res.steps))
+    assert last["lr"] < 0.2 * cfg.lr  # the cosine ran to its end, not cut off halfway
+
+
+def test_pool_sampler_draws_from_the_tempered_distribution() -> None:
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5, -3.0])
+    n, temperature = 20_000, 0.7
+    g = torch.Generator().manual_seed(0)
+    draws = sample_tokens(logits.expand(n, -1).clone(), temperature, g)  # [n, 1]
+    counts = torch.bincount(draws[:, 0], minlength=6).double()
+    expected = torch.softmax(logits.double() / temperature, -1) * n
+    assert chisquare(counts.numpy(), expected.numpy()).pvalue > 1e-3
+    wrong = torch.softmax(logits.double(), -1) * n  # temperature ignored: must be told apart
+    assert chisquare(counts.numpy(), wrong.numpy()).pvalue < 1e-6
+    greedy = sample_tokens(logits.expand(3, -1), 0.0, g)
+    assert greedy.tolist() == [[0]] * 3
