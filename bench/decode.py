@@ -165,7 +165,13 @@ def run(args: argparse.Namespace) -> int:
     report = summarize([j.result for j in jobs], models, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    sys.stdout.write(format_table(report["results"]) + f"\nwrote {args.out}\n")
+    from bench.plots import decode_speedup_plot  # matplotlib loads only here
+
+    title = f"Speedup over none ({report['device']}, {report['dtype']})"
+    png = decode_speedup_plot(report["results"], title, args.out.with_suffix(".png"))
+    sys.stdout.write(
+        format_table(report["results"]) + f"\nwrote {args.out}" + (f", {png}" if png else "") + "\n"
+    )
     return 0
 
 

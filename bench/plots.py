@@ -6,6 +6,9 @@
 - speedup_vs_concurrency.png: each method's output tok/s over `none`'s at the same concurrency
   (only when `none` ran);
 - mbu_mfu_vs_batch_size.png: MBU and MFU against the mean decode batch size (when /metrics gave them).
+
+`decode_speedup_plot` draws a `bench decode` run: each specserve method's tok/s over `none`'s against
+the batch size.
 """
 
 from __future__ import annotations
@@ -172,3 +175,24 @@ def write_plots(levels: list[LevelResult], out_dir: Path) -> list[Path]:
         _utilization(levels, out_dir / "mbu_mfu_vs_batch_size.png"),
     ]
     return [p for p in written if p is not None]
+
+
+def decode_speedup_plot(results: list[dict], title: str, path: Path) -> Path | None:
+    """`bench decode` results (dicts with impl, method, k, batch_size, ratios.vs_none) -> speedup plot."""
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for r in results:
+        if r["impl"] == "specserve" and r["method"] != "none" and "vs_none" in r["ratios"]:
+            name = r["method"] if r["method"] == "medusa" else f"{r['method']}:{r['k']}"
+            lines.setdefault(name, []).append((r["batch_size"], r["ratios"]["vs_none"]))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in lines.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **_style(name, "closed"))
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    _log2_ticks(ax, {(b, str(b)) for pts in lines.values() for b, _ in pts})
+    ax.set(xlabel="batch size", ylabel="tok/s / none's", title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)

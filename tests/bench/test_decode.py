@@ -26,3 +26,13 @@ def test_bench_decode_json(tiny_paths, tmp_path, capsys):
     none1 = next(r for r in ours if r["method"] == "none" and r["batch_size"] == 1)
     assert none1["ratios"]["vs_none"] == 1.0 and "vs_hf_generate" in none1["ratios"]
     assert "tok/s" in capsys.readouterr().out
+    png = out.with_suffix(".png")  # the speedup plot beside the JSON
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_decode_speedup_plot_skips_a_run_without_speculation(tmp_path):
+    from bench.plots import decode_speedup_plot
+
+    only_none = [{"impl": "specserve", "method": "none", "k": 0, "batch_size": 1, "ratios": {"vs_none": 1.0}}]
+    assert decode_speedup_plot(only_none, "t", tmp_path / "x.png") is None
+    assert not (tmp_path / "x.png").exists()
