@@ -114,6 +114,8 @@ def train_medusa(
         cfg.num_heads, model.config.hidden_size, vocab, cfg.num_layers, cfg.share_lm_head, target=target_path
     )
     heads = MedusaHeads(mcfg, model.get_output_embeddings()).to(target.device)
+    if windows is not None and windows[0].seq_len != cfg.seq_len:
+        raise ValueError(f"windows of {windows[0].seq_len} tokens, but seq_len is {cfg.seq_len}")
     train, val = windows or corpus_windows(target.tokenizer, work_dir, cfg, roots)
     val_windows = val.evenly(cfg.val_windows).to(target.device)
     before = head_accuracy(model, heads, val_windows)
@@ -144,9 +146,12 @@ def train_medusa(
         opt.step()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         steps_done = step + 1
-        if (step + 1) % 50 == 0 or step + 1 == total or budget.over(time.perf_counter() - t_loop):
+        last = step + 1 >= total or budget.over(time.perf_counter() - t_loop)
+        if (step + 1) % 50 == 0 or last:
             history.append({"step": step + 1, "losses": [round(x.item(), 4) for x in losses]})
             log.info("medusa step %d/%d: head losses %s", step + 1, total, history[-1]["losses"])
+        if last:
+            break
     after = head_accuracy(model, heads, val_windows)
     heads.save(out)
     report = {

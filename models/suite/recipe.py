@@ -173,7 +173,7 @@ def run_suite(
     fast = tokenizer.wrap(tok, preset.context)
     eot, pad = tok.token_to_id(tokenizer.EOT), tok.token_to_id(tokenizer.PAD)
     ids = {"bos": eot, "eos": eot, "pad": pad}
-    data_id = tokenizer.tokenizer_digest(tok)  # checkpoints resume only over the same token ids
+    data_id = tokenizer.tokenizer_digest(tok) + files.digest()  # resume only over the same tokens
     train_tokens = corpus.load_split(work_dir / "shards", "train")
     val = TokenWindows(corpus.load_split(work_dir / "shards", "validation"), preset.target_train.seq_len)
     val_windows = evaluate.val_sample(val, preset.eval)  # [val_windows, T]

@@ -128,31 +128,35 @@ def _optimizer(model: PreTrainedModel, cfg: TrainConfig) -> torch.optim.AdamW:
 class StepBudget:
     """Fits a run into `max_seconds` of wall clock: steps `probe_from`..`probe_to` are timed, then the
     planned steps shrink to what the rest of the budget holds (8% kept for evaluations and
-    checkpoints); past the budget the run ends at once. No budget: the plan is cfg.steps."""
+    checkpoints). The caller ends the run at the first step that finds the budget spent (`over`).
+    No budget: the plan is the configured steps."""
 
     RESERVE = 0.92
 
     def __init__(
         self, max_seconds: float | None, steps: int, start: int, probe_from: int = 5, probe_to: int = 25
-    ):
+    ) -> None:
         self.max_seconds, self.steps = max_seconds, steps
         self.probe_from, self.probe_to = start + probe_from, start + probe_to
         self.t_probe = 0.0
+        self.decided = max_seconds is None  # the plan is final (a resumed run may keep it)
+
+    def keep(self, planned: int) -> None:
+        """Take a plan made before (a resumed run's) instead of probing again."""
+        self.steps, self.decided = planned, True
 
     def over(self, elapsed: float) -> bool:
         return self.max_seconds is not None and elapsed >= self.max_seconds
 
     def plan(self, step: int, elapsed: float, now: float) -> int:
         """The planned number of steps, asked before `step` runs, `elapsed` seconds into the budget."""
-        if self.max_seconds is None:
+        if self.decided:
             return self.steps
-        if self.over(elapsed):
-            return min(self.steps, step)  # over budget: the last step has run
         if step == self.probe_from:
             self.t_probe = now
         elif step == self.probe_to:
             per_step = (now - self.t_probe) / (self.probe_to - self.probe_from)
-            fit = step + int(self.RESERVE * (self.max_seconds - elapsed) / per_step)
+            fit = step + int(self.RESERVE * max(0.0, self.max_seconds - elapsed) / per_step)
             if fit < self.steps:
                 log.info(
                     "time budget %.0f s at %.1f ms/step: %d steps instead of %d",
@@ -162,6 +166,7 @@ class StepBudget:
                     self.steps,
                 )
                 self.steps = max(fit, step + 1)
+            self.decided = True
         return self.steps
 
 
@@ -217,15 +222,16 @@ def train_loop(
     model.train()
     tokens_per_step = cfg.batch_size * cfg.seq_len
     start_step, t0, wall0 = result.steps, time.perf_counter(), result.wall_s
-    budget = StepBudget(cfg.max_seconds, result.planned_steps or cfg.steps, start_step)
-    if result.planned_steps:  # a resumed run keeps the plan it made
-        budget.probe_to = -1
+    budget = StepBudget(cfg.max_seconds, cfg.steps, start_step)
+    if result.planned_steps:  # a resumed run keeps the plan it made (recorded once final)
+        budget.keep(result.planned_steps)
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {name}", unit="step", mininterval=5)
     loss_sum, loss_n = 0.0, 0
     for step in range(start_step, cfg.steps):
         now = time.perf_counter()
-        total = result.planned_steps = budget.plan(step, wall0 + now - t0, now)
-        if step >= total:
+        total = budget.plan(step, wall0 + now - t0, now)
+        result.planned_steps = total if budget.decided else 0
+        if step >= total:  # a resumed run that had already reached its plan
             break
         if stop_after is not None and step - start_step >= stop_after:
             log.info("%s: stopping after %d steps (at step %d) as asked", name, stop_after, step)
@@ -244,7 +250,9 @@ def train_loop(
         opt.zero_grad(set_to_none=True)
         loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
         result.steps, result.tokens_seen = step + 1, result.tokens_seen + tokens_per_step
-        last = step + 1 == total or budget.over(wall0 + time.perf_counter() - t0)
+        last = step + 1 >= total or budget.over(wall0 + time.perf_counter() - t0)
+        if last:  # the run ends here, also when the budget ran out before the plan did
+            total = result.planned_steps = step + 1
         if (step + 1) % cfg.eval_every == 0 or last:
             val = evaluate_loss(model, val_windows, cfg.batch_size, val_loss_fn, bf16=bf16)
             result.history.append(
@@ -268,6 +276,8 @@ def train_loop(
             result.wall_s = wall0 + time.perf_counter() - t0
             state = {"model": model.state_dict(), "opt": opt.state_dict(), "result": asdict(result)}
             _save_ckpt(ckpt_path, state | {"config": asdict(cfg), "data_id": data_id})
+        if last:
+            break
     bar.close()
     result.wall_s = wall0 + time.perf_counter() - t0
     model.eval()

@@ -23,9 +23,8 @@ def test_budget_shrinks_the_plan_from_the_probed_step_time() -> None:
     plans = [budget.plan(s, elapsed=0.1 * s, now=0.1 * s) for s in range(30)]
     assert plans[:25] == [10_000] * 25
     # at step 25: 2.5 s spent, 7.5 s left, 8% kept for evaluations -> 69 more steps
-    assert plans[25:] == [25 + 69] * 5
-    assert budget.plan(94, elapsed=10.0, now=10.0) == 94  # over budget: no step after the last one
-    assert not budget.over(9.99) and budget.over(10.0)
+    assert plans[25:] == [25 + 69] * 5 and budget.decided
+    assert not budget.over(9.99) and budget.over(10.0)  # the caller ends the run there
 
 
 def test_budget_never_lengthens_a_run() -> None:
@@ -49,6 +48,40 @@ def test_budgeted_run_ends_its_schedule_inside_the_budget(tmp_path) -> None:
     assert last["step"] == res.steps  # the last step evaluates, as an unbudgeted run's would
     assert last["lr"] == pytest.approx(lr_at(res.steps - 1, cfg, res.steps))
     assert last["lr"] < 0.2 * cfg.lr  # the cosine ran to its end, not cut off halfway
+
+
+def _tiny_run(tmp_path, **kw):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(ModelShape(16, 1, 1, 32).llama_config(40, 64, 0, 0, 1))
+    windows = TokenWindows(np.random.default_rng(0).integers(0, 40, 4000).astype(np.uint16), 16)
+    base = {"steps": 10_000_000, "batch_size": 2, "seq_len": 16, "lr": 1e-3, "warmup_steps": 2}
+    cfg = TrainConfig(**(base | kw.pop("cfg")))
+    res = train_loop("t", model, cfg, lambda s: windows.batch(0, s, 2), windows.evenly(2), tmp_path, **kw)
+    return cfg, res, torch.load(tmp_path / "ckpt.pt", weights_only=False)["result"]
+
+
+def test_budgeted_run_ends_on_an_evaluated_checkpointed_step(tmp_path) -> None:
+    """A periodic evaluation that spends the budget still leaves the last step evaluated and saved."""
+    import time
+
+    def slow_val(model, ids):
+        time.sleep(0.3)
+        return torch.tensor(1.0)
+
+    cfg = {"eval_every": 30, "eval_windows": 2, "ckpt_every": 7, "max_seconds": 0.5}
+    _, res, saved = _tiny_run(tmp_path, cfg=cfg, val_loss_fn=slow_val, resume=False)
+    assert res.planned_steps == res.steps == res.history[-1]["step"]
+    assert saved["steps"] == res.steps and saved["planned_steps"] == res.steps
+
+
+def test_resume_before_the_probe_probes_again(tmp_path) -> None:
+    cfg = {"eval_every": 10**9, "eval_windows": 2, "ckpt_every": 5, "max_seconds": 0.5}
+    _, first, saved = _tiny_run(tmp_path, cfg=cfg, stop_after=10)
+    assert first.steps == 10 and saved["planned_steps"] == 0  # no plan was made yet: none is kept
+    config, res, saved = _tiny_run(tmp_path, cfg=cfg)
+    assert res.resumed_from == 10 and 35 < res.steps < config.steps
+    assert saved["planned_steps"] == res.steps
+    assert res.history[-1]["lr"] < 0.2 * config.lr  # the resumed run planned, and finished its cosine
 
 
 def test_pool_sampler_draws_from_the_tempered_distribution() -> None:
