@@ -69,6 +69,7 @@ class LevelResult:
     mfu: float | None
     request_mean_batch_size: float | None  # mean of the per-request stats
     request_acceptance_rate: float | None
+    runs_output_tokens_per_s: list[float] = field(default_factory=list)  # every repeat, in run order
     errors: list[str] = field(default_factory=list)  # distinct messages, at most 5
     server: ServerDelta | None = None
     requests: list[dict] = field(default_factory=list)  # per request: the recorded samples
@@ -127,6 +128,14 @@ def summarize(
     )
 
 
+def median_run(runs: list[LevelResult]) -> LevelResult:
+    """The repeat with the median output tok/s (the lower one of an even count), every repeat's tok/s
+    attached: one real run's figures, all consistent with each other, rather than a blend."""
+    chosen = sorted(runs, key=lambda r: r.output_tokens_per_s)[(len(runs) - 1) // 2]
+    chosen.runs_output_tokens_per_s = [r.output_tokens_per_s for r in runs]
+    return chosen
+
+
 def jsonable(obj):
     """JSON without NaN / Infinity (not JSON): inf becomes the string "inf", NaN null."""
     if is_dataclass(obj) and not isinstance(obj, type):
@@ -156,6 +165,8 @@ def csv_row(r: LevelResult) -> dict:
             row |= {f"server_{k}": x for k, x in server.items()}
         elif f.name == "errors":
             row[f.name] = " | ".join(v)
+        elif f.name == "runs_output_tokens_per_s":
+            row[f.name] = " ".join(f"{x:.1f}" for x in v)
         elif f.name != "requests":
             row[f.name] = v
     return row

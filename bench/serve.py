@@ -92,6 +92,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="output lengths uniform in [L(1-r), L(1+r)], L = --max-tokens, the same for every method; "
         "0: all L (plain decoding then runs in lockstep, rows joining and leaving together)",
     )
+    p.add_argument(
+        "--repeats",
+        type=_positive,
+        default=1,
+        help="run each level this many times, the methods taking turns (their order rotating), and "
+        "report the run with the median tok/s; every run's tok/s is in the JSON and CSV",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals and output lengths")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--inprocess", action="store_true", help="also decode in-process at batch 1 (model flags)")
@@ -175,6 +182,24 @@ def run_level(
     return report.summarize(mode, method, load, n, result, delta)
 
 
+def run_repeats(
+    cfg: loadgen.LoadConfig,
+    http: httpx.Client,
+    prompts: list[str],
+    level: tuple[str, float, int],
+    args: argparse.Namespace,
+    bar: tqdm,
+) -> list[report.LevelResult]:
+    """Every method at one level, `args.repeats` times; each repeat starts one method later, so no
+    method always runs first (on a machine that drifts, that would bias the ratios)."""
+    methods = args.methods
+    runs: dict[str, list[report.LevelResult]] = {m: [] for m in methods}
+    for rep in range(args.repeats):
+        for m in methods[rep % len(methods) :] + methods[: rep % len(methods)]:
+            runs[m].append(run_level(cfg, http, prompts, level, m, bar))
+    return [report.median_run(runs[m]) for m in methods]
+
+
 def warm_up(cfg: loadgen.LoadConfig, prompts: list[str], methods: list[str], n: int) -> None:
     for method in methods:
         run = loadgen.run(loadgen.closed_loop(cfg, prompts, method, 1, n)) if n else None
@@ -208,10 +233,9 @@ def run(args: argparse.Namespace) -> int:
             )
         warm_up(cfg, prompts, args.methods, args.warmup)
         t0 = time.perf_counter()
-        with tqdm(
-            total=sum(n for *_, n in levels) * len(args.methods), desc="bench serve", file=sys.stderr
-        ) as bar:
-            results = [run_level(cfg, http, prompts, lv, m, bar) for lv in levels for m in args.methods]
+        total = sum(n for *_, n in levels) * len(args.methods) * args.repeats
+        with tqdm(total=total, desc="bench serve", file=sys.stderr) as bar:
+            results = [r for lv in levels for r in run_repeats(cfg, http, prompts, lv, args, bar)]
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
     out = {"benchmark": "serve", "config": config, "server": card, "wall_s": time.perf_counter() - t0}
     if args.inprocess:

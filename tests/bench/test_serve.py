@@ -248,3 +248,49 @@ def test_varied_output_lengths_against_a_live_server(live, tmp_path):
     for r in json.loads((out / "serve.json").read_text())["levels"]:
         assert [q["tokens"] for q in r["requests"]] == want  # ignore_eos: each runs to its own length
         assert r["output_tokens"] == sum(want) == r["server_output_tokens"]
+
+
+def test_median_run_is_one_real_run_with_every_repeat_attached():
+    from dataclasses import fields
+
+    from bench.report import LevelResult, median_run
+
+    def run(tok_s: float) -> LevelResult:
+        r = LevelResult(**{f.name: None for f in fields(LevelResult) if f.name not in ("errors", "requests")})
+        r.output_tokens_per_s = tok_s
+        return r
+
+    three = [run(x) for x in (30.0, 10.0, 20.0)]
+    assert median_run(three) is three[2] and three[2].runs_output_tokens_per_s == [30.0, 10.0, 20.0]
+    two = [run(x) for x in (5.0, 4.0)]
+    assert median_run(two) is two[1]  # the lower of an even count: never flatter than a real run
+
+
+def test_repeats_interleave_methods_against_a_live_server(live, tmp_path):
+    out = tmp_path / "serve"
+    argv = ["bench", "serve", "--url", live.url, "--api-key", API_KEY, "--methods", "none", "ngram",
+            "--concurrency", "1", "--num-requests", "2", "--max-tokens", "4", "--repeats", "3",
+            "--warmup", "0", "--no-plots", "--out-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    levels = json.loads((out / "serve.json").read_text())["levels"]
+    assert [r["method"] for r in levels] == ["none", "ngram"]
+    for r in levels:
+        runs = r["runs_output_tokens_per_s"]
+        assert len(runs) == 3 and r["output_tokens_per_s"] == sorted(runs)[1]
+        assert r["output_tokens"] == 2 * 4 == r["server_output_tokens"]  # the chosen run's own delta
+    with (out / "serve.csv").open() as f:
+        assert all(len(row["runs_output_tokens_per_s"].split()) == 3 for row in csv.DictReader(f))
+
+
+def test_repeats_rotate_which_method_runs_first(monkeypatch):
+    import argparse
+
+    from bench import serve
+
+    calls = []
+    monkeypatch.setattr(serve, "run_level", lambda cfg, http, prompts, lv, m, bar: calls.append(m) or m)
+    monkeypatch.setattr(serve.report, "median_run", lambda runs: runs)
+    args = argparse.Namespace(methods=["none", "draft", "ngram"], repeats=3)
+    got = serve.run_repeats(None, None, [], ("closed", 1, 1), args, None)
+    assert calls == ["none", "draft", "ngram", "draft", "ngram", "none", "ngram", "none", "draft"]
+    assert got == [["none"] * 3, ["draft"] * 3, ["ngram"] * 3]
