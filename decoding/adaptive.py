@@ -17,16 +17,18 @@ Choice: argmax_K E(K) / t(B, K), with K > 0 only when it beats a plain step by a
 batch 1, growing to 20% at 32: the gains there are thin, and rows desynchronised by speculation
 cost prefill batching and slot occupancy that no step's time shows). The model proposes, the
 measurements dispose: per bucket, the tokens per row-second that speculative and plain steps really
-gave are tracked, and once both are measured, speculation must have beaten
-plain by the same margin; otherwise it only gets budgeted trials.
+gave are tracked (row-weighted, like acceptance), and once speculation has `min_rows` row-steps,
+speculation must have beaten plain by the same margin; otherwise it only gets budgeted trials.
 
 Exploration is what makes an adaptive controller lose, so it is paid from a budget: while plain
 steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
 their tokens, enough to cover what that trial is expected to lose, the draft's catching up
 included (at a batch where verification costs three plain steps, that is a trial every few dozen
 steps). While speculating, a plain step and the neighbours of the choice are re-measured every
-`recheck_every` steps. A new batch-size bucket starts with two plain steps and one step at
-K = k_max / 2 (rounded up), which anchor its cost line.
+`recheck_every` steps. A new batch-size bucket starts with two plain steps and then steps at
+K = k_max / 2 (rounded up), which anchor its cost line: one, or at batch 1 until position 0 has seen
+`anchor_rows` rows (one rejected first guess would otherwise shut speculation off until the
+exploration budget pays for a retry, a hundred steps later).
 
 Moving averages: an acceptance outcome weighs by the rows it was measured on (`alpha` each, at most
 `max_weight` per step), so one row at batch 1 is one coin flip, not a fifth of the estimate; step
@@ -48,7 +50,7 @@ def bucket(batch_size: int) -> int:
 
 @dataclass
 class Average:
-    """Moving average (of one (bucket, K)'s step seconds, or a realized rate). The first samples are
+    """Moving average of one (bucket, K)'s step seconds. The first samples are
     averaged evenly, and a sample is clipped to `clip` x the average: a step that happened to grow
     the cache, or that the OS preempted, must not stand for the rest."""
 
@@ -64,9 +66,31 @@ class Average:
 
 
 @dataclass
+class RateAverage:
+    """Tokens per row per second that steps really gave: moving averages of tokens per row and of
+    seconds, divided (the throughput of the steps, not the mean of their ratios), each step weighed
+    by its rows like an acceptance outcome. One row at batch 1 is one draw of 1..K+1 tokens: a few
+    of them must not decide."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    rows: float = 0.0  # row-steps seen
+
+    @property
+    def value(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, tokens_per_row: float, seconds: float, rows: int, alpha: float, max_weight: float) -> None:
+        self.rows += rows
+        w = max(min(1.0 - (1.0 - alpha) ** rows, max_weight), rows / self.rows)
+        self.tokens += w * (tokens_per_row - self.tokens)
+        self.seconds += w * (seconds - self.seconds)
+
+
+@dataclass
 class KController:
     k_max: int
-    alpha: float = 0.05  # weight of one row's acceptance outcome in the moving averages ...
+    alpha: float = 0.02  # weight of one row's acceptance outcome in the moving averages ...
     max_weight: float = 0.2  # ... and the most one step's outcome may weigh
     margin: float = 0.1  # K > 0 must promise this much more throughput than a plain step (batch
     # 1; +0.02 per doubling of the batch: rows that speculation desynchronises cost prefill
@@ -74,6 +98,9 @@ class KController:
     regret: float = 0.02  # share of a plain run's tokens that exploring may cost
     recheck_every: int = 16  # while speculating: steps between re-measuring K = 0 or a neighbour
     min_samples: int = 4  # updates before a position's own acceptance replaces the pooled one
+    min_rows: int = 32  # speculative row-steps before realized rates may veto the model
+    anchor_rows: int = 8  # a new bucket's anchor K runs until position 0 has seen this many rows
+    anchor_steps: int = 8  # ... or for at most this many steps
     accept: list[float] = field(default_factory=list)  # [k_max] conditional acceptance per position
     samples: list[int] = field(default_factory=list)  # [k_max] updates of each position's average
     rows_seen: dict[str, float] = field(default_factory=dict)  # row outcomes per average so far
@@ -82,7 +109,7 @@ class KController:
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
     cost_alpha: float = 0.1  # weight of the newest step time in its moving average
     cost: dict[tuple[int, int], Average] = field(default_factory=dict)  # (bucket, K) -> step seconds
-    realized: dict[tuple[int, bool], Average] = field(default_factory=dict)  # (bucket, K > 0) ->
+    realized: dict[tuple[int, bool], RateAverage] = field(default_factory=dict)  # (bucket, K > 0) ->
     # tokens per row per second the steps actually gave (the check on the model)
     sync: float = 0.0  # moving average of a switch's prefill seconds (plain -> speculative)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
@@ -140,10 +167,13 @@ class KController:
         baseline = self.cost.get((b, 0))
         if baseline is None or baseline.n < 2:
             return 0  # the baseline first, twice
-        if not any(bb == b and k > 0 for bb, k in self.cost):
-            if self._verdict_below(b) is False:
-                return 0  # it did not pay at a smaller batch: it will not here, so do not explore
-            return (self.k_max + 1) // 2  # one speculative point anchors the line
+        spec_steps = sum(c.n for (bb, k), c in self.cost.items() if bb == b and k > 0)
+        if spec_steps == 0 and self._verdict_below(b) is False:
+            return 0  # it did not pay at a smaller batch: it will not here, so do not explore
+        if spec_steps == 0 or (
+            spec_steps < self.anchor_steps and self.rows_seen.get("accept0", 0.0) < self.anchor_rows
+        ):  # a speculative point anchors the line, held until the acceptance is more than a coin flip
+            return (self.k_max + 1) // 2
         rates = self.rates(b)
         best = max(rates, key=rates.get)
         speculating = self.last > 0
@@ -176,7 +206,7 @@ class KController:
         output lengths one speculative step would also end plain decoding's lockstep for good."""
         for bb in sorted({bb for bb, _ in self.realized if bb < b}, reverse=True):
             spec, plain = self.realized.get((bb, True)), self.realized.get((bb, False))
-            if spec and plain and spec.n >= self.min_samples and plain.n >= self.min_samples:
+            if spec and plain and spec.rows >= self.min_rows and plain.rows >= self.min_samples:
                 return self._realized_ok(bb)
         return None
 
@@ -188,8 +218,8 @@ class KController:
         """The model proposes, the measurements dispose: once speculative and plain steps have both
         been measured here, speculation needs to have given the margin in tokens per row-second."""
         spec, plain = self.realized.get((b, True)), self.realized.get((b, False))
-        if spec is None or plain is None or spec.n < self.min_samples or plain.n < self.min_samples:
-            return True
+        if spec is None or plain is None or spec.rows < self.min_rows or plain.rows < self.min_samples:
+            return True  # a plain step's rate varies only with its time; a speculative one's draws
         return spec.value >= (1 + self._margin(b)) * plain.value
 
     def observe(self, stats: StepStats) -> None:
@@ -202,8 +232,9 @@ class KController:
         seconds = stats.propose_s - stats.sync_s + stats.verify_s
         self.cost.setdefault(key, Average()).add(seconds, self.cost_alpha)
         if seconds > 0:  # switching cost left out here too: trials always follow plain steps
-            rate = stats.emitted_tokens / B / seconds
-            self.realized.setdefault((key[0], k > 0), Average(clip=float("inf"))).add(rate, self.cost_alpha)
+            self.realized.setdefault((key[0], k > 0), RateAverage()).add(
+                stats.emitted_tokens / B, seconds, B, self.alpha, self.max_weight
+            )
         if stats.sync_s:
             self.sync += 0.2 * (stats.sync_s - self.sync)
         tail_reached = tail_accepted = 0

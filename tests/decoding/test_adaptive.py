@@ -192,15 +192,35 @@ def test_measured_outcomes_overrule_the_model():
 def test_a_new_larger_batch_inherits_a_smaller_ones_no(paid_below):
     """Speculation that did not pay at batch 8 will not at 16: the new bucket runs plain steps
     without the anchor or trials that would end a lockstep; one that paid is explored."""
-    from decoding.adaptive import Average
+    from decoding.adaptive import Average, RateAverage
 
     ctl = KController(k_max=4)
     for k in (0, 2):
         ctl.cost[(8, k)] = Average(0.010 * (1 + k), 9)
-    ctl.realized[(8, False)] = Average(100.0, 9)
-    ctl.realized[(8, True)] = Average(150.0 if paid_below else 90.0, 9)
+    ctl.realized[(8, False)] = RateAverage(1.0, 0.010, 72)
+    ctl.realized[(8, True)] = RateAverage(1.5 if paid_below else 0.9, 0.010, 72)
     ks = [ctl.choose(16) for _ in range(2)]
     ctl.observe(StepStats("draft", "decode", 16, k=0, verify_s=0.02))
     ctl.observe(StepStats("draft", "decode", 16, k=0, verify_s=0.02))
     ks += [ctl.choose(16) for _ in range(200)]
     assert (max(ks) > 0) == paid_below
+
+
+def test_bad_luck_on_the_first_guesses_does_not_shut_speculation_off():
+    """At batch 1 each speculative step is one row's draw: a first few rejected guesses are not
+    evidence enough to run plain steps until the exploration budget pays for a retry."""
+    ctl = KController(k_max=4)
+    ks, spec_steps = [], 0
+    for _ in range(300):
+        k = ctl.choose(1)
+        ks.append(k)
+        accept = 0.0 if k and spec_steps < 4 else 0.8  # the first four speculative steps miss
+        spec_steps += k > 0
+        reached = [accept**j for j in range(k)]
+        stats = StepStats("draft", "decode", 1, k=k, propose_s=0.001 * k, verify_s=0.010)
+        stats.drafted_per_position = [1] * k
+        stats.reached_per_position = reached
+        stats.accepted_per_position = [r * accept for r in reached]
+        stats.emitted_tokens = 1 + int(sum(stats.accepted_per_position))
+        ctl.observe(stats)
+    assert sum(k > 0 for k in ks[20:]) >= 0.9 * len(ks[20:])
