@@ -224,3 +224,55 @@ def test_bad_luck_on_the_first_guesses_does_not_shut_speculation_off():
         stats.emitted_tokens = 1 + int(sum(stats.accepted_per_position))
         ctl.observe(stats)
     assert sum(k > 0 for k in ks[20:]) >= 0.9 * len(ks[20:])
+
+
+def _spec_step(k: int, accepted: int, batch: int = 1, seconds: float = 0.014) -> StepStats:
+    stats = StepStats("draft", "decode", batch, k=k, verify_s=seconds)
+    stats.drafted_per_position = [batch] * k
+    stats.reached_per_position = [batch if j <= accepted else 0 for j in range(k)]
+    stats.accepted_per_position = [batch if j < accepted else 0 for j in range(k)]
+    stats.emitted_tokens = batch * (1 + accepted)
+    return stats
+
+
+def test_the_anchor_holds_until_the_first_position_has_seen_enough_rows():
+    ctl = KController(k_max=4)
+    for _ in range(2):
+        ctl.choose(1)
+        ctl.observe(StepStats("draft", "decode", 1, k=0, verify_s=0.010))
+    anchor = ctl.choose(1)
+    assert anchor == 2
+    ctl.observe(_spec_step(anchor, accepted=0))  # one row's first guess missed
+    assert ctl.choose(1) == anchor  # one coin flip is not a measurement
+    ctl = KController(k_max=4)
+    for _ in range(2):
+        ctl.choose(8)
+        ctl.observe(StepStats("draft", "decode", 8, k=0, verify_s=0.010))
+    ctl.choose(8)
+    ctl.observe(_spec_step(2, accepted=0, batch=8, seconds=0.030))  # eight rows missed: enough
+    assert ctl.choose(8) == 0
+
+
+def test_realized_rate_is_a_ratio_of_averages_and_vetoes_only_on_enough_rows():
+    from decoding.adaptive import RateAverage
+
+    r = RateAverage()
+    r.add(4.0, 0.010, 1, alpha=0.02, max_weight=0.2)
+    r.add(1.0, 0.030, 1, alpha=0.02, max_weight=0.2)
+    assert r.value == pytest.approx(2.5 / 0.020)  # not the mean of 400 and 33 tok/s
+    ctl = KController(k_max=4)
+    ctl.realized[(1, False)] = RateAverage(1.0, 0.010, 8)  # 100 tok/s plain
+    ctl.realized[(1, True)] = RateAverage(1.0, 0.014, 8)  # 71 tok/s speculative, 8 draws
+    assert ctl._realized_ok(1)
+    ctl.realized[(1, True)].rows = 40
+    assert not ctl._realized_ok(1)
+
+
+def test_a_short_bad_stretch_does_not_flip_the_acceptance_estimate():
+    ctl = KController(k_max=2)
+    for _ in range(200):
+        ctl.observe(_spec_step(2, accepted=2))
+    before = ctl.accept[0]
+    for _ in range(10):
+        ctl.observe(_spec_step(2, accepted=0))
+    assert before > 0.95 and ctl.accept[0] > 0.75
