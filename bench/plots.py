@@ -126,23 +126,35 @@ def _groups(levels: list[LevelResult]) -> dict[tuple[str, str], list[LevelResult
     return out
 
 
+def _speedup_lines(
+    lines: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, title: str, path: Path
+) -> Path:
+    """One line of (x, ratio over none) per method, a dashed 1.0 line, x on a log-2 axis."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in lines.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **_style(name, "closed"))
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    _log2_ticks(ax, {(x, str(x)) for pts in lines.values() for x, _ in pts})
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
 def _speedup(levels: list[LevelResult], path: Path) -> Path | None:
     groups = _by_method(levels, "closed")
     base = {r.concurrency: r.output_tokens_per_s for r in groups.get("none", []) if r.output_tokens_per_s}
     if not base or len(groups) < 2:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, rs in groups.items():
-        pts = sorted(
+    lines = {
+        method: [
             (r.concurrency, r.output_tokens_per_s / base[r.concurrency]) for r in rs if r.concurrency in base
-        )
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=method, **_style(method, "closed"))
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    _log2_ticks(ax, {(c, str(c)) for c in base})
-    ax.set(xlabel="concurrency", ylabel="output tok/s / none's", title="Speedup over none (closed loop)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+        ]
+        for method, rs in groups.items()
+    }
+    title = "Speedup over none (closed loop)"
+    return _speedup_lines(lines, "concurrency", "output tok/s / none's", title, path)
 
 
 def _utilization(levels: list[LevelResult], path: Path) -> Path | None:
@@ -186,13 +198,4 @@ def decode_speedup_plot(results: list[dict], title: str, path: Path) -> Path | N
             lines.setdefault(name, []).append((r["batch_size"], r["ratios"]["vs_none"]))
     if not lines:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, pts in lines.items():
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, **_style(name, "closed"))
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    _log2_ticks(ax, {(b, str(b)) for pts in lines.values() for b, _ in pts})
-    ax.set(xlabel="batch size", ylabel="tok/s / none's", title=title)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
+    return _speedup_lines(lines, "batch size", "tok/s / none's", title, path)

@@ -126,8 +126,7 @@ def train_medusa(
     bar = tqdm(range(cfg.steps), desc="train medusa", unit="step")
     steps_done = 0
     for step in bar:
-        now = time.perf_counter()
-        total = budget.plan(step, now - t_loop, now)
+        total = budget.plan(step, time.perf_counter() - t_loop)
         if step >= total:
             break
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 from pathlib import Path
+
+import torch
+import transformers
+
+from models.suite import tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +22,52 @@ def _mb(n: float) -> str:
 
 def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"1x {torch.cuda.get_device_name(device)}"
+    n = torch.get_num_threads()
+    return f"{n} CPU thread{'' if n == 1 else 's'} ({platform.machine()}, {os.cpu_count()} cores visible)"
+
+
+def summarize(
+    preset, dev, clock, tok, manifest, entries, val_windows, before, after, keep, distill_res
+) -> dict:
+    """What suite.json and the card say of a finished recipe run."""
+    verdict = "kept: acceptance rose" if keep else "not kept: acceptance did not rise"
+    return {
+        "preset": preset.to_dict(),
+        "hardware": hardware(dev),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "wall_s": sum(clock.times.values()),  # work done, summed over resumed runs
+        "stages": dict(clock.times),
+        "tokenizer": {
+            "vocab_size": tok.get_vocab_size(),
+            "eot_id": tok.token_to_id(tokenizer.EOT),
+            "pad_id": tok.token_to_id(tokenizer.PAD),
+        },
+        "corpus": {k: manifest[k] for k in ("roots", "digest", "skipped", "splits")},
+        "models": entries,
+        "eval": {
+            "val_windows": len(val_windows),
+            "seq_len": val_windows.shape[1],
+            "sample_windows": preset.eval.sample_windows,
+        },
+        "acceptance": {
+            "before": before.to_dict(),
+            "after": after.to_dict(),
+            "kept": "distilled" if keep else "corpus-trained",
+        },
+        "distill": {
+            "summary": f"{distill_res.steps} steps, {distill_res.tokens_seen / 1e6:.2f}M tokens of "
+            f"{preset.distill.num_sequences} target continuations (temperature "
+            f"{preset.distill.temperature}), forward KL; acceptance {before.acceptance_rate:.3f} -> "
+            f"{after.acceptance_rate:.3f}, {verdict}",
+            "result": distill_res.to_dict(),
+        },
+    }
 
 
 def write_card(out: Path, summary: dict) -> None:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import torch
-import transformers
 from transformers import LlamaForCausalLM
 
 from models.suite import card, corpus, distill, evaluate, tokenizer
@@ -36,13 +33,6 @@ def check_writable(path: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise ValueError(f"output folder {str(path)!r} is not writable: {e}") from e
-
-
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"1x {torch.cuda.get_device_name(device)}"
-    n = torch.get_num_threads()
-    return f"{n} CPU thread{'' if n == 1 else 's'} ({platform.machine()}, {os.cpu_count()} cores visible)"
 
 
 def _model_entry(model: LlamaForCausalLM, shape: ModelShape, context: int, result: TrainResult) -> dict:
@@ -248,7 +238,7 @@ def run_suite(
             entries["draft"][key] += extra
     evaluate.write_val_sample(val_windows[: preset.eval.sample_windows], out / "val_sample.json")
     clock.record("eval_s", time.perf_counter() - t)
-    summary = _summary(
+    summary = card.summarize(
         preset, dev, clock, tok, manifest, entries, val_windows, before, after, keep, distill_res
     )
     summary["training_precision"] = "bf16 autocast, float32 weights" if bf16 else "float32"
@@ -264,41 +254,3 @@ def run_suite(
         summary["acceptance"]["kept"],
     )
     return summary
-
-
-def _summary(
-    preset, dev, clock, tok, manifest, entries, val_windows, before, after, keep, distill_res
-) -> dict:
-    verdict = "kept: acceptance rose" if keep else "not kept: acceptance did not rise"
-    return {
-        "preset": preset.to_dict(),
-        "hardware": _hardware(dev),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "wall_s": sum(clock.times.values()),  # work done, summed over resumed runs
-        "stages": dict(clock.times),
-        "tokenizer": {
-            "vocab_size": tok.get_vocab_size(),
-            "eot_id": tok.token_to_id(tokenizer.EOT),
-            "pad_id": tok.token_to_id(tokenizer.PAD),
-        },
-        "corpus": {k: manifest[k] for k in ("roots", "digest", "skipped", "splits")},
-        "models": entries,
-        "eval": {
-            "val_windows": len(val_windows),
-            "seq_len": val_windows.shape[1],
-            "sample_windows": preset.eval.sample_windows,
-        },
-        "acceptance": {
-            "before": before.to_dict(),
-            "after": after.to_dict(),
-            "kept": "distilled" if keep else "corpus-trained",
-        },
-        "distill": {
-            "summary": f"{distill_res.steps} steps, {distill_res.tokens_seen / 1e6:.2f}M tokens of "
-            f"{preset.distill.num_sequences} target continuations (temperature "
-            f"{preset.distill.temperature}), forward KL; acceptance {before.acceptance_rate:.3f} -> "
-            f"{after.acceptance_rate:.3f}, {verdict}",
-            "result": distill_res.to_dict(),
-        },
-    }

@@ -148,14 +148,14 @@ class StepBudget:
     def over(self, elapsed: float) -> bool:
         return self.max_seconds is not None and elapsed >= self.max_seconds
 
-    def plan(self, step: int, elapsed: float, now: float) -> int:
+    def plan(self, step: int, elapsed: float) -> int:
         """The planned number of steps, asked before `step` runs, `elapsed` seconds into the budget."""
         if self.decided:
             return self.steps
         if step == self.probe_from:
-            self.t_probe = now
+            self.t_probe = elapsed
         elif step == self.probe_to:
-            per_step = (now - self.t_probe) / (self.probe_to - self.probe_from)
+            per_step = (elapsed - self.t_probe) / (self.probe_to - self.probe_from)
             fit = step + int(self.RESERVE * max(0.0, self.max_seconds - elapsed) / per_step)
             if fit < self.steps:
                 log.info(
@@ -228,8 +228,7 @@ def train_loop(
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"train {name}", unit="step", mininterval=5)
     loss_sum, loss_n = 0.0, 0
     for step in range(start_step, cfg.steps):
-        now = time.perf_counter()
-        total = budget.plan(step, wall0 + now - t0, now)
+        total = budget.plan(step, wall0 + time.perf_counter() - t0)
         result.planned_steps = total if budget.decided else 0
         if step >= total:  # a resumed run that had already reached its plan
             break

@@ -236,12 +236,17 @@ def test_output_lengths_spread_the_same_way_for_every_method():
     assert loadgen.request_body("x", "none", cfg, 40)["max_tokens"] == 40
 
 
+def _run_none_and_ngram(live, out, *args: str) -> None:
+    """A short sweep of none and ngram, no warm-up and no plots, into `out`."""
+    argv = ["bench", "serve", "--url", live.url, "--api-key", API_KEY, "--methods", "none", "ngram",
+            *args, "--warmup", "0", "--no-plots", "--out-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+
+
 def test_varied_output_lengths_against_a_live_server(live, tmp_path):
     out = tmp_path / "serve"
-    argv = ["bench", "serve", "--url", live.url, "--api-key", API_KEY, "--methods", "none", "ngram",
-            "--concurrency", "2", "--num-requests", "6", "--max-tokens", "8", "--random-range-ratio", "0.5",
-            "--warmup", "0", "--no-plots", "--out-dir", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    _run_none_and_ngram(live, out, "--concurrency", "2", "--num-requests", "6", "--max-tokens", "8",
+                        "--random-range-ratio", "0.5")  # fmt: skip
     cfg = loadgen.LoadConfig(url=live.url, max_tokens=8, timeout_s=1, range_ratio=0.5)
     want = loadgen.output_lengths(cfg, 6)
     assert len(set(want)) > 1
@@ -268,10 +273,8 @@ def test_median_run_is_one_real_run_with_every_repeat_attached():
 
 def test_repeats_interleave_methods_against_a_live_server(live, tmp_path):
     out = tmp_path / "serve"
-    argv = ["bench", "serve", "--url", live.url, "--api-key", API_KEY, "--methods", "none", "ngram",
-            "--concurrency", "1", "--num-requests", "2", "--max-tokens", "4", "--repeats", "3",
-            "--warmup", "0", "--no-plots", "--out-dir", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    _run_none_and_ngram(live, out, "--concurrency", "1", "--num-requests", "2", "--max-tokens", "4",
+                        "--repeats", "3")  # fmt: skip
     levels = json.loads((out / "serve.json").read_text())["levels"]
     assert [r["method"] for r in levels] == ["none", "ngram"]
     for r in levels:

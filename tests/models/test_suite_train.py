@@ -15,12 +15,12 @@ from models.suite.train import StepBudget, TokenWindows, lr_at, train_loop
 
 def test_no_budget_keeps_the_configured_steps() -> None:
     budget = StepBudget(None, 500, start=0)
-    assert [budget.plan(s, elapsed=1e9, now=float(s)) for s in (0, 5, 25, 400)] == [500] * 4
+    assert [budget.plan(s, elapsed=1e9) for s in (0, 5, 25, 400)] == [500] * 4
 
 
 def test_budget_shrinks_the_plan_from_the_probed_step_time() -> None:
     budget = StepBudget(10.0, 10_000, start=0)  # 0.1 s per step on a synthetic clock
-    plans = [budget.plan(s, elapsed=0.1 * s, now=0.1 * s) for s in range(30)]
+    plans = [budget.plan(s, elapsed=0.1 * s) for s in range(30)]
     assert plans[:25] == [10_000] * 25
     # at step 25: 2.5 s spent, 7.5 s left, 8% kept for evaluations -> 69 more steps
     assert plans[25:] == [25 + 69] * 5 and budget.decided
@@ -29,7 +29,7 @@ def test_budget_shrinks_the_plan_from_the_probed_step_time() -> None:
 
 def test_budget_never_lengthens_a_run() -> None:
     budget = StepBudget(1000.0, 40, start=0)
-    assert all(budget.plan(s, elapsed=0.01 * s, now=0.01 * s) == 40 for s in range(40))
+    assert all(budget.plan(s, elapsed=0.01 * s) == 40 for s in range(40))
 
 
 def test_budgeted_run_ends_its_schedule_inside_the_budget(tmp_path) -> None:
