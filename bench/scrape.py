@@ -53,6 +53,7 @@ class ServerDelta:
     drafts: float
     draft_tokens: float
     accepted_tokens: float
+    dropped_tokens: float  # of accepted_tokens: dropped to keep rows in lockstep
     decode_steps: float
     decode_rows: float
     bytes_read: float
@@ -60,7 +61,7 @@ class ServerDelta:
     peak_bandwidth_bytes_per_s: float
     peak_flops_per_s: float
     acceptance_rate: float | None = None  # accepted / draft tokens
-    mean_accepted_length: float | None = None  # 1 + accepted / drafts: tokens per verification
+    mean_accepted_length: float | None = None  # 1 + kept / drafts: tokens per verification
     mean_batch_size: float | None = None  # rows per decode step
     bandwidth_bytes_per_s: float | None = None
     mbu: float | None = None
@@ -83,6 +84,7 @@ def server_delta(before: Snapshot, after: Snapshot, method: str, wall_s: float) 
         drafts=d("spec_decode_num_drafts_total", **m),
         draft_tokens=d("spec_decode_num_draft_tokens_total", **m),
         accepted_tokens=d("spec_decode_num_accepted_tokens_total", **m),
+        dropped_tokens=d("spec_decode_num_lockstep_dropped_tokens_total", **m),
         decode_steps=d("step_batch_size_count", **dec),
         decode_rows=d("step_batch_size_sum", **dec),
         bytes_read=d("model_bytes_read_total"),
@@ -91,7 +93,8 @@ def server_delta(before: Snapshot, after: Snapshot, method: str, wall_s: float) 
         peak_flops_per_s=total(after, P + "peak_flops_per_second"),
     )
     out.acceptance_rate = _ratio(out.accepted_tokens, out.draft_tokens)
-    out.mean_accepted_length = 1.0 + out.accepted_tokens / out.drafts if out.drafts else None
+    kept = out.accepted_tokens - out.dropped_tokens
+    out.mean_accepted_length = 1.0 + kept / out.drafts if out.drafts else None
     out.mean_batch_size = _ratio(out.decode_rows, out.decode_steps)
     if wall_s > 0:
         out.bandwidth_bytes_per_s = out.bytes_read / wall_s

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from decoding import lockstep
 from decoding.adaptive import KController
 from decoding.batch import SubBatch, make_proposer
 from decoding.kv import KVState
@@ -179,6 +180,18 @@ class Engine:
             ctl = self.controllers[batch.method] = KController(k_max)
         return ctl
 
+    def _decode(self, batch: SubBatch) -> StepStats:
+        """A decode step of a draft or prompt-lookup sub-batch: K from its controller, if adaptive
+        (which also says whether to clip by lockstep group), and the outcome back to it."""
+        ctl = self._controller(batch)
+        if ctl is None:
+            return decode_step(self.target, batch, self.on_tokens)
+        ids = lockstep.groups(batch.rows)
+        k = ctl.choose(len(batch.rows), lockstep.group_sizes(ids))
+        stats = decode_step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
+        ctl.observe(stats)
+        return stats
+
     def _report(self, stats: StepStats, rows: list[Row]) -> None:
         if self.charge is not None:
             self.charge(stats, rows)
@@ -228,12 +241,7 @@ class Engine:
                 if method == "medusa":  # the tree sets its speculation
                     stats = medusa_step(self.target, batch, self.on_tokens)
                 else:
-                    ctl = self._controller(batch)
-                    stats = decode_step(
-                        self.target, batch, self.on_tokens, ctl.choose(len(batch.rows)) if ctl else None
-                    )
-                    if ctl:
-                        ctl.observe(stats)
+                    stats = self._decode(batch)
                 self._report(stats, list(batch.rows))
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)

@@ -37,6 +37,11 @@ class Row:
     def num_generated(self) -> int:
         return len(self.tokens) - self.prompt_len
 
+    @property
+    def left(self) -> int:
+        """Tokens it may still emit before max_new_tokens or the context ends it."""
+        return min(self.sampling.max_new_tokens - self.num_generated, self.max_len - len(self.tokens))
+
     def budget(self, k: int) -> int:
         """Candidates worth proposing: each step emits up to k + 1 tokens; stay inside the context."""
         left = self.sampling.max_new_tokens - self.num_generated

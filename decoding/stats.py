@@ -23,7 +23,7 @@ class StepStats:
     batch_size: int
     tokens_verified: int = 0  # tokens fed to the target (prefill: prompt tokens)
     draft_tokens: int = 0  # candidates proposed over all rows
-    accepted_tokens: int = 0  # candidates accepted over all rows
+    accepted_tokens: int = 0  # candidates the target accepted over all rows (see dropped_tokens)
     emitted_tokens: int = 0  # tokens appended to outputs (accepted + recovered/bonus, after stops)
     accepted_per_position: list[int] = field(default_factory=list)  # [K] rows accepting position j
     reached_per_position: list[int] = field(default_factory=list)  # [K] rows that tested position j
@@ -33,6 +33,8 @@ class StepStats:
     verify_s: float = 0.0
     sync_s: float = 0.0  # of propose_s: a draft prefilling rows that joined during plain steps
     k: int = 0  # speculative tokens asked for this step
+    lockstep: bool = False  # acceptance clipped per lockstep group (decoding/lockstep.py)
+    dropped_tokens: int = 0  # of accepted_tokens: dropped by that clip to keep rows in step
     forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran
     bytes_read: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> weights/kv -> bytes
     flops: dict[str, float] = field(default_factory=dict)  # model -> FLOPs (filled by an accountant)
@@ -55,6 +57,7 @@ class RequestStats:
     target_forwards: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
+    dropped_tokens: int = 0  # of accepted_tokens: dropped to keep rows finishing together in lockstep
     batch_size_sum: int = 0  # sum over the forwards this request took part in
     k_sum: int = 0  # speculative tokens asked for, summed over its decode steps (adaptive: chosen per step)
     decode_steps: int = 0

@@ -7,6 +7,7 @@ import time
 import torch
 from transformers import PreTrainedModel
 
+from decoding import lockstep
 from decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
 from decoding.batch import SubBatch
 from decoding.kv import KVState
@@ -80,10 +81,17 @@ def _accept(
     return verdict
 
 
-def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: int | None = None) -> StepStats:
+def decode_step(
+    target: PreTrainedModel,
+    batch: SubBatch,
+    emit: Emit,
+    k_auto: int | None = None,
+    lock: list[int] | None = None,
+) -> StepStats:
     """propose -> verify -> accept -> commit for every row of the sub-batch.
 
-    k_auto: the K an adaptive controller chose for this step (rows with spec.adaptive use it)."""
+    k_auto: the K an adaptive controller chose for this step (rows with spec.adaptive use it);
+    lock: lockstep group ids ([B], from `lockstep.groups`) to clip acceptance by, or None."""
     rows = batch.rows
     dev = batch.kv.mask.device
     ks = [r.budget(r.spec.step_k(k_auto, r.sampling.seed is not None)) for r in rows]
@@ -107,6 +115,11 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     logits = batch.kv.forward(target, [[r.tokens[-1]] + c for r, c in zip(rows, prop.tokens, strict=True)])
     # 3. accept
     verdict = _accept(logits, prop, warp, u[:, K:] if u is not None else None, u_pos)
+    accepted = verdict.num_accepted.tolist()  # the target's verdict, before any lockstep clip
+    dropped = 0
+    if lock is not None and K:
+        n_t, nxt_t, dropped = lockstep.clip(verdict.num_accepted, verdict.next_token, prop.tokens, lock)
+        verdict = Verdict(n_t, nxt_t)
     n, nxt = verdict.num_accepted.tolist(), verdict.next_token.tolist()
     # 4. commit: keep the pending token and the accepted candidates in both caches
     T = logits.shape[1]
@@ -114,12 +127,15 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     batch.proposer.commit(n)
     t2 = time.perf_counter()
     stats = StepStats(
-        batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=K
-    )
+        batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=K,
+        lockstep=lock is not None, dropped_tokens=dropped,
+    )  # fmt: skip
     stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
     drafted = [len(c) for c in prop.tokens]
     emitted = [c[:a] + [tok] for c, a, tok in zip(prop.tokens, n, nxt, strict=True)]
-    record_step(stats, rows, drafted, n, [1 + d for d in drafted], emitted, emit)
+    record_step(stats, rows, drafted, accepted, [1 + d for d in drafted], emitted, emit)
+    for row, a, kept in zip(rows, accepted, n, strict=True):
+        row.stats.dropped_tokens += a - kept
     return stats
 
 

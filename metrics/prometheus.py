@@ -72,6 +72,12 @@ class ServerMetrics:
         self.accepted = Counter(
             p + "spec_decode_num_accepted_tokens", "Candidates accepted.", ["method"], **r
         )
+        self.dropped = Counter(
+            p + "spec_decode_num_lockstep_dropped_tokens",
+            "Accepted candidates dropped to keep rows in lockstep (decoding/lockstep.py).",
+            ["method"],
+            **r,
+        )
         self.accepted_pos = Counter(
             p + "spec_decode_num_accepted_tokens_per_pos",
             "Candidates accepted at each draft position.",
@@ -109,6 +115,7 @@ class ServerMetrics:
             self.drafts.labels(s.method).inc(s.drafted_per_position[0])  # rows that proposed anything
             self.draft_tokens.labels(s.method).inc(s.draft_tokens)
             self.accepted.labels(s.method).inc(s.accepted_tokens)
+            self.dropped.labels(s.method).inc(s.dropped_tokens)  # series beside accepted's, for PromQL
             for pos, n in enumerate(s.accepted_per_position):
                 self.accepted_pos.labels(s.method, str(pos)).inc(n)
         for model, kinds in s.bytes_read.items():

@@ -138,7 +138,8 @@ class Scripted(KController):
 
     script = [0, 0, 3, 0, 0, 0, 0, 2, 4, 0, 1, 0, 0, 0, 4]
 
-    def choose(self, batch_size: int) -> int:
+    def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
+        self.sizes = sizes if sizes and max(sizes) > 1 else None  # clip lockstep groups, as the real one
         self.last = self.script[self.steps % len(self.script)]
         self.steps += 1
         return self.last

@@ -14,9 +14,11 @@ import itertools
 import pytest
 import torch
 from scipy.stats import chisquare
+from scripted import Always
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from decoding import Engine, SamplingParams, SpecParams
+from decoding import engine as engine_module
 from decoding.sampling import Warp, warp_probs
 from models.medusa import MedusaConfig, MedusaHeads
 
@@ -109,3 +111,23 @@ def test_speculative_sampling_matches_target(pair, heads, method, sampling):
     assert chi2_pvalue(counts, p_joint) > 1e-3
     # power: the draft's joint is rejected by the same samples (the test can fail)
     assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["draft", "ngram"])
+def test_lockstep_clipped_sampling_matches_target(pair, method, monkeypatch):
+    """Rows in lockstep groups (equal tokens left: max_new_tokens cycles over 3 values, so the
+    24 slots hold groups of about 8 rows) clipped to their group's least accepted count still sample
+    the target's joint. Unseeded rows (a seeded draft row is never clipped), made repeatable."""
+    target, draft = pair
+    seeds = iter(range(1, 10**6))
+    monkeypatch.setattr(engine_module.secrets, "randbits", lambda bits: next(seeds))
+    engine = Engine(target, draft, max_batch_size=24)
+    engine.controllers[method] = Always(k_max=2)
+    sampling = [SamplingParams(max_new_tokens=NEW + i % 3, temperature=1.0) for i in range(N)]
+    results = engine.generate([PROMPT] * N, sampling, SpecParams(method, 2, adaptive=True))
+    assert sum(r.stats.dropped_tokens for r in results) > N // 10  # the clip really cut
+    first = [r.token_ids[:NEW] for r in results]
+    idx = torch.tensor([sum(t * V ** (NEW - 1 - i) for i, t in enumerate(ids)) for ids in first])
+    counts = torch.bincount(idx, minlength=V**NEW).double()
+    assert chi2_pvalue(counts, exact_joint(target, SamplingParams(temperature=1.0))) > 1e-3
+    assert chi2_pvalue(counts, exact_joint(draft, SamplingParams(temperature=1.0))) < 1e-6

@@ -1,0 +1,82 @@
+"""Lockstep: speculation never changes which rows finish together.
+
+Plain decoding keeps rows with the same number of tokens left (requests with equal `max_tokens`
+admitted in one prefill) in lockstep: they step together, leave at the same step, and the requests
+that replace them join in one batched prefill, into a cache that emptied with them. On this engine's
+padded cache that is worth 10-30% of plain throughput from batch 4 up (docs/batch-tradeoffs.md).
+Speculation ends it for good: rows accept different numbers of candidates, drift apart, and from
+then on leave one by one, their successors join one by one, and the cache stays as wide as its
+oldest row.
+
+So an adaptive step clips each *group* (rows with the same tokens left) to the group's smallest
+accepted count: a row whose verdict went further emits only that many candidates, then the next
+candidate (which it also accepted) instead of its recovered or bonus token. Every row still emits a
+prefix of what verification gave it, cut at a point fixed by the other rows' draws and by whether
+its own tokens so far were accepted: a stopping time, so each emitted token keeps the target's
+distribution given the ones before it (and under greedy it is the argmax, as before). Lossless.
+
+The price is the accepted tokens dropped, and the controller prices it in: a group of g rows
+advances past candidate j only when all g accept it, about (a_0 ... a_j)^g of the time, so large
+groups make speculation pointless and the controller steps plainly, keeping the lockstep.
+Seeded draft sampling and fixed-K rows are never clipped (their outputs must not depend on other
+requests, and a fixed K is the caller's choice).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from decoding.row import Row
+
+
+def groups(rows: list[Row]) -> list[int]:
+    """Group id of each row: rows that may be clipped and have the same tokens left share one;
+    every other row gets its own."""
+    ids: dict[int, int] = {}
+    out = []
+    for i, r in enumerate(rows):
+        clippable = r.spec.adaptive and not (r.spec.method == "draft" and r.sampling.seed is not None)
+        out.append(ids.setdefault(r.left, len(rows) + i) if clippable else i)
+    return out
+
+
+def group_sizes(ids: list[int]) -> list[int]:
+    """Size of each row's group. [B] -> [B]"""
+    count: dict[int, int] = {}
+    for g in ids:
+        count[g] = count.get(g, 0) + 1
+    return [count[g] for g in ids]
+
+
+def clip(
+    num_accepted: torch.Tensor, next_token: torch.Tensor, candidates: list[list[int]], ids: list[int]
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Cut each group to its smallest accepted count. num_accepted, next_token: [B].
+
+    Returns the clipped (num_accepted, next_token) and the accepted candidates dropped."""
+    n = num_accepted.tolist()
+    low: dict[int, int] = {}
+    for g, a in zip(ids, n, strict=True):
+        low[g] = min(low.get(g, a), a)
+    nxt = next_token.tolist()
+    dropped = 0
+    for b, g in enumerate(ids):
+        m = low[g]
+        if n[b] > m:  # candidate m was accepted: emit it in place of the recovered/bonus token
+            dropped += n[b] - m
+            n[b], nxt[b] = m, candidates[b][m]
+    return (
+        torch.tensor(n, dtype=num_accepted.dtype, device=num_accepted.device),
+        torch.tensor(nxt, dtype=next_token.dtype, device=next_token.device),
+        dropped,
+    )
+
+
+def expected_tokens(reach: list[float], sizes: list[int]) -> float:
+    """Expected tokens per row and step when each row's group advances together.
+
+    reach: [K] probability that one row gets past candidate j (emits it); sizes: [B] group sizes.
+    A group of g rows gets past j when all of them do: reach_j ** g (rows drawn independently)."""
+    if not sizes:
+        return 1.0 + sum(reach)
+    return sum(1.0 + sum(r**g for r in reach) for g in sizes) / len(sizes)

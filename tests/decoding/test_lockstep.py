@@ -1,0 +1,148 @@
+"""Lockstep groups: who is grouped, the clip, its price in the controller, and that clipped
+speculation stays token-identical to plain decoding while keeping its rows finishing together."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from scripted import Always, Unclipped
+
+from decoding import Engine, SamplingParams, SpecParams
+from decoding.adaptive import KController
+from decoding.lockstep import clip, expected_tokens, group_sizes, groups
+from decoding.row import Row
+from decoding.stats import RequestStats, StepStats
+
+
+def _row(max_new: int, generated: int = 0, adaptive: bool = True, method: str = "draft", seed=None) -> Row:
+    sampling = SamplingParams(max_new_tokens=max_new, temperature=0.0 if seed is None else 1.0, seed=seed)
+    return Row(
+        request_id="r", tokens=[1, 2] + [3] * generated, prompt_len=2, sampling=sampling,
+        spec=SpecParams(method, 4, adaptive=adaptive), stop_ids=frozenset(), max_len=100,
+        generator=None, stream=None, stats=RequestStats(method=method),
+    )  # fmt: skip
+
+
+def test_rows_with_the_same_tokens_left_group_unless_fixed_k_or_seeded_draft():
+    rows = [
+        _row(10),
+        _row(12, generated=2),  # 10 left, like the first
+        _row(9),
+        _row(10, adaptive=False),  # a fixed K is the caller's choice
+        _row(10, seed=7),  # a seeded draft row's output must not depend on its neighbours
+        _row(10, method="ngram", seed=7),  # prompt lookup's sample path goes by position: may clip
+    ]
+    ids = groups(rows)
+    assert ids[0] == ids[1] == ids[5]
+    assert len({ids[0], ids[2], ids[3], ids[4]}) == 4
+    assert group_sizes(ids) == [3, 3, 1, 1, 1, 3]
+
+
+def test_clip_cuts_each_group_to_its_least_accepted_and_emits_the_next_accepted_candidate():
+    cand = [[11, 12, 13], [21, 22, 23], [31, 32, 33], [41, 42, 43]]
+    n = torch.tensor([3, 1, 2, 0])
+    nxt = torch.tensor([14, 92, 93, 94])  # bonus for row 0, recovered tokens for the others
+    n2, nxt2, dropped = clip(n, nxt, cand, [0, 0, 0, 3])
+    assert n2.tolist() == [1, 1, 1, 0]
+    assert nxt2.tolist() == [12, 92, 32, 94]  # rows cut short emit their accepted candidate 1
+    assert dropped == (3 - 1) + (2 - 1)
+
+
+def test_expected_tokens_of_a_group_is_that_all_its_rows_get_past():
+    reach = [0.6, 0.3]
+    assert expected_tokens(reach, []) == pytest.approx(1.9)
+    assert expected_tokens(reach, [1, 1]) == pytest.approx(1.9)
+    assert expected_tokens(reach, [2, 2]) == pytest.approx(1 + 0.36 + 0.09)
+    assert expected_tokens(reach, [2, 2, 1]) == pytest.approx((2 * 1.45 + 1.9) / 3)
+
+
+def _simulate(
+    ctl: KController, batch: int, sizes, accept: float, cost: float, steps: int = 300
+) -> list[tuple[int, bool]]:
+    """A machine where each candidate costs `cost` of a plain step. Returns (K, clipped) of the last
+    100 steps."""
+    out = []
+    for _ in range(steps):
+        k = ctl.choose(batch, sizes)
+        out.append((k, ctl.lock))
+        stats = StepStats("draft", "decode", batch, k=k, verify_s=0.010 * (1 + cost * k), lockstep=ctl.lock)
+        stats.drafted_per_position = [batch] * k
+        stats.reached_per_position = [batch * accept**j for j in range(k)]
+        stats.accepted_per_position = [r * accept for r in stats.reached_per_position]
+        reach = [accept ** (j + 1) for j in range(k)]
+        stats.emitted_tokens = round(batch * expected_tokens(reach, sizes if ctl.lock else []))
+        ctl.observe(stats)
+    return out[-100:]
+
+
+def test_controller_steps_plainly_in_a_large_lockstep_group_and_speculates_when_free():
+    # unclipped, K = 2 gives 1.31x a plain step: past the 18% margin at batch 16, short of the 40% a
+    # lockstep of 16 is worth; clipped, 16 rows rarely all accept
+    free = _simulate(KController(k_max=4), 16, [1] * 16, accept=0.6, cost=0.25)
+    locked = _simulate(KController(k_max=4), 16, [16] * 16, accept=0.6, cost=0.25)
+    assert sum(k > 0 for k, _ in free) > 90
+    assert sum(k > 0 for k, _ in locked) < 30  # budgeted trials only
+    assert all(clipped for k, clipped in locked if k)  # and a trial must not end the lockstep
+
+
+def test_controller_ends_a_small_lockstep_only_when_unclipped_speculation_pays_for_it():
+    # a pair: 2.4x unclipped against 1.8x clipped, more than the 10% a lockstep of 2 is worth
+    pair = _simulate(KController(k_max=4), 2, [2, 2], accept=0.8, cost=0.1)
+    assert sum(k > 0 and not clipped for k, clipped in pair) > 90
+    # eight rows: 1.23x unclipped, short of the 30% a lockstep of 8 is worth
+    eight = _simulate(KController(k_max=4), 8, [8] * 8, accept=0.6, cost=0.3)
+    assert sum(k > 0 for k, _ in eight) < 30
+    assert all(clipped for k, clipped in eight if k)
+    unclipped = _simulate(KController(k_max=4), 8, [1] * 8, accept=0.6, cost=0.3)
+    assert sum(k > 0 for k, _ in unclipped) > 90  # it would pay out of lockstep
+
+
+@pytest.fixture(scope="module")
+def noisy(tiny):
+    """The target with noise on its output layer: accepts some candidates, rejects others."""
+    d = copy.deepcopy(tiny["target"].model)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        w = d.lm_head.weight
+        w.add_(torch.randn(w.shape, generator=g, dtype=w.dtype) * w.std() * 0.8)
+    return d
+
+
+def _run(tiny, draft, controller: type[KController], prompts, max_new: list[int]):
+    """Decode to the end; each row's tokens, the engine step it finished in, and tokens dropped."""
+    engine = Engine(tiny["target"].model, draft, max_batch_size=4)
+    engine.controllers["draft"] = controller(k_max=4)
+    rows = [
+        engine.make_row(p, SamplingParams(max_new_tokens=n), SpecParams("draft", 4, adaptive=True))
+        for p, n in zip(prompts, max_new, strict=True)
+    ]
+    for r in rows:
+        engine.add(r)
+    done: dict[int, int] = {}
+    step = 0
+    while engine.has_work():
+        step += 1
+        for r in engine.step():
+            done[id(r)] = step
+    return [r.generated for r in rows], [done[id(r)] for r in rows], sum(r.stats.dropped_tokens for r in rows)
+
+
+@pytest.mark.parametrize("draft_kind", ["same", "random", "noisy"])
+def test_clipped_speculation_is_lossless_and_keeps_rows_finishing_together(tiny, noisy, draft_kind):
+    t = tiny["target"].model
+    draft = {"same": t, "random": tiny["draft"].model, "noisy": noisy}[draft_kind]
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(2, t.config.vocab_size, (n,), generator=g).tolist() for n in (5, 11, 3, 8)]
+    max_new = [20, 20, 20, 14]  # three rows in lockstep, one on its own
+    plain = Engine(t).generate(prompts, [SamplingParams(max_new_tokens=n) for n in max_new], SpecParams())
+    out, steps, dropped = _run(tiny, draft, Always, prompts, max_new)
+    assert out == [r.token_ids for r in plain]
+    assert steps[0] == steps[1] == steps[2]
+    if draft_kind == "noisy":  # rows accept differently: only the clip holds them together
+        assert dropped > 0
+        out, steps, dropped = _run(tiny, draft, Unclipped, prompts, max_new)
+        assert out == [r.token_ids for r in plain]
+        assert dropped == 0
+        assert len(set(steps[:3])) > 1

@@ -1,0 +1,22 @@
+"""Controllers with scripted choices, to drive the engine through exact speculation patterns."""
+
+from __future__ import annotations
+
+from decoding.adaptive import KController
+
+
+class Always(KController):
+    """Speculates at k_max every step; clips by lockstep group as the real controller does."""
+
+    lock_groups = True
+
+    def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
+        self.sizes = sizes if self.lock_groups and sizes and max(sizes) > 1 else None
+        self.last = self.k_max
+        return self.last
+
+
+class Unclipped(Always):
+    """Always, but never clips: rows in lockstep drift apart as their acceptance differs."""
+
+    lock_groups = False
