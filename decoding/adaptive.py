@@ -194,10 +194,15 @@ class KController:
         ):  # a speculative point anchors the line, held until the acceptance is more than a coin flip
             return (self.k_max + 1) // 2
         rates = self.rates(b, self.sizes)
-        if self.sizes is not None:  # unclipped speculation must pay for the lockstep it ends
+        if self.sizes is not None:  # unclipped speculation must pay for the lockstep it ends ...
             free = self.rates(b)
-            if max(free[k] for k in free if k) >= (1 + self._lock_margin(b)) * max(rates.values()):
-                self.sizes, rates = None, free
+            best_free = max(free[k] for k in free if k)
+            if (
+                best_free >= (1 + self._lock_margin(b)) * max(rates.values())
+                and best_free >= (1 + self._margin(b)) * free[0]
+                and self._realized_ok(b)
+            ):
+                self.sizes, rates = None, free  # ... else every step, trials included, stays clipped
         best = max(rates, key=rates.get)
         speculating = self.last > 0
         if rates[best] >= (1 + self._margin(b)) * rates[0] and self._realized_ok(b):

@@ -128,7 +128,7 @@ def decode_step(
     t2 = time.perf_counter()
     stats = StepStats(
         batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=K,
-        lockstep=lock is not None, dropped_tokens=dropped,
+        lockstep=lock is not None and bool(k_auto), dropped_tokens=dropped,
     )  # fmt: skip
     stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
     drafted = [len(c) for c in prop.tokens]

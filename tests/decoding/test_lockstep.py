@@ -99,6 +99,23 @@ def test_controller_ends_a_small_lockstep_only_when_unclipped_speculation_pays_f
     assert sum(k > 0 for k, _ in unclipped) > 90  # it would pay out of lockstep
 
 
+def test_trials_stay_clipped_when_unclipped_speculation_was_vetoed():
+    """The model says unclipped speculation wins at batch 2, but what it really gave vetoes it:
+    then plain steps run, and the trials among them must be clipped, or the first ends the lockstep."""
+    ctl = KController(k_max=4)
+    for _ in range(100):  # out of lockstep: every speculative step really gave one token per row
+        k = ctl.choose(2, [1, 1])
+        stats = StepStats("draft", "decode", 2, k=k, verify_s=0.010 * (1 + 0.1 * k), emitted_tokens=2)
+        stats.drafted_per_position = [2] * k
+        stats.reached_per_position = [2 * 0.8**j for j in range(k)]
+        stats.accepted_per_position = [r * 0.8 for r in stats.reached_per_position]
+        ctl.observe(stats)
+    assert not ctl._realized_ok(2)
+    locked = _simulate(ctl, 2, [2, 2], accept=0.8, cost=0.1)
+    assert any(k for k, _ in locked)  # it still explores ...
+    assert all(clipped for k, clipped in locked if k)  # ... in lockstep
+
+
 @pytest.fixture(scope="module")
 def noisy(tiny):
     """The target with noise on its output layer: accepts some candidates, rejects others."""
