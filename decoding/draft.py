@@ -96,7 +96,7 @@ class DraftProposer:
         q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
         return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q_all, sync_s)
 
-    def commit(self, num_accepted: list[int]) -> None:
+    def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
         """Keep the catch-up columns and the first min(n, K-1) candidate columns of each row."""
         if self._catchup == 0:
             return

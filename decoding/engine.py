@@ -175,20 +175,23 @@ class Engine:
         k_max = max((r.spec.num_speculative_tokens for r in batch.rows if r.spec.adaptive), default=0)
         if not k_max or batch.method == "none":
             return None
+        if batch.method == "medusa":  # K is the depth of the fitted tree, at most
+            k_max = min(k_max, batch.proposer.tree.max_depth)
         ctl = self.controllers.get(batch.method)
         if ctl is None or ctl.k_max < k_max:
             ctl = self.controllers[batch.method] = KController(k_max)
         return ctl
 
     def _decode(self, batch: SubBatch) -> StepStats:
-        """A decode step of a draft or prompt-lookup sub-batch: K from its controller, if adaptive
-        (which also says whether to clip by lockstep group), and the outcome back to it."""
+        """A decode step of a sub-batch: K (Medusa: the tree's depth) from its controller, if
+        adaptive (which also says whether to clip by lockstep group), and the outcome back to it."""
+        step = medusa_step if batch.method == "medusa" else decode_step
         ctl = self._controller(batch)
         if ctl is None:
-            return decode_step(self.target, batch, self.on_tokens)
+            return step(self.target, batch, self.on_tokens)
         ids = lockstep.groups(batch.rows)
         k = ctl.choose(len(batch.rows), lockstep.group_sizes(ids))
-        stats = decode_step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
+        stats = step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
         ctl.observe(stats)
         return stats
 
@@ -238,10 +241,7 @@ class Engine:
             if not batch.rows:
                 continue
             try:
-                if method == "medusa":  # the tree sets its speculation
-                    stats = medusa_step(self.target, batch, self.on_tokens)
-                else:
-                    stats = self._decode(batch)
+                stats = self._decode(batch)
                 self._report(stats, list(batch.rows))
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)

@@ -6,6 +6,10 @@ tree verification (one forward with a 4D tree mask), evaluate posterior (the lon
 agrees with), update inputs (keep that path's KV, emit its tokens plus the target's next one).
 Greedy acceptance equals plain greedy decoding; sampling follows the tree with tokens sampled from
 p at each node and stops at the first miss, which is exact because the candidates are deterministic.
+
+Under adaptive K (`auto`), K is the depth the tree is cut to: the controller prices each depth from
+per-depth acceptance and measured step time like any other K, and K = 0 is a plain step (through
+`decode_step`, whose hidden state still feeds the heads). A lockstep clip cuts accepted paths.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from decoding import lockstep
 from decoding.proposer import Emit, NoProposer
 from decoding.row import Row
 from decoding.sampling import position_uniforms, sample, warp_probs
 from decoding.stats import Forward, StepStats
-from decoding.step import record_step
+from decoding.step import decode_step, record_step
 from decoding.tree import DEFAULT_CHOICES, Tree, build_tree
 
 if TYPE_CHECKING:
@@ -46,6 +51,20 @@ class MedusaProposer(NoProposer):
     def __init__(self, heads: nn.Module, tree: Tree) -> None:
         self.heads, self.tree = heads, tree
         self.hidden: torch.Tensor | None = None  # [B, H]
+        self._trees: dict[int, Tree] = {tree.max_depth: tree}
+
+    def tree_to(self, depth: int) -> Tree:
+        """The tree cut to its first `depth` levels (adaptive K is Medusa's depth; depth >= 1)."""
+        if depth not in self._trees:
+            keep = [c for c in self.tree.choices if len(c) <= depth]
+            self._trees[depth] = build_tree(keep, self.tree.max_depth).to(self.tree.depth.device)
+        return self._trees[depth]
+
+    def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
+        """After a step without a tree (K = 0): the heads read the newest consumed token's state."""
+        if hidden is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            self.hidden = hidden[rows, torch.tensor(num_accepted, device=hidden.device)]  # [B, H]
 
     def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
         self.hidden = hidden
@@ -98,11 +117,24 @@ def sampled_path(
     raise AssertionError("unreachable: a leaf has no children")
 
 
-def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepStats:
+def medusa_step(
+    target: PreTrainedModel,
+    batch: SubBatch,
+    emit: Emit,
+    k_auto: int | None = None,
+    lock: list[int] | None = None,
+) -> StepStats:
+    """One tree step. k_auto: the depth an adaptive controller chose (0: a plain step) for rows
+    with spec.adaptive; the others take the whole tree. lock: lockstep group ids to clip by."""
     rows, prop = batch.rows, batch.proposer
-    tree: Tree = prop.tree
+    full: Tree = prop.tree
+    want = [k_auto if r.spec.adaptive and k_auto is not None else full.max_depth for r in rows]
+    cap_list = [r.budget(min(k, full.max_depth)) for r, k in zip(rows, want, strict=True)]
+    if max(cap_list) == 0:  # a plain step (the heads still get the newest hidden state)
+        return decode_step(target, batch, emit, 0, lock)
+    tree = prop.tree_to(max(cap_list))
     B, dev = len(rows), batch.kv.mask.device
-    caps = torch.tensor([r.budget(tree.max_depth) for r in rows], device=dev)  # [B] deepest acceptable
+    caps = torch.tensor(cap_list, device=dev)  # [B] deepest acceptable
     # 1. generate candidates
     t0 = time.perf_counter()
     nodes = candidates(prop.heads, prop.hidden, tree)  # [B, N - 1]
@@ -117,7 +149,7 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     last = path.gather(1, n[:, None]).squeeze(1)  # [B] newest accepted node (0: the root)
     nxt = argmax.gather(1, last[:, None]).squeeze(1)  # [B]
     paths, n_list, nxt_list = path.tolist(), n.tolist(), nxt.tolist()
-    ids_list, cap_list = ids.tolist(), caps.tolist()
+    ids_list = ids.tolist()
     warp = batch.warp
     s = (~warp.greedy).nonzero().squeeze(1).tolist()
     if s:
@@ -128,7 +160,12 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
         for i, b in enumerate(s):
             nodes_b, nxt_list[b] = sampled_path(ids_list[b], p[i], u[i], tree, cap_list[b])
             paths[b], n_list[b] = [0, *nodes_b], len(nodes_b)
-        last = torch.tensor([pb[nb] for pb, nb in zip(paths, n_list, strict=True)], device=dev)
+    accepted, dropped = list(n_list), 0
+    if lock is not None:  # the path's node tokens are the candidates a group is clipped on
+        path_tokens = [[ids_list[b][c] for c in paths[b][1:] if c >= 0] for b in range(B)]
+        n_t, nxt_t, dropped = lockstep.clip(torch.tensor(n_list), torch.tensor(nxt_list), path_tokens, lock)
+        n_list, nxt_list = n_t.tolist(), nxt_t.tolist()
+    last = torch.tensor([pb[nb] for pb, nb in zip(paths, n_list, strict=True)], device=dev)
     # 4. update inputs: keep the root and the accepted path; the heads read the newest hidden state
     keep = torch.zeros(B, tree.num_nodes, dtype=torch.bool, device=dev)
     for b, (pb, nb) in enumerate(zip(paths, n_list, strict=True)):
@@ -136,9 +173,12 @@ def medusa_step(target: PreTrainedModel, batch: SubBatch, emit: Emit) -> StepSta
     batch.kv.rollback(keep)
     prop.hidden = hidden[torch.arange(B, device=dev), last]
     t2 = time.perf_counter()
-    stats = StepStats(batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, k=tree.max_depth)
+    stats = StepStats(
+        batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, k=tree.max_depth,
+        lockstep=lock is not None and bool(k_auto), dropped_tokens=dropped,
+    )  # fmt: skip
     stats.forwards = [Forward("heads", [1] * B, 0), *batch.kv.drain()]
     emitted = [[ids_list[b][c] for c in paths[b][1 : n_list[b] + 1]] + [nxt_list[b]] for b in range(B)]
     # a row's draft tokens are what it could have accepted: the tree's depth within its budget
-    record_step(stats, rows, cap_list, n_list, [tree.num_nodes] * B, emitted, emit)
+    record_step(stats, rows, cap_list, accepted, [tree.num_nodes] * B, emitted, emit, kept=n_list)
     return stats

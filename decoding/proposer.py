@@ -33,8 +33,9 @@ class Proposer(Protocol):
         """Up to ks[b] candidates for row b; u [B, K] uniforms for sampled proposals."""
         ...
 
-    def commit(self, num_accepted: list[int]) -> None:
-        """Row b's first num_accepted[b] candidates were accepted: roll back the rest."""
+    def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
+        """Row b's first num_accepted[b] candidates were accepted: roll back the rest. `hidden`
+        [B, T, H]: the target's last hidden states at the fed positions, when needs_hidden."""
         ...
 
     def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
@@ -67,7 +68,7 @@ class NoProposer:
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
         return Proposal([[] for _ in rows])
 
-    def commit(self, num_accepted: list[int]) -> None:
+    def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
         pass
 
     def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:

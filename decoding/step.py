@@ -112,7 +112,12 @@ def decode_step(
     prop = batch.proposer.propose(rows, ks, warp, u[:, :K] if u is not None else None)
     t1 = time.perf_counter()
     # 2. verify: one target forward over each row's pending token and its candidates
-    logits = batch.kv.forward(target, [[r.tokens[-1]] + c for r, c in zip(rows, prop.tokens, strict=True)])
+    fed = [[r.tokens[-1]] + c for r, c in zip(rows, prop.tokens, strict=True)]
+    hidden = None
+    if batch.proposer.needs_hidden:  # Medusa heads read the newest hidden state (plain steps too)
+        logits, hidden = batch.kv.forward(target, fed, hidden=True)  # [B, T, V], [B, T, H]
+    else:
+        logits = batch.kv.forward(target, fed)  # [B, T, V]
     # 3. accept
     verdict = _accept(logits, prop, warp, u[:, K:] if u is not None else None, u_pos)
     accepted = verdict.num_accepted.tolist()  # the target's verdict, before any lockstep clip
@@ -124,7 +129,7 @@ def decode_step(
     # 4. commit: keep the pending token and the accepted candidates in both caches
     T = logits.shape[1]
     batch.kv.rollback(torch.arange(T, device=dev)[None, :] <= verdict.num_accepted[:, None])  # [B, T]
-    batch.proposer.commit(n)
+    batch.proposer.commit(n, hidden)
     t2 = time.perf_counter()
     stats = StepStats(
         batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=K,
@@ -133,9 +138,7 @@ def decode_step(
     stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
     drafted = [len(c) for c in prop.tokens]
     emitted = [c[:a] + [tok] for c, a, tok in zip(prop.tokens, n, nxt, strict=True)]
-    record_step(stats, rows, drafted, accepted, [1 + d for d in drafted], emitted, emit)
-    for row, a, kept in zip(rows, accepted, n, strict=True):
-        row.stats.dropped_tokens += a - kept
+    record_step(stats, rows, drafted, accepted, [1 + d for d in drafted], emitted, emit, kept=n)
     return stats
 
 
@@ -147,18 +150,21 @@ def record_step(
     verified: list[int],
     emitted: list[list[int]],
     emit: Emit,
+    kept: list[int] | None = None,
 ) -> None:
     """Per-position and per-request counters of a decode step, then each row's tokens out.
 
-    Per row: candidates it could accept, how many it accepted, tokens the target verified for it,
-    and the tokens it emits (accepted + recovered/bonus; stops may cut them)."""
+    Per row: candidates it could accept, how many the target accepted, tokens the target verified
+    for it, the tokens it emits (accepted + recovered/bonus; stops may cut them), and how many of
+    the accepted it kept (a lockstep clip drops the rest; None: all)."""
     K = stats.k
     stats.drafted_per_position = [sum(d > j for d in drafted) for j in range(K)]
     stats.accepted_per_position = [sum(a > j for a in accepted) for j in range(K)]
     stats.reached_per_position = [
         sum(d > j and a >= j for d, a in zip(drafted, accepted, strict=True)) for j in range(K)
     ]
-    for row, d, a, v, toks in zip(rows, drafted, accepted, verified, emitted, strict=True):
+    kept = accepted if kept is None else kept
+    for row, d, a, k, v, toks in zip(rows, drafted, accepted, kept, verified, emitted, strict=True):
         row.stats.target_forwards += 1
         row.stats.batch_size_sum += len(rows)
         row.stats.decode_steps += 1
@@ -168,6 +174,7 @@ def record_step(
         stats.tokens_verified += v
         stats.draft_tokens += d
         stats.accepted_tokens += a
+        row.stats.dropped_tokens += a - k
         out = row.emit(toks)
         stats.emitted_tokens += len(out)
         emit(row, out)

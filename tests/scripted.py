@@ -20,3 +20,15 @@ class Unclipped(Always):
     """Always, but never clips: rows in lockstep drift apart as their acceptance differs."""
 
     lock_groups = False
+
+
+class Cycle(Always):
+    """Plays a fixed K sequence (plain stretches between speculative steps of every depth)."""
+
+    script = (0, 0, 3, 0, 0, 0, 0, 2, 4, 0, 1, 0, 0, 0, 4)
+
+    def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
+        super().choose(batch_size, sizes)
+        self.last = self.script[self.steps % len(self.script)]
+        self.steps += 1
+        return self.last

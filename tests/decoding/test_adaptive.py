@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from scripted import Cycle
 
 from decoding import Engine, SamplingParams, SpecParams
 from decoding.adaptive import KController, bucket
@@ -133,18 +134,6 @@ def test_seeded_sampling_repeats_under_auto_and_matches_plain(tiny):
             assert runs[0] == plain  # the same tokens plain sampling draws with that seed
 
 
-class Scripted(KController):
-    """A controller that plays a fixed K sequence: plain stretches, rows joining during them."""
-
-    script = [0, 0, 3, 0, 0, 0, 0, 2, 4, 0, 1, 0, 0, 0, 4]
-
-    def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
-        self.sizes = sizes if sizes and max(sizes) > 1 else None  # clip lockstep groups, as the real one
-        self.last = self.script[self.steps % len(self.script)]
-        self.steps += 1
-        return self.last
-
-
 @pytest.mark.parametrize("draft_kind", ["same", "random"])
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_draft_syncs_lazily_across_plain_steps(tiny, draft_kind, batch_size):
@@ -157,7 +146,7 @@ def test_draft_syncs_lazily_across_plain_steps(tiny, draft_kind, batch_size):
     plain = Engine(t).generate(prompts, sampling, SpecParams())
     acct = build_accountant(tiny["target"], draft, peaks=Peaks(1e9, 1e10, "flag"))
     engine = Engine(t, draft.model, max_batch_size=batch_size, charge=acct)
-    engine.controllers["draft"] = Scripted(k_max=4)
+    engine.controllers["draft"] = Cycle(k_max=4)
     seen = []
     engine.on_step = seen.append
     res = engine.generate(prompts, sampling, SpecParams("draft", 4, adaptive=True))

@@ -113,15 +113,15 @@ def test_speculative_sampling_matches_target(pair, heads, method, sampling):
     assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6
 
 
-@pytest.mark.parametrize("method", ["draft", "ngram"])
-def test_lockstep_clipped_sampling_matches_target(pair, method, monkeypatch):
+@pytest.mark.parametrize("method", ["draft", "ngram", "medusa"])
+def test_lockstep_clipped_sampling_matches_target(pair, heads, method, monkeypatch):
     """Rows in lockstep groups (equal tokens left: max_new_tokens cycles over 3 values, so the
     24 slots hold groups of about 8 rows) clipped to their group's least accepted count still sample
     the target's joint. Unseeded rows (a seeded draft row is never clipped), made repeatable."""
     target, draft = pair
     seeds = iter(range(1, 10**6))
     monkeypatch.setattr(engine_module.secrets, "randbits", lambda bits: next(seeds))
-    engine = Engine(target, draft, max_batch_size=24)
+    engine = Engine(target, draft, medusa=heads, max_batch_size=24)
     engine.controllers[method] = Always(k_max=2)
     sampling = [SamplingParams(max_new_tokens=NEW + i % 3, temperature=1.0) for i in range(N)]
     results = engine.generate([PROMPT] * N, sampling, SpecParams(method, 2, adaptive=True))
