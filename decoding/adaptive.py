@@ -35,8 +35,9 @@ keeps finishing together. While the batch has such groups, a step clips each gro
 accepted count, and the model prices that in: a group of g rows gets past candidate j with
 probability (avail_j * a_0 ... a_j) ** g, so from a few rows up a plain step wins and the lockstep
 holds. Unclipped speculation is chosen instead only when it promises `lock_margin` more per doubling
-of the batch (what the lockstep is worth). Clipped steps do not feed the realized rates (they would
-veto unclipped speculation).
+of the batch (what the lockstep is worth). Clipped steps keep realized rates of their own: they
+check clipped speculation (groups that formed by chance, a pair among 16 rows, clip little, and
+the model alone would let such steps run where they do not pay) without vetoing unclipped.
 
 Moving averages: an acceptance outcome weighs by the rows it was measured on (`alpha` each, at most
 `max_weight` per step), so one row at batch 1 is one coin flip, not a fifth of the estimate; step
@@ -119,7 +120,8 @@ class KController:
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
     cost_alpha: float = 0.1  # weight of the newest step time in its moving average
     cost: dict[tuple[int, int], Average] = field(default_factory=dict)  # (bucket, K) -> step seconds
-    realized: dict[tuple[int, bool], RateAverage] = field(default_factory=dict)  # (bucket, K > 0) ->
+    realized: dict[tuple[int, bool | str], RateAverage] = field(default_factory=dict)  # (bucket,
+    # K > 0, or "lock" for clipped speculative steps) ->
     # tokens per row per second the steps actually gave (the check on the model)
     sync: float = 0.0  # moving average of a switch's prefill seconds (plain -> speculative)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
@@ -205,7 +207,8 @@ class KController:
                 self.sizes, rates = None, free  # ... else every step, trials included, stays clipped
         best = max(rates, key=rates.get)
         speculating = self.last > 0
-        if rates[best] >= (1 + self._margin(b)) * rates[0] and self._realized_ok(b):
+        kind = "lock" if self.sizes is not None else True  # which realized rates check this plan
+        if rates[best] >= (1 + self._margin(b)) * rates[0] and self._realized_ok(b, kind):
             if self.steps % self.recheck_every == 0:  # keep the baseline and the neighbours fresh
                 turn = (self.steps // self.recheck_every) % 4
                 return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]
@@ -216,7 +219,7 @@ class KController:
         trial = max(range(1, self.k_max + 1), key=rates.get)
         t = self.step_cost(b, trial)
         loss = max((rates[0] - rates[trial]) * t, 0.01 * rates[0] * t)  # tokens per row forgone
-        spec, plain = self.realized.get((b, True)), self.realized.get((b, False))
+        spec, plain = self.realized.get((b, kind)), self.realized.get((b, False))
         if spec is not None and plain is not None:
             loss = max(loss, (plain.value - spec.value) * t)
         if not speculating:
@@ -248,10 +251,10 @@ class KController:
         decoding in lockstep beat the same load out of step by 4% at batch 2 and 11-33% from 4 up."""
         return self.lock_margin * (b.bit_length() - 1)
 
-    def _realized_ok(self, b: int) -> bool:
+    def _realized_ok(self, b: int, kind: bool | str = True) -> bool:
         """The model proposes, the measurements dispose: once speculative and plain steps have both
         been measured here, speculation needs to have given the margin in tokens per row-second."""
-        spec, plain = self.realized.get((b, True)), self.realized.get((b, False))
+        spec, plain = self.realized.get((b, kind)), self.realized.get((b, False))
         if spec is None or plain is None or spec.rows < self.min_rows or plain.rows < self.min_samples:
             return True  # a plain step's rate varies only with its time; a speculative one's draws
         return spec.value >= (1 + self._margin(b)) * plain.value
@@ -265,8 +268,9 @@ class KController:
         # a draft's catching up on earlier plain steps is the price of switching, not of K
         seconds = stats.propose_s - stats.sync_s + stats.verify_s
         self.cost.setdefault(key, Average()).add(seconds, self.cost_alpha)
-        if seconds > 0 and not (stats.lockstep and k):  # switching cost left out: trials follow plain steps
-            self.realized.setdefault((key[0], k > 0), RateAverage()).add(
+        if seconds > 0:  # switching cost left out here too: trials always follow plain steps
+            kind = "lock" if stats.lockstep and k else k > 0
+            self.realized.setdefault((key[0], kind), RateAverage()).add(
                 stats.emitted_tokens / B, seconds, B, self.alpha, self.max_weight
             )
         if stats.sync_s:

@@ -116,6 +116,24 @@ def test_trials_stay_clipped_when_unclipped_speculation_was_vetoed():
     assert all(clipped for k, clipped in locked if k)  # ... in lockstep
 
 
+def test_clipped_speculation_is_checked_by_what_it_really_gave():
+    """Two pairs among 16 rows formed by chance: the steps are clipped, so the model alone would
+    keep speculating when it predicts a gain. Here each step really gives one token per row."""
+    ctl = KController(k_max=4)
+    sizes = [2, 2, 2, 2] + [1] * 12
+    ks = []
+    for _ in range(300):
+        k = ctl.choose(16, sizes)
+        ks.append(k)
+        stats = StepStats("draft", "decode", 16, k=k, verify_s=0.010 * (1 + 0.1 * k), lockstep=ctl.lock)
+        stats.emitted_tokens = 16
+        stats.drafted_per_position = [16] * k
+        stats.reached_per_position = [16 * 0.7**j for j in range(k)]
+        stats.accepted_per_position = [r * 0.7 for r in stats.reached_per_position]
+        ctl.observe(stats)
+    assert sum(k > 0 for k in ks[-100:]) < 30
+
+
 @pytest.fixture(scope="module")
 def noisy(tiny):
     """The target with noise on its output layer: accepts some candidates, rejects others."""
