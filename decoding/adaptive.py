@@ -50,51 +50,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from decoding import lockstep
+from decoding.averages import Average, RateAverage
 from decoding.stats import StepStats
 
 
 def bucket(batch_size: int) -> int:
     """Batch sizes grouped by powers of two: 1, 2, 3-4, 5-8, ..."""
     return 1 << max(batch_size - 1, 0).bit_length()
-
-
-@dataclass
-class Average:
-    """Moving average of one (bucket, K)'s step seconds. The first samples are
-    averaged evenly, and a sample is clipped to `clip` x the average: a step that happened to grow
-    the cache, or that the OS preempted, must not stand for the rest."""
-
-    value: float = 0.0
-    n: int = 0
-    clip: float = 1.5
-
-    def add(self, x: float, alpha: float) -> None:
-        self.n += 1
-        if self.n > 2:
-            x = min(x, self.clip * self.value)
-        self.value += max(alpha, 1.0 / self.n) * (x - self.value)
-
-
-@dataclass
-class RateAverage:
-    """Tokens per row per second that steps really gave: moving averages of tokens per row and of
-    seconds, divided (the throughput of the steps, not the mean of their ratios), each step weighed
-    by its rows like an acceptance outcome. One row at batch 1 is one draw of 1..K+1 tokens: a few
-    of them must not decide."""
-
-    tokens: float = 0.0
-    seconds: float = 0.0
-    rows: float = 0.0  # row-steps seen
-
-    @property
-    def value(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
-
-    def add(self, tokens_per_row: float, seconds: float, rows: int, alpha: float, max_weight: float) -> None:
-        self.rows += rows
-        w = max(min(1.0 - (1.0 - alpha) ** rows, max_weight), rows / self.rows)
-        self.tokens += w * (tokens_per_row - self.tokens)
-        self.seconds += w * (seconds - self.seconds)
 
 
 @dataclass
@@ -199,8 +161,11 @@ class KController:
         if self.sizes is not None:  # unclipped speculation must pay for the lockstep it ends ...
             free = self.rates(b)
             best_free = max(free[k] for k in free if k)
+            gain = best_free / max(rates.values())
+            if (real := self._gain(b)) is not None:  # what unclipped speculation really gave here
+                gain = min(gain, real)
             if (
-                best_free >= (1 + self._lock_margin(b)) * max(rates.values())
+                gain >= 1 + self._lock_margin(b)
                 and best_free >= (1 + self._margin(b)) * free[0]
                 and self._realized_ok(b)
             ):
@@ -236,8 +201,7 @@ class KController:
         compute-bound), so a bucket never tried inherits a "no" and skips exploring: at equal
         output lengths one speculative step would also end plain decoding's lockstep for good."""
         for bb in sorted({bb for bb, _ in self.realized if bb < b}, reverse=True):
-            spec, plain = self.realized.get((bb, True)), self.realized.get((bb, False))
-            if spec and plain and spec.rows >= self.min_rows and plain.rows >= self.min_samples:
+            if self._gain(bb) is not None:
                 return self._realized_ok(bb)
         return None
 
@@ -246,18 +210,23 @@ class KController:
         return self.margin * (1 + b.bit_length() / 5 - 0.2)
 
     def _lock_margin(self, b: int) -> float:
-        """What unclipped speculation must promise over clipped (or plain) steps to end a lockstep
-        at bucket b: `lock_margin` per doubling of the batch. Measured on this project's CPU, plain
-        decoding in lockstep beat the same load out of step by 4% at batch 2 and 11-33% from 4 up."""
+        """What unclipped speculation must give over clipped (or plain) steps to end a lockstep at
+        bucket b. On this project's CPU a lockstep was worth 4-20% at batch 2-8, 20-33% above."""
         return self.lock_margin * (b.bit_length() - 1)
 
-    def _realized_ok(self, b: int, kind: bool | str = True) -> bool:
-        """The model proposes, the measurements dispose: once speculative and plain steps have both
-        been measured here, speculation needs to have given the margin in tokens per row-second."""
+    def _gain(self, b: int, kind: bool | str = True) -> float | None:
+        """Realized speculative over plain tokens per row-second at bucket b, once both are measured
+        (at least `min_rows` speculative row-steps: one row's step is one draw of 1..K+1 tokens)."""
         spec, plain = self.realized.get((b, kind)), self.realized.get((b, False))
         if spec is None or plain is None or spec.rows < self.min_rows or plain.rows < self.min_samples:
-            return True  # a plain step's rate varies only with its time; a speculative one's draws
-        return spec.value >= (1 + self._margin(b)) * plain.value
+            return None
+        return spec.value / plain.value if plain.value > 0 else None
+
+    def _realized_ok(self, b: int, kind: bool | str = True) -> bool:
+        """The model proposes, the measurements dispose: speculation (clipped: kind "lock") must
+        have given the margin in tokens per row-second, where measured."""
+        gain = self._gain(b, kind)
+        return gain is None or gain >= 1 + self._margin(b)
 
     def observe(self, stats: StepStats) -> None:
         """Update from one decode step that ran with K = stats.k."""

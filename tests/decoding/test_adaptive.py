@@ -182,7 +182,7 @@ def test_measured_outcomes_overrule_the_model():
 def test_a_new_larger_batch_inherits_a_smaller_ones_no(paid_below):
     """Speculation that did not pay at batch 8 will not at 16: the new bucket runs plain steps
     without the anchor or trials that would end a lockstep; one that paid is explored."""
-    from decoding.adaptive import Average, RateAverage
+    from decoding.averages import Average, RateAverage
 
     ctl = KController(k_max=4)
     for k in (0, 2):
@@ -244,7 +244,7 @@ def test_the_anchor_holds_until_the_first_position_has_seen_enough_rows():
 
 
 def test_realized_rate_is_a_ratio_of_averages_and_vetoes_only_on_enough_rows():
-    from decoding.adaptive import RateAverage
+    from decoding.averages import RateAverage
 
     r = RateAverage()
     r.add(4.0, 0.010, 1, alpha=0.02, max_weight=0.2)
