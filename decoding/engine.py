@@ -77,6 +77,7 @@ class Engine:
         self._aborts: dict[str, str] = {}  # request id -> finish reason to record
         self._lock = threading.Lock()  # guards waiting and _aborts against other threads
         self._ids = itertools.count()
+        self._steps = 0  # engine steps so far (lockstep groups: the step plain decoding ends a row)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -224,8 +225,10 @@ class Engine:
         admitted = self._admit()
         now = time.perf_counter()
         by_method: dict[str, list[Row]] = {}
+        self._steps += 1
         for r in admitted:
             r.admitted = now
+            r.plain_end = self._steps + r.left  # the same for rows plain decoding keeps in lockstep
             by_method.setdefault(r.spec.method, []).append(r)
         for method, rows in by_method.items():
             joining = self._new_batch(method)

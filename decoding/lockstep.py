@@ -8,9 +8,10 @@ Speculation ends it for good: rows accept different numbers of candidates, drift
 then on leave one by one, their successors join one by one, and the cache stays as wide as its
 oldest row.
 
-So an adaptive step clips each *group* (rows with the same tokens left) to the group's smallest
-accepted count: a row whose verdict went further emits only that many candidates, then the next
-candidate (which it also accepted) instead of its recovered or bonus token. Every row still emits a
+So an adaptive step clips each *group* (rows with the same tokens left, which plain decoding would
+also have finished at the same step) to the group's smallest accepted count: a row whose verdict
+went further emits only that many candidates, then the next candidate (which it also accepted)
+instead of its recovered or bonus token. Every row still emits a
 prefix of what verification gave it, cut at a point fixed by the other rows' draws and by whether
 its own tokens so far were accepted: a stopping time, so each emitted token keeps the target's
 distribution given the ones before it (and under greedy it is the argmax, as before). Lossless.
@@ -30,13 +31,17 @@ from decoding.row import Row
 
 
 def groups(rows: list[Row]) -> list[int]:
-    """Group id of each row: rows that may be clipped and have the same tokens left share one;
-    every other row gets its own."""
-    ids: dict[int, int] = {}
+    """Group id of each row: rows that may be clipped, have the same tokens left and would have
+    finished at the same step under plain decoding share one; every other row gets its own.
+
+    The last condition keeps out rows whose counts meet by chance after unclipped speculation
+    (faster rows overtaking slower ones): plain decoding never holds those together, and a clip
+    would keep them together for good."""
+    ids: dict[tuple[int, int], int] = {}
     out = []
     for i, r in enumerate(rows):
         clippable = r.spec.adaptive and not (r.spec.method == "draft" and r.sampling.seed is not None)
-        out.append(ids.setdefault(r.left, len(rows) + i) if clippable else i)
+        out.append(ids.setdefault((r.left, r.plain_end), len(rows) + i) if clippable else i)
     return out
 
 

@@ -26,6 +26,7 @@ class Row:
     stats: RequestStats
     arrival: float = field(default_factory=time.perf_counter)
     admitted: float = 0.0
+    plain_end: int = 0  # engine step at which plain decoding would finish it (decoding/lockstep.py)
     deadline: float | None = None  # perf_counter time after which the request is dropped ("timeout")
     finish_reason: str | None = None  # "stop", "length", "abort", "timeout", "error"
 
