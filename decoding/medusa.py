@@ -160,10 +160,10 @@ def medusa_step(
         for i, b in enumerate(s):
             nodes_b, nxt_list[b] = sampled_path(ids_list[b], p[i], u[i], tree, cap_list[b])
             paths[b], n_list[b] = [0, *nodes_b], len(nodes_b)
-    accepted, dropped = list(n_list), 0
+    accepted = list(n_list)
     if lock is not None:  # the path's node tokens are the candidates a group is clipped on
         path_tokens = [[ids_list[b][c] for c in paths[b][1:] if c >= 0] for b in range(B)]
-        n_t, nxt_t, dropped = lockstep.clip(torch.tensor(n_list), torch.tensor(nxt_list), path_tokens, lock)
+        n_t, nxt_t, _ = lockstep.clip(torch.tensor(n_list), torch.tensor(nxt_list), path_tokens, lock)
         n_list, nxt_list = n_t.tolist(), nxt_t.tolist()
     last = torch.tensor([pb[nb] for pb, nb in zip(paths, n_list, strict=True)], device=dev)
     # 4. update inputs: keep the root and the accepted path; the heads read the newest hidden state
@@ -175,7 +175,7 @@ def medusa_step(
     t2 = time.perf_counter()
     stats = StepStats(
         batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, k=tree.max_depth,
-        lockstep=lock is not None and bool(k_auto), dropped_tokens=dropped,
+        lockstep=lock is not None and bool(k_auto),
     )  # fmt: skip
     stats.forwards = [Forward("heads", [1] * B, 0), *batch.kv.drain()]
     emitted = [[ids_list[b][c] for c in paths[b][1 : n_list[b] + 1]] + [nxt_list[b]] for b in range(B)]

@@ -121,9 +121,8 @@ def decode_step(
     # 3. accept
     verdict = _accept(logits, prop, warp, u[:, K:] if u is not None else None, u_pos)
     accepted = verdict.num_accepted.tolist()  # the target's verdict, before any lockstep clip
-    dropped = 0
     if lock is not None and K:
-        n_t, nxt_t, dropped = lockstep.clip(verdict.num_accepted, verdict.next_token, prop.tokens, lock)
+        n_t, nxt_t, _ = lockstep.clip(verdict.num_accepted, verdict.next_token, prop.tokens, lock)
         verdict = Verdict(n_t, nxt_t)
     n, nxt = verdict.num_accepted.tolist(), verdict.next_token.tolist()
     # 4. commit: keep the pending token and the accepted candidates in both caches
@@ -133,7 +132,7 @@ def decode_step(
     t2 = time.perf_counter()
     stats = StepStats(
         batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=K,
-        lockstep=lock is not None and bool(k_auto), dropped_tokens=dropped,
+        lockstep=lock is not None and bool(k_auto),
     )  # fmt: skip
     stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
     drafted = [len(c) for c in prop.tokens]
@@ -175,6 +174,7 @@ def record_step(
         stats.draft_tokens += d
         stats.accepted_tokens += a
         row.stats.dropped_tokens += a - k
+        stats.dropped_tokens += a - k
         out = row.emit(toks)
         stats.emitted_tokens += len(out)
         emit(row, out)
