@@ -60,6 +60,9 @@ class ServerDelta:
     flops: float
     peak_bandwidth_bytes_per_s: float
     peak_flops_per_s: float
+    prefix_cache_queries: float = 0.0  # prompt tokens looked up (every method's: no method label)
+    prefix_cache_hits: float = 0.0  # of those, found cached
+    prefix_cache_hit_rate: float | None = None
     acceptance_rate: float | None = None  # accepted / draft tokens
     mean_accepted_length: float | None = None  # 1 + kept / drafts: tokens per verification
     mean_batch_size: float | None = None  # rows per decode step
@@ -91,7 +94,10 @@ def server_delta(before: Snapshot, after: Snapshot, method: str, wall_s: float) 
         flops=d("model_flops_total"),
         peak_bandwidth_bytes_per_s=total(after, P + "peak_memory_bandwidth_bytes_per_second"),
         peak_flops_per_s=total(after, P + "peak_flops_per_second"),
+        prefix_cache_queries=d("prefix_cache_queries_total"),
+        prefix_cache_hits=d("prefix_cache_hits_total"),
     )
+    out.prefix_cache_hit_rate = _ratio(out.prefix_cache_hits, out.prefix_cache_queries)
     out.acceptance_rate = _ratio(out.accepted_tokens, out.draft_tokens)
     kept = out.accepted_tokens - out.dropped_tokens
     out.mean_accepted_length = 1.0 + kept / out.drafts if out.drafts else None

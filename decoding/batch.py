@@ -10,13 +10,16 @@ from transformers import PreTrainedModel
 from decoding.draft import DraftProposer
 from decoding.kv import KVState
 from decoding.ngram import NgramProposer
+from decoding.prefix_cache import PrefixCache
 from decoding.proposer import NoProposer, Proposer
 from decoding.row import Row
 from decoding.sampling import Warp
 
 
-def make_proposer(method: str, draft: PreTrainedModel | None, medusa: tuple | None = None) -> Proposer:
-    """medusa: (heads, tree) when Medusa heads are loaded."""
+def make_proposer(
+    method: str, draft: PreTrainedModel | None, medusa: tuple | None = None, prefix: PrefixCache | None = None
+) -> Proposer:
+    """medusa: (heads, tree) when Medusa heads are loaded; prefix: the draft's prefix cache."""
     if method == "medusa":
         if medusa is None:
             raise ValueError("method 'medusa' needs Medusa heads (--medusa)")
@@ -26,7 +29,7 @@ def make_proposer(method: str, draft: PreTrainedModel | None, medusa: tuple | No
     if method == "draft":
         if draft is None:
             raise ValueError("method 'draft' needs a draft model (--draft)")
-        return DraftProposer(draft)
+        return DraftProposer(draft, prefix)
     if method == "ngram":
         return NgramProposer()
     if method == "none":

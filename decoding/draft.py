@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from decoding.kv import KVState
+from decoding.prefix_cache import PrefixCache
 from decoding.proposer import Proposal
 from decoding.row import Row
 from decoding.sampling import Warp, sample, warp_probs
@@ -27,8 +28,9 @@ from decoding.stats import Forward
 class DraftProposer:
     needs_hidden = False
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, prefix: PrefixCache | None = None) -> None:
         self.model = model
+        self.prefix = prefix  # the draft's prefix cache (decoding/prefix_cache.py), or None
         self.kv = KVState.empty(model, 0, role="draft")
         self._catchup = 0  # columns of the last propose's first forward: real tokens, always kept
         self._cands_fed = 0  # candidate columns fed after it: kept only where accepted
@@ -47,8 +49,14 @@ class DraftProposer:
         fresh = [i for i, s in enumerate(self.kv.seen.tolist()) if s == 0 and len(rows[i].tokens) > 1]
         if not fresh:
             return
-        new = KVState.empty(self.model, len(fresh), role="draft")
-        new.forward(self.model, [rows[i].tokens[:-1] for i in fresh], logits="last")
+        seqs = [rows[i].tokens[:-1] for i in fresh]
+        if self.prefix is None:
+            new, fed = KVState.empty(self.model, len(fresh), role="draft"), seqs
+        else:
+            new, fed = self.prefix.prepare(self.model, seqs, role="draft")
+        new.forward(self.model, fed, logits="last")
+        if self.prefix is not None:
+            self.prefix.store(new, seqs)
         self.kv.splice(torch.tensor(fresh, device=self.kv.mask.device), new)
 
     def select(self, keep: torch.Tensor) -> None:

@@ -26,6 +26,7 @@ from decoding.batch import SubBatch, make_proposer
 from decoding.kv import KVState
 from decoding.medusa import medusa_setup, medusa_step
 from decoding.params import METHODS, SamplingParams, SpecParams
+from decoding.prefix_cache import PrefixCache
 from decoding.row import Row
 from decoding.sampling import UniformStream
 from decoding.stats import RequestStats, StepStats
@@ -61,6 +62,7 @@ class Engine:
         on_tokens: OnTokens | None = None,
         on_step: OnStep | None = None,
         charge: Charge | None = None,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -78,6 +80,8 @@ class Engine:
         self._lock = threading.Lock()  # guards waiting and _aborts against other threads
         self._ids = itertools.count()
         self._steps = 0  # engine steps so far (lockstep groups: the step plain decoding ends a row)
+        # prompts' keys/values per model, for prompts that start alike (0 bytes: off)
+        self.prefix = {m: PrefixCache(prefix_cache_bytes) for m in ("target", "draft") if prefix_cache_bytes}
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -149,7 +153,8 @@ class Engine:
         return bool(self.waiting) or self.num_running > 0
 
     def _new_batch(self, method: str) -> SubBatch:
-        return SubBatch(method, KVState.empty(self.target, 0), make_proposer(method, self.draft, self.medusa))
+        proposer = make_proposer(method, self.draft, self.medusa, self.prefix.get("draft"))
+        return SubBatch(method, KVState.empty(self.target, 0), proposer)
 
     def _batch(self, method: str) -> SubBatch:
         if method not in self.batches:
@@ -233,7 +238,8 @@ class Engine:
         for method, rows in by_method.items():
             joining = self._new_batch(method)
             try:
-                self._report(prefill(self.target, joining, rows, self.on_tokens), rows)
+                stats = prefill(self.target, joining, rows, self.on_tokens, self.prefix.get("target"))
+                self._report(stats, rows)
             except Exception:
                 log.exception("prefill failed for %d %s request(s)", len(rows), method)
                 finished += _fail(rows)

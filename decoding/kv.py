@@ -25,7 +25,7 @@ COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns .
 COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache
 
 
-def _layers(cache: DynamicCache) -> list:
+def layers(cache: DynamicCache) -> list:
     return [layer for layer in cache.layers if getattr(layer, "is_initialized", False)]
 
 
@@ -151,7 +151,7 @@ class KVState:
         used = self.mask.any(dim=0).nonzero()
         last = int(used[-1]) + 1 if len(used) else 0
         if last < self.num_columns:
-            for layer in _layers(self.cache):
+            for layer in layers(self.cache):
                 layer.truncate(last)  # keeps the spare capacity for the next append
             self.mask = self.mask[:, :last]
         if self.batch_size == 0:
@@ -166,7 +166,7 @@ class KVState:
         L2 = int(self.seen.max()) if self.batch_size else 0
         # stable sort puts valid columns first, keeping their order
         order = torch.sort((~self.mask).to(torch.int8), dim=1, stable=True).indices[:, :L2]  # [B, L2]
-        for layer in _layers(self.cache):
+        for layer in layers(self.cache):
             idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
             layer.keys = layer.keys.gather(2, idx)
             layer.values = layer.values.gather(2, idx)
@@ -175,7 +175,7 @@ class KVState:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (a [B'] index tensor), in that order."""
-        for layer in _layers(self.cache):
+        for layer in layers(self.cache):
             if isinstance(layer, GrowingLayer):
                 layer.keep_rows(rows)  # in place: no new buffer, the spare capacity stays
             else:
@@ -191,11 +191,11 @@ class KVState:
         if self.batch_size == 0:
             self.cache, self.mask, self.seen, self.dense = other.cache, other.mask, other.seen, other.dense
             return
-        if not _layers(other.cache):  # rows that have consumed nothing yet (a lazy draft's)
+        if not layers(other.cache):  # rows that have consumed nothing yet (a lazy draft's)
             self.add_rows(other.batch_size)
             return
         L = max(self.num_columns, other.num_columns)
-        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
+        for mine, theirs in zip(layers(self.cache), layers(other.cache), strict=True):
             if isinstance(mine, GrowingLayer):
                 mine.append_rows(theirs.keys, theirs.values)  # into spare rows: only theirs copied
                 continue
@@ -207,7 +207,7 @@ class KVState:
 
     def add_rows(self, n: int) -> None:
         """Append n rows that have consumed nothing: every column is a hole for them."""
-        for layer in _layers(self.cache):
+        for layer in layers(self.cache):
             empty = layer.keys.new_zeros(n, layer.keys.shape[1], 0, layer.keys.shape[3])
             layer.append_rows(empty, empty)
         self.mask = torch.cat([self.mask, self.mask.new_zeros(n, self.num_columns)])
@@ -224,12 +224,12 @@ class KVState:
                 tokens[r] = t
             self.forwards.append(Forward(f.model, tokens, f.columns))
         lj = other.num_columns
-        if _layers(self.cache):
-            for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
+        if layers(self.cache):
+            for mine, theirs in zip(layers(self.cache), layers(other.cache), strict=True):
                 mine.write_rows(rows, theirs.keys, theirs.values)
         else:  # no row had consumed anything: adopt their layers, widened
             self.cache = other.cache
-            for layer in _layers(self.cache):
+            for layer in layers(self.cache):
                 k = layer.keys.new_zeros(self.batch_size, *layer.keys.shape[1:])
                 v = layer.values.new_zeros(self.batch_size, *layer.values.shape[1:])
                 k[rows], v[rows] = layer.keys, layer.values
@@ -242,7 +242,7 @@ class KVState:
         self.dense = bool(self.mask.all())
 
     def nbytes(self) -> int:
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in _layers(self.cache))
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in layers(self.cache))
 
 
 def _run(model, ids, mask, pos, cache, keep, hidden: bool):

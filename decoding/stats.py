@@ -21,7 +21,8 @@ class StepStats:
     method: str
     phase: str  # "prefill" or "decode"
     batch_size: int
-    tokens_verified: int = 0  # tokens fed to the target (prefill: prompt tokens)
+    tokens_verified: int = 0  # tokens fed to the target (prefill: prompt tokens not found cached)
+    cached_tokens: int = 0  # prefill: prompt tokens whose keys/values came from the prefix cache
     draft_tokens: int = 0  # candidates proposed over all rows
     accepted_tokens: int = 0  # candidates the target accepted over all rows (see dropped_tokens)
     emitted_tokens: int = 0  # tokens appended to outputs (accepted + recovered/bonus, after stops)
@@ -58,6 +59,7 @@ class RequestStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     dropped_tokens: int = 0  # of accepted_tokens: dropped to keep rows finishing together in lockstep
+    cached_tokens: int = 0  # of prompt_tokens: found in the prefix cache, not computed
     batch_size_sum: int = 0  # sum over the forwards this request took part in
     k_sum: int = 0  # speculative tokens asked for, summed over its decode steps (adaptive: chosen per step)
     decode_steps: int = 0

@@ -11,6 +11,7 @@ from decoding import lockstep
 from decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
 from decoding.batch import SubBatch
 from decoding.kv import KVState
+from decoding.prefix_cache import PrefixCache
 from decoding.proposer import Emit, Proposal
 from decoding.row import Row
 from decoding.sampling import Warp, draw_uniforms, position_uniforms, sample, warp_probs
@@ -21,15 +22,23 @@ def _warp(rows: list[Row], device: torch.device) -> Warp:
     return Warp.from_params([r.sampling for r in rows], device)
 
 
-def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit) -> StepStats:
-    """Run the prompts of joining rows through target (and draft), emit each row's first token."""
+def prefill(
+    target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit, prefix: PrefixCache | None = None
+) -> StepStats:
+    """Run the prompts of joining rows through target (and draft), emit each row's first token.
+
+    With a prefix cache, each row starts from its longest cached prefix and feeds only the rest."""
     t0 = time.perf_counter()
-    kv = KVState.empty(target, len(new))
+    seqs = [r.tokens for r in new]
+    kv, fed = (KVState.empty(target, len(new)), seqs) if prefix is None else prefix.prepare(target, seqs)
     hidden = None
     if batch.proposer.needs_hidden:
-        logits, hidden = kv.forward(target, [r.tokens for r in new], logits="last", hidden=True)
+        logits, hidden = kv.forward(target, fed, logits="last", hidden=True)
     else:
-        logits = kv.forward(target, [r.tokens for r in new], logits="last")  # [B_new, V]
+        logits = kv.forward(target, fed, logits="last")  # [B_new, V]
+    if prefix is not None:
+        prefix.store(kv, seqs)
+    cached = [len(s) - len(f) for s, f in zip(seqs, fed, strict=True)]  # (before emit grows r.tokens)
     warp = _warp(new, logits.device)
     first = logits.argmax(-1)  # [B_new]
     if not bool(warp.greedy.all()):
@@ -39,7 +48,8 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
     batch.proposer.admit(new, hidden)
     batch.join(new)
     now = time.perf_counter()
-    for row, tok in zip(new, first.tolist(), strict=True):
+    for row, tok, c in zip(new, first.tolist(), cached, strict=True):
+        row.stats.cached_tokens = c
         row.admitted = row.admitted or t0
         row.stats.queue_time_s = row.admitted - row.arrival
         row.stats.target_forwards += 1
@@ -47,8 +57,9 @@ def prefill(target: PreTrainedModel, batch: SubBatch, new: list[Row], emit: Emit
         emit(row, row.emit([tok]))
         row.stats.ttft_s = now - row.arrival
     stats = StepStats(
-        batch.method, "prefill", len(new), tokens_verified=sum(r.prompt_len for r in new), prefill_s=now - t0
-    )
+        batch.method, "prefill", len(new), tokens_verified=sum(r.prompt_len for r in new) - sum(cached),
+        prefill_s=now - t0, cached_tokens=sum(cached),
+    )  # fmt: skip
     stats.forwards = batch.kv.drain() + batch.proposer.drain_forwards()
     return stats
 

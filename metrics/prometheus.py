@@ -63,6 +63,10 @@ class ServerMetrics:
         )
         self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens prefilled.", ["method"], **r)
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated.", ["method"], **r)
+        self.prefix_queries = Counter(
+            p + "prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", **r
+        )
+        self.prefix_hits = Counter(p + "prefix_cache_hits", "Prompt tokens found in the prefix cache.", **r)
         self.requests = Counter(p + "request_success", "Finished requests.", ["finish_reason", "method"], **r)
         self.drafts = Counter(
             p + "spec_decode_num_drafts", "Verifications of rows with candidates.", ["method"], **r
@@ -108,6 +112,8 @@ class ServerMetrics:
         self.batch.labels(s.method, s.phase).observe(s.batch_size)
         if s.phase == "prefill":
             self.step_s.labels(s.method, "prefill").observe(s.prefill_s)
+            self.prefix_queries.inc(s.tokens_verified + s.cached_tokens)
+            self.prefix_hits.inc(s.cached_tokens)
         else:
             self.step_s.labels(s.method, "propose").observe(s.propose_s)
             self.step_s.labels(s.method, "verify").observe(s.verify_s)

@@ -53,6 +53,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         medusa=heads,
         eos_token_ids=target.eos_token_ids,
         max_batch_size=settings.max_batch_size,
+        prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20),
     )
     service = EngineService(engine, settings.max_waiting)
     metrics = ServerMetrics(registry or CollectorRegistry())

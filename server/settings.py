@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     served_model_name: str | None = None
     trust_remote_code: bool = False
     threads: int = Field(0, ge=0, description="torch CPU threads (0: on CPU all cores but one)")
+    prefix_cache_mb: float = Field(
+        256.0, ge=0, description="bytes (MiB) of prompt keys/values kept for prompts that start alike; 0: off"
+    )
     metrics: bool = Field(True, description="record Prometheus metrics and per-request bytes/FLOPs")
     peak_bandwidth: float | None = Field(
         None, gt=0, description="device peak bytes/s (default: table or probe)"

@@ -23,6 +23,7 @@ def usage(row: Row) -> dict:
         "prompt_tokens": s.prompt_tokens,
         "completion_tokens": s.completion_tokens,
         "total_tokens": s.prompt_tokens + s.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": s.cached_tokens},  # OpenAI's (and vLLM's) field
     }
 
 

@@ -85,6 +85,10 @@ def test_counters_grow_by_exactly_the_request_stats(live):
 
     assert delta("specserve_generation_tokens_total") == sum(s["completion_tokens"] for s in stats)
     assert delta("specserve_prompt_tokens_total") == sum(s["prompt_tokens"] for s in stats)
+    # 4 prompts over 12 requests: later ones find theirs cached, and the counters say so exactly
+    assert delta("specserve_prefix_cache_queries_total") == sum(s["prompt_tokens"] for s in stats)
+    hits = sum(s["cached_tokens"] for s in stats)
+    assert delta("specserve_prefix_cache_hits_total") == hits > 0
     assert delta("specserve_request_success_total") == 12
     for m in ("draft", "ngram"):
         assert delta("specserve_spec_decode_num_draft_tokens_total", method=m) == sum(

@@ -42,6 +42,10 @@ def test_completion_equals_plain_greedy(oai: openai.OpenAI, tokenizer, reference
     assert resp.usage is not None
     assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (len(ids), len(want))
     assert resp.usage.total_tokens == len(ids) + len(want)
+    again = oai.completions.create(model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0)
+    assert again.choices[0].text == choice.text  # the prompt found in the prefix cache: same tokens
+    details = again.usage.prompt_tokens_details if again.usage else None
+    assert details is not None and details.cached_tokens == len(ids) - 1
     spec = (resp.model_extra or {})["speculation"]
     assert spec["method"] == "draft"  # the server default when a draft is loaded
     assert spec["prompt_tokens"] == len(ids) and spec["completion_tokens"] == len(want)

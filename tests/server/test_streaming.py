@@ -83,7 +83,10 @@ def test_openai_sse_framing_and_include_usage(client: httpx.Client, path: str):
     assert resp.headers["cache-control"] == "no-cache"
     *chunks, usage, done = events
     assert done == "[DONE]"
+    cached = usage["usage"].pop("prompt_tokens_details")["cached_tokens"]
+    whole["usage"].pop("prompt_tokens_details")  # (the first run of this prompt may or may not hit)
     assert usage["choices"] == [] and usage["usage"] == whole["usage"]
+    assert cached == usage["usage"]["prompt_tokens"] - 1  # the same prompt ran just before: cached
     assert usage["usage"]["completion_tokens"] == 12
     kind = "chat.completion.chunk" if chat else "text_completion"
     assert {c["object"] for c in events[:-1]} == {kind} and len({c["id"] for c in events[:-1]}) == 1
