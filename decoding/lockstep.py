@@ -8,8 +8,8 @@ Speculation ends it for good: rows accept different numbers of candidates, drift
 then on leave one by one, their successors join one by one, and the cache stays as wide as its
 oldest row.
 
-So an adaptive step clips each *group* (rows with the same tokens left, which plain decoding would
-also have finished at the same step) to the group's smallest accepted count: a row whose verdict
+So an adaptive step clips each *group* (rows that plain decoding would finish at the same step, or
+within LOCK_WINDOW steps: `groups`) to the group's smallest accepted count: a row whose verdict
 went further emits only that many candidates, then the next candidate (which it also accepted)
 instead of its recovered or bonus token. Every row still emits a
 prefix of what verification gave it, cut at a point fixed by the other rows' draws and by whether
@@ -29,19 +29,32 @@ import torch
 
 from decoding.row import Row
 
+LOCK_WINDOW = 2  # steps: rows plain decoding would end this close together advance together
 
-def groups(rows: list[Row]) -> list[int]:
-    """Group id of each row: rows that may be clipped, have the same tokens left and would have
-    finished at the same step under plain decoding share one; every other row gets its own.
 
-    The last condition keeps out rows whose counts meet by chance after unclipped speculation
-    (faster rows overtaking slower ones): plain decoding never holds those together, and a clip
-    would keep them together for good."""
-    ids: dict[tuple[int, int], int] = {}
-    out = []
+def groups(rows: list[Row], window: int = LOCK_WINDOW) -> list[int]:
+    """Group id of each row: rows that may be clipped, are as far ahead of plain decoding as each
+    other (tokens gained by speculation: plain_end - left) and would have finished within `window`
+    steps of the group's first under plain decoding share one; every other row gets its own.
+
+    Requests that start together are admitted over a step or two, so plain decoding ends them a
+    step or two apart, and their successors still join together. Advancing such rows as one
+    group keeps that spread as it is; with a group per exact end step, each group advanced at its
+    own pace, they drifted apart, and their successors joined one group at a time.
+    Equal gains keep out rows whose counts meet by chance after unclipped speculation (faster
+    rows overtaking slower ones): plain decoding never holds those together."""
+    out = list(range(len(rows)))
+    by_gain: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
-        clippable = r.spec.adaptive and not (r.spec.method == "draft" and r.sampling.seed is not None)
-        out.append(ids.setdefault((r.left, r.plain_end), len(rows) + i) if clippable else i)
+        if r.spec.adaptive and not (r.spec.method == "draft" and r.sampling.seed is not None):
+            by_gain.setdefault(r.plain_end - r.left, []).append(i)
+    for idx in by_gain.values():
+        idx.sort(key=lambda i: rows[i].plain_end)
+        first = idx[0]
+        for i in idx:
+            if rows[i].plain_end > rows[first].plain_end + window:
+                first = i  # too far from the group's first: a new group starts here
+            out[i] = len(rows) + first
     return out
 
 

@@ -85,8 +85,11 @@ def test_controller_steps_plainly_in_a_large_lockstep_group_and_speculates_when_
     free = _simulate(KController(k_max=4), 16, [1] * 16, accept=0.6, cost=0.25)
     locked = _simulate(KController(k_max=4), 16, [16] * 16, accept=0.6, cost=0.25)
     assert sum(k > 0 for k, _ in free) > 90
-    assert sum(k > 0 for k, _ in locked) < 30  # budgeted trials only
-    assert all(clipped for k, clipped in locked if k)  # and a trial must not end the lockstep
+    # no trials either: with 16 rows that must all accept, none could change the verdict
+    assert not any(k for k, _ in locked)
+    hopeful = _simulate(KController(k_max=4, hope=1.0), 16, [16] * 16, accept=0.6, cost=0.25)
+    assert 0 < sum(k > 0 for k, _ in hopeful) < 30  # budgeted trials, were every candidate accepted ...
+    assert all(clipped for k, clipped in hopeful if k)  # ... and a trial must not end the lockstep
 
 
 def test_controller_ends_a_small_lockstep_only_when_unclipped_speculation_pays_for_it():
@@ -200,3 +203,54 @@ def test_clipped_speculation_is_lossless_and_keeps_rows_finishing_together(tiny,
         assert out == [r.token_ids for r in plain]
         assert dropped == 0
         assert len(set(steps[:3])) > 1
+
+
+def test_rows_plain_decoding_ends_a_step_or_two_apart_group_when_equally_ahead():
+    rows = [_row(30, generated=g) for g in (0, 1, 2, 3)]  # 30, 29, 28, 27 left
+    for r in rows:
+        r.plain_end = 40  # gains 10, 11, 12, 13 (plain_end - left): none as far ahead as another
+    assert len(set(groups(rows))) == 4
+    for r in rows:
+        r.plain_end = r.left + 5  # all 5 tokens ahead; plain decoding ends them at 35, 34, 33, 32 ...
+    ids = groups(rows, window=2)  # ... so the last three, within 2 steps of the earliest, group
+    assert ids[1] == ids[2] == ids[3] != ids[0]
+    assert len(set(groups(rows, window=0))) == 4  # window 0: one group per end step
+
+
+def _run_staggered(tiny, draft, controller: type[KController], prompts, max_new: int, late: int):
+    """As _run, but the last `late` rows arrive one step after the others (as HTTP clients do)."""
+    engine = Engine(tiny["target"].model, draft, max_batch_size=len(prompts))
+    engine.controllers["draft"] = controller(k_max=4)
+    rows = [
+        engine.make_row(p, SamplingParams(max_new_tokens=max_new), SpecParams("draft", 4, adaptive=True))
+        for p in prompts
+    ]
+    for r in rows[:-late]:
+        engine.add(r)
+    done: dict[int, int] = {}
+    step = 0
+    while engine.has_work() or step == 1:
+        step += 1
+        if step == 2:
+            for r in rows[-late:]:
+                engine.add(r)
+        done.update({id(r): step for r in engine.step()})
+    return [r.generated for r in rows], [done[id(r)] for r in rows]
+
+
+@pytest.mark.parametrize("draft_kind", ["random", "noisy"])
+def test_rows_admitted_a_step_apart_keep_their_spread(tiny, noisy, draft_kind):
+    """Equal lengths admitted over two steps: plain decoding ends them one step apart; clipped
+    speculation keeps that (one group), where unclipped rows spread out."""
+    t = tiny["target"].model
+    draft = {"random": tiny["draft"].model, "noisy": noisy}[draft_kind]
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(2, t.config.vocab_size, (n,), generator=g).tolist() for n in (5, 11, 3, 8)]
+    plain = Engine(t).generate(prompts, SamplingParams(max_new_tokens=24), SpecParams())
+    out, steps = _run_staggered(tiny, draft, Always, prompts, 24, late=2)
+    assert out == [r.token_ids for r in plain]
+    assert steps[0] == steps[1] == steps[2] - 1 == steps[3] - 1
+    if draft_kind == "noisy":
+        out, steps = _run_staggered(tiny, draft, Unclipped, prompts, 24, late=2)
+        assert out == [r.token_ids for r in plain]
+        assert len(set(steps)) > 2
