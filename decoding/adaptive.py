@@ -24,14 +24,15 @@ Exploration is what makes an adaptive controller lose, so it is paid from a budg
 steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
 their tokens, enough to cover what that trial is expected to lose, the draft's catching up
 included (at a batch where verification costs three plain steps, that is a trial every few dozen
-steps). While speculating, a plain step and the neighbours of the choice are re-measured every
-`recheck_every` steps. A new batch-size bucket starts with two plain steps and then steps at
-K = k_max / 2 (rounded up), which anchor its cost line: one, or at batch 1 until position 0 has seen
-`anchor_rows` rows (one rejected first guess would otherwise shut speculation off until the
-exploration budget pays for a retry, a hundred steps later).
+steps), and only where speculation would win were three quarters of the measured rejections away (`hope`): a
+trial that cannot change the verdict is a pure loss. While speculating, a plain step and the
+neighbours of the choice are re-measured every `recheck_every` steps. A new batch-size bucket starts
+with two plain steps and then steps at K = k_max / 2 (rounded up), which anchor its cost line: one,
+or at batch 1 until position 0 has seen `anchor_rows` rows (one rejected first guess would otherwise
+shut speculation off until the exploration budget pays for a retry, a hundred steps later).
 
-Lockstep (decoding/lockstep.py): rows with the same tokens left form a group that plain decoding
-keeps finishing together. While the batch has such groups, a step clips each group to its least
+Lockstep (decoding/lockstep.py): rows that plain decoding would finish together (or a step or two
+apart) form a group. While the batch has such groups, a step clips each group to its least
 accepted count, and the model prices that in: a group of g rows gets past candidate j with
 probability (avail_j * a_0 ... a_j) ** g, so from a few rows up a plain step wins and the lockstep
 holds. Unclipped speculation is chosen instead only when it promises `lock_margin` more per doubling
@@ -69,6 +70,7 @@ class KController:
     # batching and slot occupancy that a step's time does not show)
     lock_margin: float = 0.1  # per doubling of the batch: see _lock_margin
     regret: float = 0.02  # share of a plain run's tokens that exploring may cost
+    hope: float = 0.75  # exploring needs speculation to win were this share of rejections away
     recheck_every: int = 16  # while speculating: steps between re-measuring K = 0 or a neighbour
     min_samples: int = 4  # updates before a position's own acceptance replaces the pooled one
     min_rows: int = 32  # speculative row-steps before realized rates may veto the model
@@ -102,11 +104,12 @@ class KController:
             return self.accept[j]
         return self.tail
 
-    def expected_tokens(self, k: int, sizes: list[int] | None = None) -> float:
-        """Per row and step; with lockstep group sizes ([B]), each group advances as one."""
+    def expected_tokens(self, k: int, sizes: list[int] | None = None, hope: float = 0.0) -> float:
+        """Per row and step; with lockstep group sizes ([B]), each group advances as one.
+        hope: the share of rejections assumed away (an optimistic estimate for exploring)."""
         reach, p = [], 1.0
         for j in range(k):
-            p *= self.acceptance(j)
+            p *= 1.0 - (1.0 - self.acceptance(j)) * (1.0 - hope)
             reach.append(self.avail[j] * p)  # [K] a row gets past candidate j
         return lockstep.expected_tokens(reach, sizes or [])
 
@@ -130,9 +133,9 @@ class KController:
             slope = max(sum((x - mk) * (t - mt) for x, t in pts) / var, 0.0)
         return max(mt + slope * (k - mk), 1e-9)
 
-    def rates(self, b: int, sizes: list[int] | None = None) -> dict[int, float]:
+    def rates(self, b: int, sizes: list[int] | None = None, hope: float = 0.0) -> dict[int, float]:
         """Expected tokens per row per second for every K, at bucket b (lockstep groups: sizes)."""
-        return {k: self.expected_tokens(k, sizes) / self.step_cost(b, k) for k in range(self.k_max + 1)}
+        return {k: self.expected_tokens(k, sizes, hope) / self.step_cost(b, k) for k in range(self.k_max + 1)}
 
     @property
     def lock(self) -> bool:
@@ -178,7 +181,13 @@ class KController:
                 turn = (self.steps // self.recheck_every) % 4
                 return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]
             return best
-        # plain wins: bank tokens, and re-try the best speculative K once the bank covers its loss
+        # plain wins. A trial that could not change that is a pure loss (in a lockstep group of 16,
+        # every row must accept for any to advance): explore only where speculation would win
+        # with half the rejections measured
+        hopeful = self.rates(b, self.sizes, hope=self.hope)
+        if max(hopeful[k] for k in hopeful if k) < (1 + self._margin(b)) * hopeful[0]:
+            return 0
+        # bank tokens, and re-try the best speculative K once the bank covers its loss
         # (by the model, or by what speculation really gave here if worse; never free; coming from
         # plain steps, plus the draft's catching up, in tokens a plain step would give)
         trial = max(range(1, self.k_max + 1), key=rates.get)
