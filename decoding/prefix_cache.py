@@ -33,23 +33,41 @@ class Entry:
     tokens: tuple[int, ...]
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [H, n, D]
     nbytes: int
+    blocks: list[int]  # chained hashes of its whole blocks (`block_hashes`)
+
+
+def block_hashes(tokens: list[int] | tuple[int, ...], n: int) -> list[int]:
+    """Chained hashes of the whole BLOCK-token blocks within tokens[:n]: block i's hash covers
+    blocks 0..i, so a prefix of any length is looked up in O(its length), as vLLM's blocks are."""
+    out, h = [], 0
+    for end in range(BLOCK, n + 1, BLOCK):
+        h = hash((h, tuple(tokens[end - BLOCK : end])))
+        out.append(h)
+    return out
 
 
 @dataclass
 class PrefixCache:
     capacity_bytes: int
     entries: OrderedDict[tuple[int, ...], Entry] = field(default_factory=OrderedDict)  # LRU order
-    index: dict[tuple[int, ...], tuple[int, ...]] = field(default_factory=dict)  # prefix -> entry key
+    holders: dict[int, dict[tuple[int, ...], None]] = field(default_factory=dict)  # block hash ->
+    # the entries holding that prefix (an ordered set: the newest last)
     nbytes: int = 0
 
     def lookup(self, tokens: list[int]) -> tuple[Entry | None, int]:
         """The entry holding the longest cached prefix of tokens[:-1], and that prefix's length."""
         whole = len(tokens) - 1
-        for n in [whole, *range(whole - whole % BLOCK, 0, -BLOCK)]:
-            key = self.index.get(tuple(tokens[:n])) if n else None
-            if key is not None:
-                self.entries.move_to_end(key)
-                return self.entries[key], n
+        key = tuple(tokens[:whole])
+        if whole and key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key], whole
+        hashes = block_hashes(tokens, whole)
+        for i in range(len(hashes) - 1, -1, -1):
+            n = (i + 1) * BLOCK
+            for held in reversed(self.holders.get(hashes[i], {})):
+                if held[:n] == key[:n]:  # a hash collision must not pass for a hit
+                    self.entries.move_to_end(held)
+                    return self.entries[held], n
         return None, 0
 
     def prepare(self, model, seqs: list[list[int]], role: str = "target") -> tuple[KVState, list[list[int]]]:
@@ -83,27 +101,30 @@ class PrefixCache:
 
     def store(self, kv: KVState, seqs: list[list[int]]) -> None:
         """Keep each row's keys and values for all but its last token (rows of a fresh prefill)."""
+        cache_layers = layers(kv.cache)
         for b, s in enumerate(seqs):
             key = tuple(s[:-1])
             if not key or key in self.entries:
                 continue
-            cols = kv.mask[b].nonzero().squeeze(1)[: len(key)]  # [n] its valid columns, in order
-            entry_kv = [(la.keys[b][:, cols].clone(), la.values[b][:, cols].clone())
-                        for la in layers(kv.cache)]  # fmt: skip
-            nbytes = sum(k.nbytes + v.nbytes for k, v in entry_kv)
+            nbytes = sum(2 * la.keys[b, :, :1].nbytes * len(key) for la in cache_layers)
             if nbytes > self.capacity_bytes:
-                continue
+                continue  # (sized before copying: a prompt too long to keep costs nothing)
             while self.nbytes + nbytes > self.capacity_bytes:
                 self._evict()
-            self.entries[key] = Entry(key, entry_kv, nbytes)
+            cols = kv.mask[b].nonzero().squeeze(1)[: len(key)]  # [n] its valid columns, in order
+            entry_kv = [(la.keys[b][:, cols], la.values[b][:, cols]) for la in cache_layers]  # copies
+            entry = Entry(key, entry_kv, nbytes, block_hashes(key, len(key)))
+            self.entries[key] = entry
             self.nbytes += nbytes
-            for n in [len(key), *range(BLOCK, len(key), BLOCK)]:
-                self.index[key[:n]] = key  # a newer entry takes over shared block prefixes
+            for h in entry.blocks:
+                self.holders.setdefault(h, {})[key] = None
 
     def _evict(self) -> None:
         key, entry = self.entries.popitem(last=False)
         self.nbytes -= entry.nbytes
-        for n in [len(key), *range(BLOCK, len(key), BLOCK)]:
-            if self.index.get(key[:n]) == key:
-                del self.index[key[:n]]
+        for h in entry.blocks:  # other entries holding the same prefix still answer for it
+            held = self.holders[h]
+            del held[key]
+            if not held:
+                del self.holders[h]
         log.debug("prefix cache: evicted a %d-token prompt", len(key))

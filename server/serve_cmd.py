@@ -19,7 +19,7 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "num_speculative_tokens": "candidates per step (1..16), or auto (default: chosen each step)",
     "max_batch_size": "rows decoded together",
     "max_waiting": "queued requests beyond this get 429",
-    "prefix_cache_mb": "MiB of prompt keys/values kept for prompts that start alike (default 256; 0: off)",
+    "prefix_cache_mb": "MiB of prompt keys/values kept per model for prompts that start alike (256; 0: off)",
     "dtype": "float32, float64, bfloat16 or float16",
     "device": "cpu, cuda, cuda:N or auto",
     "host": "address to bind (default 127.0.0.1)",

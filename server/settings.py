@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     trust_remote_code: bool = False
     threads: int = Field(0, ge=0, description="torch CPU threads (0: on CPU all cores but one)")
     prefix_cache_mb: float = Field(
-        256.0, ge=0, description="bytes (MiB) of prompt keys/values kept for prompts that start alike; 0: off"
+        256.0, ge=0, description="MiB of prompt keys/values kept per model (prompts that start alike); 0: off"
     )
     metrics: bool = Field(True, description="record Prometheus metrics and per-request bytes/FLOPs")
     peak_bandwidth: float | None = Field(

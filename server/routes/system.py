@@ -49,4 +49,5 @@ async def metrics(state: State) -> Response:
     m.running.set(state.service.num_running)
     m.waiting.set(state.service.num_waiting)
     m.kv_bytes.set(state.engine.kv_bytes())
+    m.prefix_bytes.set(sum(c.nbytes for c in state.engine.prefix.values()))
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

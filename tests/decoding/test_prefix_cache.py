@@ -101,4 +101,29 @@ def test_bounded_in_bytes_least_recently_used_out(setup):
     assert cache.nbytes <= room and len(cache.entries) == 2
     assert cache.lookup(prompts[1]) == (None, 0)  # the least recently used went
     assert cache.lookup(prompts[0])[1] == 4 and cache.lookup(prompts[2])[1] == 4
-    assert not [k for k in cache.index.values() if k not in cache.entries]  # no dangling prefixes
+    assert all(k in cache.entries for held in cache.holders.values() for k in held)  # none dangling
+
+
+def test_an_evicted_entry_leaves_shared_blocks_to_the_others(setup):
+    """B shares A's first two blocks; when B goes, A still answers for them."""
+    model = setup[0]
+    a = LONG
+    b = LONG[: 2 * BLOCK] + [9, 9, 9, 9]
+    c = [3] * 20
+
+    def store(cache: PrefixCache, p: list[int]) -> None:
+        kv = KVState.empty(model, 1)
+        kv.forward(model, [p])
+        cache.store(kv, [p])
+
+    probe = PrefixCache(1 << 24)
+    for p in (a, b):
+        store(probe, p)
+    cache = PrefixCache(probe.nbytes + 1)  # room for A and B, not for C as well
+    store(cache, a)
+    store(cache, b)
+    assert cache.lookup(a[: 2 * BLOCK] + [5, 5])[1] == 2 * BLOCK
+    assert cache.lookup(a)[1] == len(a) - 1  # touch A: B is now the least recently used
+    store(cache, c)
+    assert b[:-1] not in [list(k) for k in cache.entries] and tuple(a[:-1]) in cache.entries
+    assert cache.lookup(a[: 2 * BLOCK] + [5, 5])[1] == 2 * BLOCK
