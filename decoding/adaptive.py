@@ -24,8 +24,9 @@ Exploration is what makes an adaptive controller lose, so it is paid from a budg
 steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
 their tokens, enough to cover what that trial is expected to lose, the draft's catching up
 included (at a batch where verification costs three plain steps, that is a trial every few dozen
-steps), and only where speculation would win were three quarters of the measured rejections away (`hope`): a
-trial that cannot change the verdict is a pure loss. While speculating, a plain step and the
+steps). Where speculation would not win even were three quarters of the measured rejections away
+(`hope`), a trial is charged ten times its loss: it can hardly change the verdict, and runs only
+because acceptance changes only when something speculates. While speculating, a plain step and the
 neighbours of the choice are re-measured every `recheck_every` steps. A new batch-size bucket starts
 with two plain steps and then steps at K = k_max / 2 (rounded up), which anchor its cost line: one,
 or at batch 1 until position 0 has seen `anchor_rows` rows (one rejected first guess would otherwise
@@ -70,7 +71,8 @@ class KController:
     # batching and slot occupancy that a step's time does not show)
     lock_margin: float = 0.1  # per doubling of the batch: see _lock_margin
     regret: float = 0.02  # share of a plain run's tokens that exploring may cost
-    hope: float = 0.75  # exploring needs speculation to win were this share of rejections away
+    hope: float = 0.75  # a trial is hopeful if speculation would win were this share of rejections
+    hopeless: float = 10.0  # away; a hopeless one costs this many times its expected loss
     recheck_every: int = 16  # while speculating: steps between re-measuring K = 0 or a neighbour
     min_samples: int = 4  # updates before a position's own acceptance replaces the pooled one
     min_rows: int = 32  # speculative row-steps before realized rates may veto the model
@@ -181,12 +183,12 @@ class KController:
                 turn = (self.steps // self.recheck_every) % 4
                 return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]
             return best
-        # plain wins. A trial that could not change that is a pure loss (in a lockstep group of 16,
-        # every row must accept for any to advance): explore only where speculation would win
-        # with half the rejections measured
+        # plain wins. A trial that could not change that is nearly a pure loss (in a lockstep group
+        # of 16, every row must accept for any to advance): where speculation would not win even
+        # with `hope` of the measured rejections away, a trial costs `hopeless` times its loss
+        # (rare, but never none: acceptance only changes when something speculates)
         hopeful = self.rates(b, self.sizes, hope=self.hope)
-        if max(hopeful[k] for k in hopeful if k) < (1 + self._margin(b)) * hopeful[0]:
-            return 0
+        hopeless = max(hopeful[k] for k in hopeful if k) < (1 + self._margin(b)) * hopeful[0]
         # bank tokens, and re-try the best speculative K once the bank covers its loss
         # (by the model, or by what speculation really gave here if worse; never free; coming from
         # plain steps, plus the draft's catching up, in tokens a plain step would give)
@@ -198,6 +200,8 @@ class KController:
             loss = max(loss, (plain.value - spec.value) * t)
         if not speculating:
             loss += self.sync * rates[0]
+        if hopeless:
+            loss *= self.hopeless
         self.credit[b] = self.credit.get(b, 0.0) + self.regret
         if self.credit[b] >= loss:
             self.credit[b] -= max(loss, 0.0)

