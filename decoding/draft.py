@@ -24,6 +24,8 @@ from decoding.row import Row
 from decoding.sampling import Warp, sample, warp_probs
 from decoding.stats import Forward
 
+STEADY_LAG = 2  # tokens a draft is behind after a speculative step (2 when all K were accepted)
+
 
 class DraftProposer:
     needs_hidden = False
@@ -40,15 +42,15 @@ class DraftProposer:
         self.kv.add_rows(len(rows))  # prefilled only when a step first speculates (`_sync_fresh`)
         self._joined = True
 
-    def _sync_fresh(self, rows: list[Row]) -> None:
+    def _sync_fresh(self, rows: list[Row]) -> bool:
         """Prefill, in a batch of their own, the rows the draft has consumed nothing of (all but their
         pending token), then splice them into their places. Looks only when rows have joined."""
         if not self._joined:
-            return
+            return False
         self._joined = False
         fresh = [i for i, s in enumerate(self.kv.seen.tolist()) if s == 0 and len(rows[i].tokens) > 1]
         if not fresh:
-            return
+            return False
         seqs = [rows[i].tokens[:-1] for i in fresh]
         if self.prefix is None:
             new, fed = KVState.empty(self.model, len(fresh), role="draft"), seqs
@@ -58,6 +60,7 @@ class DraftProposer:
         if self.prefix is not None:
             self.prefix.store(new, seqs)
         self.kv.splice(torch.tensor(fresh, device=self.kv.mask.device), new)
+        return True
 
     def select(self, keep: torch.Tensor) -> None:
         self.kv.select(keep)
@@ -78,17 +81,19 @@ class DraftProposer:
         if K == 0:
             return Proposal([[] for _ in rows])
         t0 = time.perf_counter()
-        self._sync_fresh(rows)
+        synced = self._sync_fresh(rows)
         t1 = time.perf_counter()
         sampled = not bool(warp.greedy.all())
         unseen = [r.tokens[s:] for r, s in zip(rows, self.kv.seen.tolist(), strict=True)]
         before = self.kv.num_columns
         logits = self.kv.forward(self.model, unseen, logits="last")  # [B, V]
         self._catchup = self.kv.num_columns - before
-        # prefilling rows the draft never saw is the price of the plain steps before this one, not
-        # of speculating: adaptive K keeps it out of K's cost (the catch-up forward stays in: a
-        # lag costs a little more than the usual 1-2 tokens, and a speculative step needs it anyway)
-        sync_s = t1 - t0
+        # prefilling rows the draft never saw, and catching up on more than the 1-2 tokens steady
+        # speculation leaves it behind, are the price of the plain steps before this one, not of
+        # speculating: adaptive K keeps them out of K's cost and charges them to switching
+        # (otherwise a trial after plain steps looks dear, and plain steps follow)
+        lag = max(len(u) for u in unseen)
+        sync_s = (t1 - t0 if synced else 0.0) + (time.perf_counter() - t1 if lag > STEADY_LAG else 0.0)
         cands, qs = [], []
         for j in range(K):
             c = logits.argmax(-1)  # [B]

@@ -7,6 +7,7 @@ from scripted import Cycle
 
 from decoding import Engine, SamplingParams, SpecParams
 from decoding.adaptive import KController, bucket
+from decoding.params import AUTO_MAX_TOKENS
 from decoding.stats import StepStats
 from metrics.accounting import build_accountant
 from metrics.peaks import Peaks
@@ -293,3 +294,24 @@ def test_a_short_bad_stretch_does_not_flip_the_acceptance_estimate():
     for _ in range(10):
         ctl.observe(_spec_step(2, accepted=0))
     assert before > 0.95 and ctl.accept[0] > 0.75
+
+
+class _PlainThenSpeculate(Cycle):
+    script = (0, 0, 0, 3, 3, 3)
+
+
+def test_a_draft_catching_up_after_plain_steps_is_switching_cost(tiny):
+    """The first speculative step after plain ones feeds the draft every token it missed: that is
+    the price of the plain steps (sync_s, left out of K's cost); steady speculation leaves the
+    draft 1-2 tokens behind and has none."""
+    engine = Engine(tiny["target"].model, tiny["draft"].model, max_batch_size=2)
+    engine.controllers["draft"] = _PlainThenSpeculate(k_max=AUTO_MAX_TOKENS)
+    steps: list[StepStats] = []
+    engine.on_step = lambda s: steps.append(s) if s.phase == "decode" else None
+    spec = SpecParams.parse("draft", "auto")
+    engine.generate([[5, 6, 7], [9, 10, 11, 12]], SamplingParams(max_new_tokens=30, ignore_eos=True), spec)
+    after_plain = [s for prev, s in zip(steps, steps[1:], strict=False) if s.k and not prev.k]
+    steady = [s for prev, s in zip(steps, steps[1:], strict=False) if s.k and prev.k]
+    assert after_plain and steady
+    assert all(s.sync_s > 0 for s in after_plain), [(s.k, s.sync_s) for s in steps]
+    assert all(s.sync_s == 0 for s in steady), [(s.k, s.sync_s) for s in steps]
