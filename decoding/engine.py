@@ -62,7 +62,7 @@ class Engine:
         on_tokens: OnTokens | None = None,
         on_step: OnStep | None = None,
         charge: Charge | None = None,
-        prefix_cache_bytes: int = 0,
+        prefix_cache_bytes: int = 0,  # prompt keys/values kept per model for reuse (0: off)
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -80,7 +80,6 @@ class Engine:
         self._lock = threading.Lock()  # guards waiting and _aborts against other threads
         self._ids = itertools.count()
         self._steps = 0  # engine steps so far (lockstep groups: the step plain decoding ends a row)
-        # prompts' keys/values per model, for prompts that start alike (0 bytes: off)
         self.prefix = {m: PrefixCache(prefix_cache_bytes) for m in ("target", "draft") if prefix_cache_bytes}
 
     @property
