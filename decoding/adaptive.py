@@ -183,13 +183,7 @@ class KController:
                 turn = (self.steps // self.recheck_every) % 4
                 return (min(best + 1, self.k_max), 0, min(best + 1, self.k_max), max(best - 1, 1))[turn]
             return best
-        # plain wins. A trial that could not change that is nearly a pure loss (in a lockstep group
-        # of 16, every row must accept for any to advance): where speculation would not win even
-        # with `hope` of the measured rejections away, a trial costs `hopeless` times its loss
-        # (rare, but never none: acceptance only changes when something speculates)
-        hopeful = self.rates(b, self.sizes, hope=self.hope)
-        hopeless = max(hopeful[k] for k in hopeful if k) < (1 + self._margin(b)) * hopeful[0]
-        # bank tokens, and re-try the best speculative K once the bank covers its loss
+        # plain wins: bank tokens, and re-try the best speculative K once the bank covers its loss
         # (by the model, or by what speculation really gave here if worse; never free; coming from
         # plain steps, plus the draft's catching up, in tokens a plain step would give)
         trial = max(range(1, self.k_max + 1), key=rates.get)
@@ -200,13 +194,21 @@ class KController:
             loss = max(loss, (plain.value - spec.value) * t)
         if not speculating:
             loss += self.sync * rates[0]
-        if hopeless:
-            loss *= self.hopeless
         self.credit[b] = self.credit.get(b, 0.0) + self.regret
+        if self.credit[b] >= loss and self._hopeless(b):  # (asked only when the bank could pay)
+            loss *= self.hopeless
         if self.credit[b] >= loss:
             self.credit[b] -= max(loss, 0.0)
             return trial
         return 0
+
+    def _hopeless(self, b: int) -> bool:
+        """A trial that could not change the verdict is nearly a pure loss (in a lockstep group of
+        16, every row must accept for any to advance): speculation would not win even with `hope` of
+        the measured rejections away. Such a trial costs `hopeless` times its loss: rare, but never
+        none, since acceptance only changes when something speculates."""
+        hopeful = self.rates(b, self.sizes, hope=self.hope)
+        return max(hopeful[k] for k in hopeful if k) < (1 + self._margin(b)) * hopeful[0]
 
     def _verdict_below(self, b: int) -> bool | None:
         """Whether speculation paid at the largest smaller bucket where both kinds of step were

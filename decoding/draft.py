@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from decoding.kv import KVState
-from decoding.prefix_cache import PrefixCache
+from decoding.prefix_cache import PrefixCache, prefill_kv
 from decoding.proposer import Proposal
 from decoding.row import Row
 from decoding.sampling import Warp, sample, warp_probs
@@ -51,14 +51,7 @@ class DraftProposer:
         fresh = [i for i, s in enumerate(self.kv.seen.tolist()) if s == 0 and len(rows[i].tokens) > 1]
         if not fresh:
             return False
-        seqs = [rows[i].tokens[:-1] for i in fresh]
-        if self.prefix is None:
-            new, fed = KVState.empty(self.model, len(fresh), role="draft"), seqs
-        else:
-            new, fed = self.prefix.prepare(self.model, seqs, role="draft")
-        new.forward(self.model, fed, logits="last")
-        if self.prefix is not None:
-            self.prefix.store(new, seqs)
+        new, _, _ = prefill_kv(self.model, [rows[i].tokens[:-1] for i in fresh], self.prefix, role="draft")
         self.kv.splice(torch.tensor(fresh, device=self.kv.mask.device), new)
         return True
 

@@ -128,3 +128,17 @@ class PrefixCache:
             if not held:
                 del self.holders[h]
         log.debug("prefix cache: evicted a %d-token prompt", len(key))
+
+
+def prefill_kv(model, seqs: list[list[int]], prefix: PrefixCache | None, role: str = "target", hidden=False):
+    """A fresh cache for new rows with their prompts fed, from their cached prefixes where a prefix
+    cache is given (which then keeps these prompts). Returns the cache, the last-token output of
+    `KVState.forward` (logits, or (logits, hidden)), and the tokens fed per row."""
+    if prefix is None:
+        kv, fed = KVState.empty(model, len(seqs), role=role), seqs
+    else:
+        kv, fed = prefix.prepare(model, seqs, role)
+    out = kv.forward(model, fed, logits="last", hidden=hidden)
+    if prefix is not None:
+        prefix.store(kv, seqs)
+    return kv, out, fed

@@ -10,8 +10,7 @@ from transformers import PreTrainedModel
 from decoding import lockstep
 from decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
 from decoding.batch import SubBatch
-from decoding.kv import KVState
-from decoding.prefix_cache import PrefixCache
+from decoding.prefix_cache import PrefixCache, prefill_kv
 from decoding.proposer import Emit, Proposal
 from decoding.row import Row
 from decoding.sampling import Warp, draw_uniforms, position_uniforms, sample, warp_probs
@@ -30,14 +29,8 @@ def prefill(
     With a prefix cache, each row starts from its longest cached prefix and feeds only the rest."""
     t0 = time.perf_counter()
     seqs = [r.tokens for r in new]
-    kv, fed = (KVState.empty(target, len(new)), seqs) if prefix is None else prefix.prepare(target, seqs)
-    hidden = None
-    if batch.proposer.needs_hidden:
-        logits, hidden = kv.forward(target, fed, logits="last", hidden=True)
-    else:
-        logits = kv.forward(target, fed, logits="last")  # [B_new, V]
-    if prefix is not None:
-        prefix.store(kv, seqs)
+    kv, out, fed = prefill_kv(target, seqs, prefix, hidden=batch.proposer.needs_hidden)
+    logits, hidden = out if batch.proposer.needs_hidden else (out, None)  # [B_new, V], [B_new, H]
     cached = [len(s) - len(f) for s, f in zip(seqs, fed, strict=True)]  # (before emit grows r.tokens)
     warp = _warp(new, logits.device)
     first = logits.argmax(-1)  # [B_new]

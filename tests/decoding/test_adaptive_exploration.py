@@ -11,19 +11,23 @@ from decoding.params import AUTO_MAX_TOKENS
 from decoding.stats import StepStats
 
 
+def _step(ctl: KController, batch: int, accept: float, cost) -> int:
+    """One step on a synthetic machine: the K chosen, its time `cost(K)`, acceptance `accept` at
+    every position, fed back. Returns K."""
+    k = ctl.choose(batch)
+    stats = StepStats("draft", "decode", batch, k=k, verify_s=cost(k))
+    stats.drafted_per_position = [batch] * k
+    stats.reached_per_position = [batch * accept**j for j in range(k)]
+    stats.accepted_per_position = [r * accept for r in stats.reached_per_position]
+    ctl.observe(stats)
+    return k
+
+
 def _run_plain_winning(ctl: KController, accept: float = 0.6, steps: int = 2000) -> tuple[list[int], float]:
     """Batch 32, each verified token costing 0.7 of the first: plain wins. Returns the Ks and the
     tokens per row-second they gave."""
     cost = lambda k: 0.010 * (1 + 0.7 * k)  # noqa: E731
-    ks = []
-    for _ in range(steps):
-        k = ctl.choose(32)
-        ks.append(k)
-        stats = StepStats("draft", "decode", 32, k=k, verify_s=cost(k))
-        stats.drafted_per_position = [32] * k
-        stats.reached_per_position = [32 * accept**j for j in range(k)]
-        stats.accepted_per_position = [r * accept for r in stats.reached_per_position]
-        ctl.observe(stats)
+    ks = [_step(ctl, 32, accept, cost) for _ in range(steps)]
     return ks, sum(ctl.expected_tokens(k) for k in ks) / sum(cost(k) for k in ks)
 
 
@@ -47,16 +51,7 @@ def test_speculation_found_again_when_acceptance_rises():
     rare trials still find it, and speculation takes over."""
     cost = lambda k: 0.010 * (1 + 0.6 * k)  # noqa: E731
     ctl = KController(k_max=6)
-    ks = []
-    for accept, steps in ((0.3, 200), (0.97, 3000)):
-        for _ in range(steps):
-            k = ctl.choose(16)
-            ks.append(k)
-            stats = StepStats("draft", "decode", 16, k=k, verify_s=cost(k))
-            stats.drafted_per_position = [16] * k
-            stats.reached_per_position = [16 * accept**j for j in range(k)]
-            stats.accepted_per_position = [r * accept for r in stats.reached_per_position]
-            ctl.observe(stats)
+    ks = [_step(ctl, 16, accept, cost) for accept, steps in ((0.3, 200), (0.97, 3000)) for _ in range(steps)]
     assert sum(k > 0 for k in ks[-500:]) > 450
 
 
