@@ -104,6 +104,7 @@ class ServerMetrics:
         )
         self.kv_bytes = Gauge(p + "kv_cache_bytes", "KV cache bytes held (holes included).", **r)
         self.prefix_bytes = Gauge(p + "prefix_cache_bytes", "Prompt keys/values kept for reuse.", **r)
+        self.threads = Gauge(p + "engine_threads", "torch CPU threads of the engine's latest step.", **r)
         self.info = Info(p + "build", "Version, models, device and dtype.", **r)
         self._last_emit: dict[str, float] = {}  # request id -> when its previous step emitted
         self._lock = threading.Lock()

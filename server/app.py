@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,22 +24,15 @@ from server.routes import native, openai, system
 from server.service import EngineService
 from server.settings import Settings
 from server.state import ServerState
+from server.threads import ThreadTuner, thread_candidates
 
 log = logging.getLogger(__name__)
 
 
-def engine_threads(settings: Settings) -> int:
-    """--threads, or on CPU every core but one: the HTTP event loop (and on a shared machine, the
-    clients) need a core, and torch's threads spin-wait at every op when one of them is preempted,
-    which costs far more than the core they would add."""
-    if settings.threads or settings.device != "cpu":
-        return settings.threads
-    return max(1, (os.cpu_count() or 1) - 1)
-
-
 def load_state(settings: Settings, registry: CollectorRegistry | None = None) -> ServerState:
-    if threads := engine_threads(settings):
-        torch.set_num_threads(threads)
+    tuner = ThreadTuner(thread_candidates(settings.threads, settings.device))
+    if tuner.candidates:
+        torch.set_num_threads(max(tuner.candidates))  # loading; each step then sets its own
     kw = {"dtype": settings.dtype, "device": settings.device, "trust_remote_code": settings.trust_remote_code}
     target = load_model(str(settings.target), **kw)
     draft = load_model(settings.draft, **kw) if settings.draft else None
@@ -55,7 +47,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         max_batch_size=settings.max_batch_size,
         prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20),
     )
-    service = EngineService(engine, settings.max_waiting)
+    service = EngineService(engine, settings.max_waiting, tuner)
     metrics = ServerMetrics(registry or CollectorRegistry())
     if settings.metrics:
         peaks = device_peaks(target.device, target.dtype, settings.peak_bandwidth, settings.peak_flops)
@@ -67,6 +59,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         metrics.peak_flops.set(peaks.flops_per_s)
         for name, cost in engine.charge.costs.items():
             metrics.weight_bytes.labels(name).set(cost.weight_bytes)
+    metrics.threads.set_function(lambda: tuner.current)
     metrics.info.info({
         "version": __version__, "target": str(settings.target), "draft": settings.draft or "",
         "medusa": settings.medusa or "", "device": str(target.device), "dtype": settings.dtype,

@@ -26,7 +26,7 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "port": "port (default 8000)",
     "api_key": "require 'Authorization: Bearer KEY' on /v1 and /generate",
     "served_model_name": "the model id clients send",
-    "threads": "torch CPU threads (0: on CPU all cores but one, for the event loop)",
+    "threads": "torch CPU threads, fixed (0: on CPU measured per batch size, 1 to all cores)",
     "request_timeout_s": "seconds before a request is dropped",
     "max_body_bytes": "request bodies above this get 413",
     "peak_bandwidth": "device peak bytes/s for MBU (default: GPU table, else a probe)",

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 
 from decoding import Engine
 from decoding.row import Row
 from decoding.stats import StepStats
+from server.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +39,11 @@ class Event:
 
 
 class EngineService:
-    def __init__(self, engine: Engine, max_waiting: int) -> None:
+    def __init__(self, engine: Engine, max_waiting: int, tuner: ThreadTuner | None = None) -> None:
         self.engine = engine
         self.max_waiting = max_waiting
+        self.tuner = tuner or ThreadTuner(())
+        self._fed = 0  # tokens the models were fed this step; 0 once a prefill ran (not timed)
         self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.step_listeners: list = []  # callables taking StepStats (metrics)
         self.finish_listeners: list = []  # callables taking each finished Row (metrics)
@@ -108,6 +112,8 @@ class EngineService:
                 listener(row, tokens)
 
     def _on_step(self, stats: StepStats) -> None:
+        fed = sum(sum(f.tokens) for f in stats.forwards)
+        self._fed = -1 if stats.phase == "prefill" or self._fed < 0 else self._fed + fed
         for listener in self.step_listeners:
             listener(stats)
         self._flush()  # after each prefill and each sub-batch's decode: first tokens go out at once
@@ -118,8 +124,12 @@ class EngineService:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            rows = min(self.num_running + self.num_waiting, self.engine.max_batch_size)
+            self.tuner.choose(rows)
+            self._fed, start = 0, time.perf_counter()
             try:
                 finished = self.engine.step()
+                self.tuner.observe(time.perf_counter() - start, max(self._fed, 0))
             except Exception:  # the engine contains per-batch failures; this is a last resort
                 log.exception("engine step failed; failing every request in flight")
                 finished = self.engine.fail_all()

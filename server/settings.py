@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None
     served_model_name: str | None = None
     trust_remote_code: bool = False
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: on CPU all cores but one)")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: on CPU tuned per batch size)")
     prefix_cache_mb: float = Field(
         256.0, ge=0, description="MiB of prompt keys/values kept per model (prompts that start alike); 0: off"
     )

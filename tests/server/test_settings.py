@@ -164,13 +164,11 @@ def test_serve_hands_the_app_to_uvicorn(monkeypatch, tiny_paths):
     assert set(seen["app"].openapi()["paths"]) >= {"/health", "/v1/models", "/v1/completions", "/generate"}
 
 
-def test_engine_threads_leave_the_event_loop_a_core(tiny_paths, monkeypatch):
-    from server.app import engine_threads
+def test_thread_candidates_fixed_or_measured():
+    from server.threads import thread_candidates
 
-    t = tiny_paths["target"]
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert engine_threads(Settings(target=t)) == 7
-    assert engine_threads(Settings(target=t, threads=3)) == 3
-    assert engine_threads(Settings(target=t, device="cuda")) == 0  # torch's default
-    monkeypatch.setattr("os.cpu_count", lambda: 1)
-    assert engine_threads(Settings(target=t)) == 1
+    assert thread_candidates(0, "cpu", cores=8) == (1, 2, 4, 7, 8)
+    assert thread_candidates(0, "cpu", cores=2) == (1, 2)
+    assert thread_candidates(0, "cpu", cores=1) == (1,)
+    assert thread_candidates(3, "cpu", cores=8) == (3,)  # --threads: fixed
+    assert thread_candidates(0, "cuda", cores=8) == ()  # torch's default
