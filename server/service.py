@@ -43,7 +43,7 @@ class EngineService:
         self.engine = engine
         self.max_waiting = max_waiting
         self.tuner = tuner or ThreadTuner(())
-        self._fed = 0  # tokens the models were fed this step; 0 once a prefill ran (not timed)
+        self._stats: list[StepStats] = []  # the current step's, for the thread tuner
         self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.step_listeners: list = []  # callables taking StepStats (metrics)
         self.finish_listeners: list = []  # callables taking each finished Row (metrics)
@@ -112,8 +112,7 @@ class EngineService:
                 listener(row, tokens)
 
     def _on_step(self, stats: StepStats) -> None:
-        fed = sum(sum(f.tokens) for f in stats.forwards)
-        self._fed = -1 if stats.phase == "prefill" or self._fed < 0 else self._fed + fed
+        self._stats.append(stats)
         for listener in self.step_listeners:
             listener(stats)
         self._flush()  # after each prefill and each sub-batch's decode: first tokens go out at once
@@ -126,10 +125,10 @@ class EngineService:
                 continue
             rows = min(self.num_running + self.num_waiting, self.engine.max_batch_size)
             self.tuner.choose(rows)
-            self._fed, start = 0, time.perf_counter()
+            self._stats, start = [], time.perf_counter()
             try:
                 finished = self.engine.step()
-                self.tuner.observe(time.perf_counter() - start, max(self._fed, 0))
+                self.tuner.observe(time.perf_counter() - start, self._stats)
             except Exception:  # the engine contains per-batch failures; this is a last resort
                 log.exception("engine step failed; failing every request in flight")
                 finished = self.engine.fail_all()
