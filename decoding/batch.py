@@ -51,6 +51,11 @@ class SubBatch:
             self._warp = Warp.from_params([r.sampling for r in self.rows], self.kv.mask.device)
         return self._warp
 
+    @property
+    def fixed_k(self) -> int:
+        """The most speculative tokens a row asked for (0 for plain decoding)."""
+        return 0 if self.method == "none" else max(r.spec.num_speculative_tokens for r in self.rows)
+
     def join(self, rows: list[Row]) -> None:
         self.rows.extend(rows)
         self._warp = None

@@ -73,6 +73,8 @@ class Engine:
         self.on_tokens = on_tokens or (lambda row, toks: None)
         self.on_step = on_step or (lambda stats: None)
         self.charge = charge
+        self.on_plan: Callable[[str, str, int, int], object] = lambda phase, method, k, rows: None
+        # ^ (phase, method, K, rows) before each prefill or decode of a sub-batch: a thread tuner
         self.waiting: deque[Row] = deque()
         self.batches: dict[str, SubBatch] = {}
         self.controllers: dict[str, KController] = {}  # adaptive K per method
@@ -191,11 +193,13 @@ class Engine:
         """A decode step of a sub-batch: K (Medusa: the tree's depth) from its controller, if
         adaptive (which also says whether to clip by lockstep group), and the outcome back to it."""
         step = medusa_step if batch.method == "medusa" else decode_step
-        ctl = self._controller(batch)
+        ctl, B = self._controller(batch), len(batch.rows)
         if ctl is None:
+            self.on_plan("decode", batch.method, batch.fixed_k, B)
             return step(self.target, batch, self.on_tokens)
         ids = lockstep.groups(batch.rows)
-        k = ctl.choose(len(batch.rows), lockstep.group_sizes(ids))
+        k = ctl.choose(B, lockstep.group_sizes(ids))
+        self.on_plan("decode", batch.method, k, B)
         stats = step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
         ctl.observe(stats)
         return stats
@@ -236,6 +240,7 @@ class Engine:
             by_method.setdefault(r.spec.method, []).append(r)
         for method, rows in by_method.items():
             joining = self._new_batch(method)
+            self.on_plan("prefill", method, 0, len(rows))
             try:
                 stats = prefill(self.target, joining, rows, self.on_tokens, self.prefix.get("target"))
                 self._report(stats, rows)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from dataclasses import dataclass
 
 from decoding import Engine
@@ -43,7 +42,6 @@ class EngineService:
         self.engine = engine
         self.max_waiting = max_waiting
         self.tuner = tuner or ThreadTuner(())
-        self._stats: list[StepStats] = []  # the current step's, for the thread tuner
         self.queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self.step_listeners: list = []  # callables taking StepStats (metrics)
         self.finish_listeners: list = []  # callables taking each finished Row (metrics)
@@ -55,6 +53,7 @@ class EngineService:
         self._thread = threading.Thread(target=self._run, name="specserve-engine", daemon=True)
         engine.on_tokens = self._on_tokens
         engine.on_step = self._on_step
+        engine.on_plan = self.tuner.plan  # threads per sub-batch step, timed by its stats
 
     def start(self) -> None:
         self._thread.start()
@@ -112,7 +111,7 @@ class EngineService:
                 listener(row, tokens)
 
     def _on_step(self, stats: StepStats) -> None:
-        self._stats.append(stats)
+        self.tuner.observe(stats)
         for listener in self.step_listeners:
             listener(stats)
         self._flush()  # after each prefill and each sub-batch's decode: first tokens go out at once
@@ -123,12 +122,8 @@ class EngineService:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
-            rows = min(self.num_running + self.num_waiting, self.engine.max_batch_size)
-            self.tuner.choose(rows)
-            self._stats, start = [], time.perf_counter()
             try:
                 finished = self.engine.step()
-                self.tuner.observe(time.perf_counter() - start, self._stats)
             except Exception:  # the engine contains per-batch failures; this is a last resort
                 log.exception("engine step failed; failing every request in flight")
                 finished = self.engine.fail_all()

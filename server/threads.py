@@ -3,12 +3,13 @@
 More threads pay only where a step is compute-bound. A small model at batch 1 is bound by
 per-op overhead and memory, and extra OpenMP threads add a barrier to every op; at batch 32 the
 matmuls dominate and split well. On the bundled suite on 2 cores, one thread is as fast or
-faster up to batch 4 and two are 1.12x / 1.20x / 1.26x faster at batch 8 / 16 / 32 (in-process),
-while over HTTP the second core is also the event loop's and the clients'. No fixed rule holds
-across models and machines, so each batch-size bucket (1, 2-3, 4-7, 8-15, ...) times its candidate
-thread counts on interleaved decode steps and keeps the fastest per token fed, re-checking now
-and then as batches and caches change. Only the engine thread calls `choose`: torch's OpenMP
-thread count is per calling thread.
+faster for plain steps up to batch 4 and two are 1.12x / 1.20x / 1.26x faster at batch 8 / 16 / 32
+(in-process); a verify of several tokens a row is compute-bound sooner (draft K=4 at batch 1: 1.09x
+over plain on 1 thread, 1.28x on 2). Over HTTP the second core is also the event loop's and the
+clients'. No fixed rule holds across models and machines, so each kind of step at each batch-size
+bucket (1, 2-3, 4-7, 8-15, ...) times its candidate thread counts on interleaved steps and keeps
+the fastest per token fed, re-checking now and then as batches and caches change. Only the
+engine thread calls `plan`: torch's OpenMP thread count is per calling thread.
 """
 
 from __future__ import annotations
@@ -37,76 +38,70 @@ def thread_candidates(threads: int, device: str, cores: int | None = None) -> tu
 
 
 @dataclass
-class _Bucket:
-    samples: dict[tuple, dict[int, list[float]]]  # step kind -> threads -> seconds per token fed
+class _Arm:
+    samples: dict[int, list[float]]  # threads -> seconds per token fed, since the last check
     choice: int | None = None
     steps: int = 0  # steps since the choice
-    probes: int = 0  # timed steps since the last choice
-    kind: tuple = ()  # the kind of this bucket's latest step: the next one is likely the same
 
 
 @dataclass
 class ThreadTuner:
-    """Per batch-size bucket: `trials` interleaved decode steps per candidate, then the fastest
-    (median seconds per token fed) until `recheck` steps later. Steps are compared only with
-    steps of the same kind (each sub-batch's method and K: a draft step feeds cheap draft tokens,
-    a plain one none), unless kinds change so often that no kind fills its trials; then all.
-    A single candidate is fixed; none leaves torch's threads alone (GPU)."""
+    """Per kind of sub-batch step (prefill or decode, method, K) and batch-size bucket: `trials`
+    interleaved steps per candidate, then the fastest (median seconds per token fed) until
+    `recheck` steps later. Kinds apart, since their work differs: at batch 1 on the bundled suite a
+    plain step is as fast on 1 thread as on 2, a draft verify of 5 tokens 1.2x faster on 2.
+    `plan` runs before each step (the engine's on_plan), `observe` after (its on_step). A single
+    candidate is fixed; none leaves torch's threads alone (a GPU)."""
 
     candidates: tuple[int, ...]
     trials: int = 4
     recheck: int = 2000
-    buckets: dict[int, _Bucket] = field(default_factory=dict)
+    arms: dict[tuple, _Arm] = field(default_factory=dict)
     current: int = 0  # threads set on the engine thread (0: not set yet)
-    _step: tuple[int, int | None] = (0, None)  # (bucket, threads if this step is a trial)
+    _trial: tuple[tuple, int] | None = None  # (arm, threads) of a step being timed
 
-    def choose(self, rows: int) -> int:
-        """Threads for a step over `rows` rows; sets them (call on the engine thread)."""
+    def plan(self, phase: str, method: str, k: int, rows: int) -> int:
+        """Threads for the step about to run; sets them (call on the engine thread)."""
         if not self.candidates:
             return torch.get_num_threads()
-        key = max(rows, 1).bit_length()
-        b = self.buckets.setdefault(key, _Bucket({}))
-        probe = None
+        key = (phase, method, k, max(rows, 1).bit_length())
+        arm = self.arms.setdefault(key, _Arm({c: [] for c in self.candidates}))
+        self._trial = None
         if len(self.candidates) == 1:
             threads = self.candidates[0]
-        elif b.choice is not None and b.steps < self.recheck:
-            b.steps += 1
-            threads = b.choice
-        else:  # the least-measured candidate for the kind of step expected: trials interleave
-            seen = b.samples.get(b.kind, {})
-            threads = probe = min(self.candidates, key=lambda c: len(seen.get(c, ())))
-        self._step = (key, probe)
+        elif arm.choice is not None and arm.steps < self.recheck:
+            arm.steps += 1
+            threads = arm.choice
+        else:  # the least-measured candidate: the trials interleave
+            threads = min(self.candidates, key=lambda c: len(arm.samples[c]))
+            self._trial = (key, threads)
         if threads != self.current:
             torch.set_num_threads(threads)
             self.current = threads
         return threads
 
-    def observe(self, seconds: float, stats: list[StepStats]) -> None:
-        """The step just run took `seconds`; `stats` are its sub-batches' StepStats. A step that
-        ran a prefill does not count: its work is of another kind."""
-        key, threads = self._step
-        if not stats or key not in self.buckets or any(s.phase == "prefill" for s in stats):
+    def observe(self, stats: StepStats) -> None:
+        """The step just planned ran: its time per token fed, if it was a trial."""
+        if self._trial is None:
             return
-        b = self.buckets[key]
-        b.kind = tuple(sorted((s.method, s.k) for s in stats))
-        tokens = sum(sum(f.tokens) for s in stats for f in s.forwards)
-        if threads is None or tokens <= 0:
+        (key, threads), self._trial = self._trial, None
+        tokens = sum(sum(f.tokens) for f in stats.forwards)
+        seconds = stats.prefill_s + stats.propose_s + stats.verify_s
+        if tokens <= 0 or seconds <= 0:
             return
-        b.samples.setdefault(b.kind, {c: [] for c in self.candidates})[threads].append(seconds / tokens)
-        b.probes += 1
-        full = [k for k, per in b.samples.items() if min(len(x) for x in per.values()) >= self.trials]
-        if full:
-            per = b.samples[full[0]]
-        elif b.probes >= 4 * self.trials * len(self.candidates):  # kinds keep changing: pool them
-            per = {c: [x for k in b.samples.values() for x in k[c]] for c in self.candidates}
-            if not all(per.values()):
-                return
-        else:
+        arm = self.arms[key]
+        arm.samples[threads].append(seconds / tokens)
+        if min(len(x) for x in arm.samples.values()) < self.trials:
             return
-        best = min(self.candidates, key=lambda c: statistics.median(per[c]))
-        if best != b.choice:
+        best = min(self.candidates, key=lambda c: statistics.median(arm.samples[c]))
+        if best != arm.choice:
+            phase, method, k, b = key
+            timing = ", ".join(
+                f"{c}: {statistics.median(x) * 1e6:.0f} us/token" for c, x in arm.samples.items()
+            )
+            rows = f"{2 ** (b - 1)}-{2**b - 1}"
             log.info(
-                "engine threads for batches of %d-%d rows: %d (%s)", 2 ** (key - 1), 2**key - 1, best,
-                ", ".join(f"{c}: {statistics.median(x) * 1e6:.0f} us/token" for c, x in per.items()),
-            )  # fmt: skip
-        b.choice, b.steps, b.probes, b.samples = best, 0, 0, {}
+                "engine threads for %s %s K=%d at %s rows: %d (%s)", phase, method, k, rows, best, timing
+            )
+        arm.choice, arm.steps = best, 0
+        arm.samples = {c: [] for c in self.candidates}

@@ -1,4 +1,4 @@
-"""Engine threads per batch-size bucket, chosen by timing interleaved steps (server/threads.py)."""
+"""Engine threads per kind of step and batch-size bucket, chosen by timing interleaved steps."""
 
 from __future__ import annotations
 
@@ -21,120 +21,90 @@ def set_threads(monkeypatch) -> list[int]:
     return calls
 
 
-def seconds_per_token(threads: int, rows: int) -> float:
-    """Synthetic: 2 threads lose 10% below 8 rows (overhead-bound) and win 25% from 8 on."""
+def seconds_per_token(threads: int, rows: int, k: int) -> float:
+    """Synthetic: a second thread loses 10% on small work (fewer than 4 tokens fed a step: the
+    per-op barrier) and wins 25% on more."""
     if threads == 1:
         return 1e-3
-    return 1.1e-3 if rows < 8 else 0.75e-3
+    return 1.1e-3 if rows * (k + 1) < 4 else 0.75e-3
 
 
-def step(rows: int, method: str = "none", k: int = 0, phase: str = "decode") -> StepStats:
-    """A sub-batch's stats: each row fed 1 token (plain) or K+1 (a verify)."""
-    return StepStats(method, phase, rows, k=k, forwards=[Forward("target", [k + 1] * rows, 10)])
-
-
-def drive(
-    tuner: ThreadTuner, rows: int, steps: int, cost=seconds_per_token, kinds=(("none", 0),)
-) -> list[int]:
+def drive(tuner: ThreadTuner, rows: int, steps: int, k: int = 0, cost=seconds_per_token) -> list[int]:
+    """Plan and observe `steps` decode steps of `rows` rows at K = k; the threads of each."""
     chosen = []
-    for i in range(steps):
-        t = tuner.choose(rows)
-        method, k = kinds[i % len(kinds)]
-        tuner.observe(cost(t, rows) * rows * (k + 1), [step(rows, method, k)])
+    for _ in range(steps):
+        t = tuner.plan("decode", "draft" if k else "none", k, rows)
+        fed = rows * (k + 1)
+        tuner.observe(StepStats("none", "decode", rows, k=k, verify_s=cost(t, rows, k) * fed,
+                                forwards=[Forward("target", [k + 1] * rows, 10)]))  # fmt: skip
         chosen.append(t)
     return chosen
 
 
-def test_small_batches_keep_one_thread_large_ones_take_two(set_threads):
+def test_small_steps_keep_one_thread_large_ones_take_two(set_threads):
     tuner = ThreadTuner((1, 2), trials=4, recheck=1000)
     small, large = drive(tuner, 2, 200), drive(tuner, 32, 200)
     assert small[:8].count(1) == small[:8].count(2) == 4  # the trials interleave
     assert set(small[8:]) == {1} and set(large[8:]) == {2}
-    assert tuner.buckets[2].choice == 1 and tuner.buckets[6].choice == 2  # rows 2-3, 32-63
+    assert tuner.arms[("decode", "none", 0, 2)].choice == 1  # rows 2-3
+    assert tuner.arms[("decode", "none", 0, 6)].choice == 2  # rows 32-63
     assert set_threads[-1] == 2 == tuner.current
-    # a set only when the count changes: 8 trial switches per bucket at most, then one more
-    assert len(set_threads) <= 2 * 8 + 2
+    assert len(set_threads) <= 2 * 8 + 2  # set only when the count changes
 
 
-def test_steps_that_ran_a_prefill_do_not_count(set_threads):
-    tuner = ThreadTuner((1, 2), trials=2)
-    for _ in range(20):  # steps that prefilled, where 2 threads look 100x faster: ignored
-        t = tuner.choose(16)
-        tuner.observe(1e-5 if t == 2 else 1e-3, [step(16, phase="prefill"), step(16)])
-    assert tuner.buckets[5].choice is None and not tuner.buckets[5].samples
-    drive(tuner, 16, 4, cost=lambda t, rows: 1e-3 if t == 1 else 2e-3)
-    assert tuner.buckets[5].choice == 1
+def test_kinds_of_step_are_timed_apart(set_threads):
+    """At batch 1 a plain step is overhead-bound and a verify of K+1 = 5 tokens is not: the same
+    bucket keeps 1 thread for one and 2 for the other (the bundled suite's draft on 2 cores)."""
+    tuner = ThreadTuner((1, 2), trials=3)
+    plain, verify = drive(tuner, 1, 50, k=0), drive(tuner, 1, 50, k=4)
+    assert set(plain[6:]) == {1} and set(verify[6:]) == {2}
+    for _ in range(10):  # alternating kinds: each step gets its own kind's choice
+        assert drive(tuner, 1, 1, k=0) == [1] and drive(tuner, 1, 1, k=4) == [2]
 
 
 def test_a_choice_is_checked_again_and_follows_a_change(set_threads):
     tuner = ThreadTuner((1, 2), trials=2, recheck=50)
     drive(tuner, 16, 30)
-    assert tuner.buckets[5].choice == 2
-    slower_now = lambda t, rows: 2e-3 if t == 2 else 1e-3  # noqa: E731 (e.g. clients took the core)
+    assert tuner.arms[("decode", "none", 0, 5)].choice == 2
+    slower_now = lambda t, rows, k: 2e-3 if t == 2 else 1e-3  # noqa: E731 (say, clients took the core)
     chosen = drive(tuner, 16, 120, cost=slower_now)
-    assert tuner.buckets[5].choice == 1
+    assert tuner.arms[("decode", "none", 0, 5)].choice == 1
     assert chosen.count(2) <= 50 + 2  # the old choice holds until its re-check, then 2 trials
 
 
-def test_fixed_threads_and_no_threads(set_threads):
+def test_untimed_steps_fixed_threads_and_none(set_threads):
+    tuner = ThreadTuner((1, 2), trials=2)
+    tuner.plan("decode", "none", 0, 4)
+    tuner.observe(StepStats("none", "decode", 4))  # fed nothing (every row aborted): not a sample
+    assert not any(tuner.arms[("decode", "none", 0, 3)].samples.values())
     fixed = ThreadTuner((3,))
-    assert set(drive(fixed, 32, 20)) == {3} and set_threads == [3] and not fixed.buckets[6].samples
+    assert set(drive(fixed, 32, 20)) == {3} and set_threads[-1] == 3
+    assert not any(fixed.arms[("decode", "none", 0, 6)].samples.values())  # nothing to time
+    n = len(set_threads)
     gpu = ThreadTuner(())
-    gpu.choose(32)
-    gpu.observe(1.0, [step(32)])
-    assert set_threads == [3] and not gpu.buckets
+    gpu.plan("decode", "none", 0, 32)
+    gpu.observe(StepStats("none", "decode", 32, verify_s=1.0))
+    assert len(set_threads) == n and not gpu.arms  # torch's threads left alone
 
 
-def test_steps_are_compared_within_their_kind(set_threads):
-    """A draft verify feeds K+1 tokens a row at a lower cost per token than a plain step: its
-    samples must not be weighed against plain ones. Kinds in runs (as when K holds for a while)
-    are each timed on every candidate; kinds that change every step are pooled after a bound."""
-    per_token = {("none", 0): 1.0, ("draft", 4): 0.3}
-
-    def cost(threads: int, rows: int, kind=("none", 0)) -> float:
-        return per_token[kind] * 1e-3 * (0.8 if threads == 2 else 1.0)
-
-    tuner = ThreadTuner((1, 2), trials=3)
-    kinds = [("none", 0)] * 3 + [("draft", 4)] * 3
-    for i in range(7):  # 7 steps: neither kind has 3 trials on both candidates yet
-        t = tuner.choose(16)
-        kind = kinds[i % 6]
-        tuner.observe(cost(t, 16, kind) * 16 * (kind[1] + 1), [step(16, *kind)])
-    samples = tuner.buckets[5].samples
-    assert set(samples) == {(("none", 0),), (("draft", 4),)}
-    assert all(x == pytest.approx(per_token[kind[0]] * 1e-3 * (0.8 if t == 2 else 1.0))
-               for kind, per in samples.items() for t, xs in per.items() for x in xs)  # fmt: skip
-    drive(tuner, 16, 20, cost=lambda t, rows: cost(t, rows))
-    assert tuner.buckets[5].choice == 2
-    alternating = ThreadTuner((1, 2), trials=3)
-    drive(alternating, 16, 4 * 3 * 2, cost=lambda t, rows: cost(t, rows), kinds=[("none", 0), ("draft", 4)])
-    assert alternating.buckets[5].choice is not None  # pooled after 4 x trials x candidates probes
-
-
-def test_the_service_times_decode_steps_per_token_fed(tiny, set_threads):
-    """The engine loop asks for threads by rows before each step and reports decode steps with
-    the tokens their forwards fed; a step that prefilled reports nothing (tokens=0)."""
-    calls: list[tuple[str, int]] = []
+def test_the_engine_plans_each_sub_batch_step(tiny, set_threads):
+    """Through the service, the engine announces each prefill and decode of a sub-batch (method,
+    K, rows) before running it, and the tuner times it from that step's stats."""
+    calls: list[tuple] = []
 
     class Spy(ThreadTuner):
-        def choose(self, rows: int) -> int:
-            calls.append(("choose", rows))
-            return 1
+        def plan(self, phase: str, method: str, k: int, rows: int) -> int:
+            calls.append((phase, method, k, rows))
+            return super().plan(phase, method, k, rows)
 
-        def observe(self, seconds: float, stats: list[StepStats]) -> None:
-            assert seconds > 0
-            calls.append(
-                ("observe", [(s.phase, s.method, sum(sum(f.tokens) for f in s.forwards)) for s in stats])
-            )
-
-    engine = Engine(tiny["target"].model, max_batch_size=4)
-    service = EngineService(engine, max_waiting=4, tuner=Spy((1, 2)))
+    engine = Engine(tiny["target"].model, tiny["draft"].model, max_batch_size=4)
+    service = EngineService(engine, max_waiting=4, tuner=Spy((1, 2), trials=1))
 
     async def run() -> None:
-        sampling = SamplingParams(max_new_tokens=4, ignore_eos=True)
+        sampling = SamplingParams(max_new_tokens=3, ignore_eos=True)
         rows = [
-            engine.make_row(p, sampling, SpecParams("none"), request_id=str(i))
-            for i, p in enumerate([[5, 6, 7], [3, 4], [8]])
+            engine.make_row(p, sampling, SpecParams(m, 2), request_id=str(i))
+            for i, (p, m) in enumerate([([5, 6, 7], "none"), ([3, 4], "none"), ([8, 9], "draft")])
         ]
         queues = [service.submit(r) for r in rows]
         service.start()
@@ -146,11 +116,9 @@ def test_the_service_times_decode_steps_per_token_fed(tiny, set_threads):
             service.stop()
 
     asyncio.run(run())
-    # a step that prefilled (token 1) and decoded (token 2), then 2 decode steps (tokens 3, 4),
-    # each reporting its sub-batches' stats: what the tuner times and what it skips
-    prefill = ("prefill", "none", 3 + 2 + 1)
-    assert (
-        calls
-        == [("choose", 3), ("observe", [prefill, ("decode", "none", 3)])]
-        + [("choose", 3), ("observe", [("decode", "none", 3)])] * 2
-    )
+    # step 1: each method's prefill, then each sub-batch's decode; K = 2 for the draft's rows
+    assert calls[:4] == [("prefill", "none", 0, 2), ("prefill", "draft", 0, 1),
+                         ("decode", "none", 0, 2), ("decode", "draft", 2, 1)]  # fmt: skip
+    arms = service.tuner.arms
+    assert [len(x) for x in arms[("prefill", "none", 0, 2)].samples.values()] == [1, 0]  # one trial
+    assert arms[("decode", "none", 0, 2)].choice in (1, 2)  # two decode steps: a trial on each
