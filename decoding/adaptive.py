@@ -13,9 +13,11 @@ step (K = 0) on its own, since it runs no proposer and verifies one token per ro
 line in K fitted to the Ks measured there. A draft's prefilling of rows it never saw (they joined
 during plain steps) is left out: that is the price of switching, paid once, and it is charged to
 exploration.
-Choice: argmax_K E(K) / t(B, K), with K > 0 only when it beats a plain step by a margin (10% at
-batch 1, growing to 20% at 32: the gains there are thin, and rows desynchronised by speculation
-cost prefill batching and slot occupancy that no step's time shows). The model proposes, the
+Every K's cost also carries the step's untimed overhead (accept, commit, the tokens' hand-off and
+metrics), which fewer, longer steps pay less often. Choice: argmax_K E(K) / t(B, K), with K > 0
+only when it beats a plain step by a margin (5% at batch 1, for the model's error; 12% at 2,
+growing to 20% at 32: the gains there are thin, and rows desynchronised by speculation cost
+prefill batching and slot occupancy that no step's time shows). The model proposes, the
 measurements dispose: per bucket, the tokens per row-second that speculative and plain steps really
 gave are tracked (row-weighted, like acceptance), and once speculation has `min_rows` row-steps,
 speculation must have beaten plain by the same margin; otherwise it only gets budgeted trials.
@@ -67,8 +69,9 @@ class KController:
     alpha: float = 0.02  # weight of one row's acceptance outcome in the moving averages ...
     max_weight: float = 0.2  # ... and the most one step's outcome may weigh
     margin: float = 0.1  # K > 0 must promise this much more throughput than a plain step (batch
-    # 1; +0.02 per doubling of the batch: rows that speculation desynchronises cost prefill
-    # batching and slot occupancy that a step's time does not show)
+    # 2; +0.02 per doubling of the batch: rows that speculation desynchronises cost prefill
+    # batching and slot occupancy that a step's time does not show) ...
+    margin_1: float = 0.05  # ... and at batch 1, where there is nothing to desynchronise, this
     lock_margin: float = 0.1  # per doubling of the batch: see _lock_margin
     regret: float = 0.02  # share of a plain run's tokens that exploring may cost
     hope: float = 0.75  # a trial is hopeful if speculation would win were this share of rejections
@@ -90,6 +93,8 @@ class KController:
     # K > 0, or "lock" for clipped speculative steps) ->
     # tokens per row per second the steps actually gave (the check on the model)
     sync: float = 0.0  # moving average of a switch's prefill seconds (plain -> speculative)
+    overhead: float = 0.0  # moving average of a step's untimed seconds (accept, commit, the tokens'
+    # hand-off, metrics): alike for every K, so it favours fewer steps (at batch 1 ~5% of a step)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
     steps: int = 0
     last: int = 0
@@ -121,7 +126,7 @@ class KController:
         the slope is its cost over a plain step's, per candidate."""
         if k == 0:
             c = self.cost.get((b, 0))
-            return max(c.value, 1e-9) if c else None
+            return max(c.value + self.overhead, 1e-9) if c else None
         pts = [(kk, c.value) for (bb, kk), c in self.cost.items() if bb == b and kk > 0]
         if not pts:
             return None
@@ -129,11 +134,11 @@ class KController:
         mk, mt = sum(x for x, _ in pts) / n, sum(t for _, t in pts) / n
         if n == 1:
             plain = self.step_cost(b, 0)
-            slope = max((mt - plain) / mk, 0.0) if plain is not None else 0.0
+            slope = max((mt + self.overhead - plain) / mk, 0.0) if plain is not None else 0.0
         else:
             var = sum((x - mk) ** 2 for x, _ in pts)
             slope = max(sum((x - mk) * (t - mt) for x, t in pts) / var, 0.0)
-        return max(mt + slope * (k - mk), 1e-9)
+        return max(mt + slope * (k - mk) + self.overhead, 1e-9)
 
     def rates(self, b: int, sizes: list[int] | None = None, hope: float = 0.0) -> dict[int, float]:
         """Expected tokens per row per second for every K, at bucket b (lockstep groups: sizes)."""
@@ -221,7 +226,10 @@ class KController:
         return None
 
     def _margin(self, b: int) -> float:
-        """The gain K > 0 must promise at bucket b: `margin` at batch 1, +0.02 per doubling."""
+        """The gain K > 0 must promise at bucket b: `margin_1` at batch 1 (the model's error: one
+        row has nothing to desynchronise), `margin` at 2, +0.02 per doubling after."""
+        if b == 1:
+            return self.margin_1
         return self.margin * (1 + b.bit_length() / 5 - 0.2)
 
     def _lock_margin(self, b: int) -> float:
@@ -255,7 +263,7 @@ class KController:
         if seconds > 0:  # switching cost left out here too: trials always follow plain steps
             kind = "lock" if stats.lockstep and k else k > 0
             self.realized.setdefault((key[0], kind), RateAverage()).add(
-                stats.emitted_tokens / B, seconds, B, self.alpha, self.max_weight
+                stats.emitted_tokens / B, seconds + self.overhead, B, self.alpha, self.max_weight
             )
         if stats.sync_s:
             self.sync += 0.2 * (stats.sync_s - self.sync)
@@ -273,6 +281,10 @@ class KController:
             self.avail[j] += self._weight(B, f"avail{j}") * (v - self.avail[j])
         if tail_reached:
             self.tail += self._weight(tail_reached, "tail") * (tail_accepted / tail_reached - self.tail)
+
+    def observe_overhead(self, seconds: float) -> None:
+        """A decode step's wall time beyond its timed propose and verify."""
+        self.overhead += 0.1 * (max(seconds, 0.0) - self.overhead)
 
     def _weight(self, rows: float, name: str) -> float:
         """Moving-average weight of a step's outcome over `rows` rows: as many single updates, up

@@ -254,8 +254,11 @@ class Engine:
             if not batch.rows:
                 continue
             try:
+                t0 = time.perf_counter()
                 stats = self._decode(batch)
                 self._report(stats, list(batch.rows))
+                if (ctl := self.controllers.get(method)) is not None:  # bookkeeping, hand-off, metrics
+                    ctl.observe_overhead(time.perf_counter() - t0 - stats.propose_s - stats.verify_s)
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)
                 finished += _fail(batch.rows)

@@ -7,6 +7,7 @@ from scripted import Cycle
 
 from decoding import Engine, SamplingParams, SpecParams
 from decoding.adaptive import KController, bucket
+from decoding.averages import Average
 from decoding.stats import StepStats
 from metrics.accounting import build_accountant
 from metrics.peaks import Peaks
@@ -38,6 +39,25 @@ def test_k_positive_when_speculation_wins():
     k = simulate(ctl, 1, memory_bound, accept=0.8)
     assert k >= 3
     assert ctl.accept[0] == pytest.approx(0.8, abs=0.01)  # the moving average found the acceptance
+
+
+def test_untimed_overhead_counts_for_every_k_and_the_engine_measures_it(tiny):
+    """A step's untimed seconds (accept, commit, hand-off, metrics) are paid once per step
+    whatever K: fewer, longer steps pay them less often. At batch 1 the margin is 5%."""
+    ctl = KController(k_max=4, accept=[0.6] * 4, samples=[9] * 4, tail=0.6)
+    ctl.cost = {(1, 0): Average(0.005, n=5), (1, 4): Average(0.0112, n=5)}
+    before = ctl.rates(1)
+    assert before[4] / before[0] == pytest.approx(ctl.expected_tokens(4) * 0.005 / 0.0112)
+    ctl.overhead = 0.001
+    after = ctl.rates(1)
+    assert after[4] / after[0] == pytest.approx(ctl.expected_tokens(4) * 0.006 / 0.0122)
+    assert before[4] < 1.05 * before[0] and after[4] > 1.05 * after[0]  # worth it at batch 1 ...
+    assert (ctl._margin(1), ctl._margin(2)) == (0.05, pytest.approx(0.12))  # ... not at batch 2
+    engine = Engine(tiny["target"].model, tiny["draft"].model, max_batch_size=2)
+    engine.generate(
+        [[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=8), SpecParams("draft", 3, adaptive=True)
+    )
+    assert engine.controllers["draft"].overhead > 0
 
 
 def test_expected_tokens_and_buckets():
