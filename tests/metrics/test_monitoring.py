@@ -90,6 +90,7 @@ def test_counters_grow_by_exactly_the_request_stats(live):
     hits = sum(s["cached_tokens"] for s in stats)
     assert delta("specserve_prefix_cache_hits_total") == hits > 0
     assert total(after, "specserve_prefix_cache_bytes") > 0  # the prompts' keys/values, kept
+    assert total(after, "specserve_engine_threads") == 1  # the harness pins --threads 1
     assert delta("specserve_request_success_total") == 12
     for m in ("draft", "ngram"):
         assert delta("specserve_spec_decode_num_draft_tokens_total", method=m) == sum(
