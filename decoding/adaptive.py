@@ -269,11 +269,11 @@ class KController:
             )
         if stats.sync_s:
             self.sync += 0.2 * (stats.sync_s - self.sync)
-            # seconds per lagging token, up at once and down slowly: prompts the draft's prefix
-            # cache holds cost little, generated tokens several times more; price the dearer
             if self.lag:
                 rate = stats.sync_s / self.lag
-                self.sync_rate += (1.0 if rate > self.sync_rate else 0.2) * (rate - self.sync_rate)
+                self.sync_rate = (
+                    rate if not self.sync_rate else self.sync_rate + 0.2 * (rate - self.sync_rate)
+                )
         tail_reached = tail_accepted = 0
         for j in range(min(k, self.k_max)):
             reached = stats.reached_per_position[j] if j < len(stats.reached_per_position) else 0
