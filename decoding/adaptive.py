@@ -92,9 +92,7 @@ class KController:
     realized: dict[tuple[int, bool | str], RateAverage] = field(default_factory=dict)  # (bucket,
     # K > 0, or "lock" for clipped speculative steps) ->
     # tokens per row per second the steps actually gave (the check on the model)
-    sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative) ...
-    sync_rate: float = 0.0  # ... and of its seconds per token caught up on
-    lag: int = 0  # tokens the proposer must catch up on before this step (set before `choose`)
+    sync: float = 0.0  # moving average of a switch's prefill seconds (plain -> speculative)
     overhead: float = 0.0  # moving average of a step's untimed seconds (accept, commit, the tokens'
     # hand-off, metrics): alike for every K, so it favours fewer steps (at batch 1 ~5% of a step)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
@@ -200,7 +198,7 @@ class KController:
         if spec is not None and plain is not None:
             loss = max(loss, (plain.value - spec.value) * t)
         if not speculating:
-            loss += (self.sync_rate * self.lag if self.sync_rate else self.sync) * rates[0]
+            loss += self.sync * rates[0]
         self.credit[b] = self.credit.get(b, 0.0) + self.regret
         if self.credit[b] >= loss and self._hopeless(b):  # (asked only when the bank could pay)
             loss *= self.hopeless
@@ -269,11 +267,6 @@ class KController:
             )
         if stats.sync_s:
             self.sync += 0.2 * (stats.sync_s - self.sync)
-            if self.lag:
-                rate = stats.sync_s / self.lag
-                self.sync_rate = (
-                    rate if not self.sync_rate else self.sync_rate + 0.2 * (rate - self.sync_rate)
-                )
         tail_reached = tail_accepted = 0
         for j in range(min(k, self.k_max)):
             reached = stats.reached_per_position[j] if j < len(stats.reached_per_position) else 0

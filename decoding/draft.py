@@ -68,9 +68,6 @@ class DraftProposer:
     def nbytes(self) -> int:
         return self.kv.nbytes()
 
-    def lag(self, rows: list[Row]) -> int:
-        return sum(len(r.tokens) - s for r, s in zip(rows, self.kv.seen.tolist(), strict=True))
-
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
         K = max(ks, default=0)
         self._catchup = self._cands_fed = 0

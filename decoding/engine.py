@@ -198,7 +198,6 @@ class Engine:
             self.on_plan("decode", batch.method, batch.fixed_k, B)
             return step(self.target, batch, self.on_tokens)
         ids = lockstep.groups(batch.rows)
-        ctl.lag = batch.proposer.lag(batch.rows)  # a trial after plain steps pays the catch-up
         k = ctl.choose(B, lockstep.group_sizes(ids))
         self.on_plan("decode", batch.method, k, B)
         stats = step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)

@@ -59,10 +59,6 @@ class Proposer(Protocol):
         """Bytes of cache this proposer holds."""
         ...
 
-    def lag(self, rows: list[Row]) -> int:
-        """Tokens of these rows the proposer has yet to read (what its next step catches up on)."""
-        ...
-
 
 class NoProposer:
     """Plain autoregressive decoding: nothing to propose, nothing to keep."""
@@ -88,7 +84,4 @@ class NoProposer:
         return []
 
     def nbytes(self) -> int:
-        return 0
-
-    def lag(self, rows: list[Row]) -> int:
         return 0

@@ -264,28 +264,3 @@ def test_a_short_bad_stretch_does_not_flip_the_acceptance_estimate():
     for _ in range(10):
         ctl.observe(_spec_step(2, accepted=0))
     assert before > 0.95 and ctl.accept[0] > 0.75
-
-
-def test_a_trial_is_charged_the_catch_up_its_lag_will_cost():
-    """After plain steps the draft must read every token it missed (rows that joined meanwhile:
-    their whole history) before it can propose. The controller learns seconds per lagging token
-    from the catch-ups it saw and prices the next trial by the lag now: far behind, rarer trials."""
-
-    def trials(lag: int, steps: int = 2400) -> int:
-        ctl, prev, n = KController(k_max=2), 0, 0
-        for _ in range(steps):
-            ctl.lag = lag if not prev else 2
-            k = ctl.choose(8)
-            n += k > 0 and not prev
-            sync = 2e-5 * ctl.lag if k and not prev else 0.0  # 20 us per token caught up on
-            stats = StepStats(
-                "draft", "decode", 8, k=k, propose_s=sync + 0.001 * k, verify_s=0.010 * (1 + k), sync_s=sync
-            )
-            stats.drafted_per_position = stats.reached_per_position = [8] * k
-            stats.accepted_per_position = [4] * k  # 0.5: plain wins (K = 1: 0.94x), trials are hopeful
-            ctl.observe(stats)
-            prev = k
-        return n
-
-    near, far = trials(lag=16), trials(lag=2000)
-    assert near > 3 * far > 0  # still explored, just less often
