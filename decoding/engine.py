@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -28,7 +26,6 @@ from decoding.medusa import medusa_setup, medusa_step
 from decoding.params import METHODS, SamplingParams, SpecParams
 from decoding.prefix_cache import PrefixCache
 from decoding.row import Row
-from decoding.sampling import UniformStream
 from decoding.stats import RequestStats, StepStats
 from decoding.step import decode_step, prefill
 from decoding.tree import Tree
@@ -112,24 +109,8 @@ class Engine:
         vocab = self.target.get_output_embeddings().weight.shape[0]
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise ValueError(f"prompt token ids must lie in [0, {vocab})")
-        generator, stream = None, None
-        if not sampling.greedy:
-            seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
-            generator = torch.Generator().manual_seed(seed ^ 0x5EED)  # draft sampling / acceptance
-            stream = UniformStream(seed)  # the emitted tokens
-        stop = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else set(self.eos_token_ids))
-        return Row(
-            request_id=request_id if request_id is not None else f"req-{next(self._ids)}",
-            tokens=list(prompt),
-            prompt_len=len(prompt),
-            sampling=sampling,
-            spec=spec,
-            stop_ids=frozenset(stop),
-            max_len=ctx,
-            generator=generator,
-            stream=stream,
-            stats=RequestStats(method=spec.method, prompt_tokens=len(prompt)),
-        )
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        return Row.start(request_id, prompt, sampling, spec, self.eos_token_ids, max_len=ctx)
 
     def add(self, row: Row) -> None:
         with self._lock:

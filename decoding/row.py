@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -29,6 +30,32 @@ class Row:
     plain_end: int = 0  # engine step at which plain decoding would finish it (decoding/lockstep.py)
     deadline: float | None = None  # perf_counter time after which the request is dropped ("timeout")
     finish_reason: str | None = None  # "stop", "length", "abort", "timeout", "error"
+
+    @classmethod
+    def start(
+        cls, request_id: str, prompt: list[int], sampling: SamplingParams, spec: SpecParams,
+        eos_token_ids: tuple[int, ...], max_len: int,
+    ) -> Row:  # fmt: skip
+        """A new row for a validated request: its stop ids, and for sampled rows its seeded
+        draws (a random seed when the request gave none)."""
+        generator, stream = None, None
+        if not sampling.greedy:
+            seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
+            generator = torch.Generator().manual_seed(seed ^ 0x5EED)  # draft sampling / acceptance
+            stream = UniformStream(seed)  # the emitted tokens
+        stop = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else set(eos_token_ids))
+        return cls(
+            request_id=request_id,
+            tokens=list(prompt),
+            prompt_len=len(prompt),
+            sampling=sampling,
+            spec=spec,
+            stop_ids=frozenset(stop),
+            max_len=max_len,
+            generator=generator,
+            stream=stream,
+            stats=RequestStats(method=spec.method, prompt_tokens=len(prompt)),
+        )
 
     @property
     def generated(self) -> list[int]:

@@ -65,7 +65,9 @@ class ThreadTuner:
         if not self.candidates:
             return torch.get_num_threads()
         key = (phase, method, k, max(rows, 1).bit_length())
-        arm = self.arms.setdefault(key, _Arm({c: [] for c in self.candidates}))
+        arm = self.arms.get(key)
+        if arm is None:  # (not setdefault: that would build an arm on every step)
+            arm = self.arms[key] = _Arm({c: [] for c in self.candidates})
         self._trial = None
         if len(self.candidates) == 1:
             threads = self.candidates[0]

@@ -18,7 +18,7 @@ from scripted import Always
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from decoding import Engine, SamplingParams, SpecParams
-from decoding import engine as engine_module
+from decoding import row as row_module
 from decoding.sampling import Warp, warp_probs
 from models.medusa import MedusaConfig, MedusaHeads
 
@@ -120,7 +120,7 @@ def test_lockstep_clipped_sampling_matches_target(pair, heads, method, monkeypat
     the target's joint. Unseeded rows (a seeded draft row is never clipped), made repeatable."""
     target, draft = pair
     seeds = iter(range(1, 10**6))
-    monkeypatch.setattr(engine_module.secrets, "randbits", lambda bits: next(seeds))
+    monkeypatch.setattr(row_module.secrets, "randbits", lambda bits: next(seeds))
     engine = Engine(target, draft, medusa=heads, max_batch_size=24)
     engine.controllers[method] = Always(k_max=2)
     sampling = [SamplingParams(max_new_tokens=NEW + i % 3, temperature=1.0) for i in range(N)]
