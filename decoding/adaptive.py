@@ -25,28 +25,25 @@ speculation must have beaten plain by the same margin; otherwise it only gets bu
 Exploration is what makes an adaptive controller lose, so it is paid from a budget: while plain
 steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
 their tokens, enough to cover what that trial is expected to lose, the draft's catching up
-included (at a batch where verification costs three plain steps, that is a trial every few dozen
-steps). Where speculation would not win even were three quarters of the measured rejections away
-(`hope`), a trial is charged ten times its loss: it can hardly change the verdict, and runs only
-because acceptance changes only when something speculates. While speculating, a plain step and the
-neighbours of the choice are re-measured every `recheck_every` steps. A new batch-size bucket starts
-with two plain steps and then steps at K = k_max / 2 (rounded up), which anchor its cost line: one,
-or at batch 1 until position 0 has seen `anchor_rows` rows (one rejected first guess would otherwise
-shut speculation off until the exploration budget pays for a retry, a hundred steps later).
+included. Once run, it is debited what it really cost: the longer plain ran, the more the draft
+must read, which a price from past catch-ups (often prompts its prefix cache held) cannot know; a
+debt only delays the next trial. Where speculation would not win even were three quarters of the
+measured rejections away (`hope`), a trial costs ten times as much: it can hardly change the
+verdict, and runs only because acceptance changes only when something speculates. While
+speculating, a plain step and the neighbours of the choice are re-measured every `recheck_every`
+steps. A new batch-size bucket starts with two plain steps and then steps at K = k_max / 2 (rounded
+up), which anchor its cost line: one, or at batch 1 until position 0 has seen `anchor_rows` rows
+(one rejected first guess would otherwise shut speculation off until the exploration budget pays
+for a retry, a hundred steps later).
 
-Lockstep (decoding/lockstep.py): rows that plain decoding would finish together (or a step or two
-apart) form a group. While the batch has such groups, a step clips each group to its least
-accepted count, and the model prices that in: a group of g rows gets past candidate j with
-probability (avail_j * a_0 ... a_j) ** g, so from a few rows up a plain step wins and the lockstep
-holds. Unclipped speculation is chosen instead only when it promises `lock_margin` more per doubling
-of the batch (what the lockstep is worth). Clipped steps keep realized rates of their own: they
-check clipped speculation (groups that formed by chance, a pair among 16 rows, clip little, and
-the model alone would let such steps run where they do not pay) without vetoing unclipped.
+Lockstep (decoding/lockstep.py): while the batch has groups of rows that plain decoding would
+finish together, a step clips each group to its least accepted count, and the model prices that
+in ((avail_j * a_0 ... a_j) ** g for a group of g rows). Unclipped speculation must promise
+`lock_margin` more per doubling of the batch; clipped steps keep realized rates of their own.
 
 Moving averages: an acceptance outcome weighs by the rows it was measured on (`alpha` each, at most
 `max_weight` per step), so one row at batch 1 is one coin flip, not a fifth of the estimate; step
-times are clipped at 1.5x their average, so a step that grew the cache or was preempted by the OS
-does not stand for the rest.
+times are clipped (decoding/averages.py).
 """
 
 from __future__ import annotations
@@ -92,10 +89,13 @@ class KController:
     realized: dict[tuple[int, bool | str], RateAverage] = field(default_factory=dict)  # (bucket,
     # K > 0, or "lock" for clipped speculative steps) ->
     # tokens per row per second the steps actually gave (the check on the model)
-    sync: float = 0.0  # moving average of a switch's prefill seconds (plain -> speculative)
+    sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative)
     overhead: float = 0.0  # moving average of a step's untimed seconds (accept, commit, the tokens'
     # hand-off, metrics): alike for every K, so it favours fewer steps (at batch 1 ~5% of a step)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
+    trial: tuple[int, float] | None = None  # the step just chosen is a budgeted trial: (bucket,
+    # its cost factor); `observe` debits what it really cost
+    switched: bool = False  # the step just chosen speculates after a plain one (the draft catches up)
     steps: int = 0
     last: int = 0
     sizes: list[int] | None = None  # this step's lockstep group size of each row (None: no groups)
@@ -152,7 +152,9 @@ class KController:
     def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
         """K for the next step of a batch; sizes: each row's lockstep group size (lockstep.py)."""
         self.sizes = sizes if sizes and max(sizes) > 1 else None
+        prev, self.trial = self.last, None
         self.last = self._choose(bucket(batch_size))
+        self.switched = prev == 0 and self.last > 0
         return self.last
 
     def _choose(self, b: int) -> int:
@@ -174,6 +176,8 @@ class KController:
             gain = best_free / max(rates.values())
             if (real := self._gain(b)) is not None:  # what unclipped speculation really gave here
                 gain = min(gain, real)
+            elif b >= 4 and max(self.sizes) > 2:  # ending a lockstep is for good: from groups of
+                gain = 0.0  # three up, only on a measured gain, never on the model's word alone
             if (
                 gain >= 1 + self._lock_margin(b)
                 and best_free >= (1 + self._margin(b)) * free[0]
@@ -200,10 +204,9 @@ class KController:
         if not speculating:
             loss += self.sync * rates[0]
         self.credit[b] = self.credit.get(b, 0.0) + self.regret
-        if self.credit[b] >= loss and self._hopeless(b):  # (asked only when the bank could pay)
-            loss *= self.hopeless
-        if self.credit[b] >= loss:
-            self.credit[b] -= max(loss, 0.0)
+        factor = self.hopeless if self.credit[b] >= loss and self._hopeless(b) else 1.0
+        if self.credit[b] >= loss * factor:  # pay what the trial really costs once it has run
+            self.trial = (b, factor)
             return trial
         return 0
 
@@ -265,8 +268,10 @@ class KController:
             self.realized.setdefault((key[0], kind), RateAverage()).add(
                 stats.emitted_tokens / B, seconds + self.overhead, B, self.alpha, self.max_weight
             )
-        if stats.sync_s:
+        if self.switched and k:  # what the next switch will cost the draft to catch up
             self.sync += 0.2 * (stats.sync_s - self.sync)
+        if self.trial is not None and k:
+            self._pay(stats, seconds)
         tail_reached = tail_accepted = 0
         for j in range(min(k, self.k_max)):
             reached = stats.reached_per_position[j] if j < len(stats.reached_per_position) else 0
@@ -281,6 +286,17 @@ class KController:
             self.avail[j] += self._weight(B, f"avail{j}") * (v - self.avail[j])
         if tail_reached:
             self.tail += self._weight(tail_reached, "tail") * (tail_accepted / tail_reached - self.tail)
+
+    def _pay(self, stats: StepStats, seconds: float) -> None:
+        """Debit a trial's real cost from its bucket's bank, in tokens per row: what plain steps
+        would have given in its time (the draft's catching up included) less what it gave. The
+        bank paid a prediction (catch-ups priced by their average); the debt is the measurement,
+        so however far the draft lagged, exploring costs `regret` of the plain tokens in the end."""
+        (b, factor), self.trial = self.trial, None
+        plain = self.step_cost(b, 0) or 1e-9  # seconds per plain step, overhead included
+        spent = (seconds + self.overhead + stats.sync_s) / plain  # in plain steps
+        lost = max(spent - stats.emitted_tokens / stats.batch_size, 0.01 * spent)
+        self.credit[b] = self.credit.get(b, 0.0) - factor * lost
 
     def observe_overhead(self, seconds: float) -> None:
         """A decode step's wall time beyond its timed propose and verify."""

@@ -264,3 +264,33 @@ def test_a_short_bad_stretch_does_not_flip_the_acceptance_estimate():
     for _ in range(10):
         ctl.observe(_spec_step(2, accepted=0))
     assert before > 0.95 and ctl.accept[0] > 0.75
+
+
+def test_exploring_costs_its_budget_however_dear_the_catch_up():
+    """A trial after plain steps makes the draft read every token it missed: at batch 8 after a
+    long plain run that is several plain steps' worth, while the catch-ups seen at batch 1 (rows
+    joining as it speculates, prompts its prefix cache held) are cheap. The bank pays a
+    prediction but is debited what each trial really cost, so plain decoding at batch 8 gives up
+    little more than `regret` of its throughput to exploring, and still explores."""
+    ctl, lag, trials, prev = KController(k_max=2), 0, 0, 0
+    seconds = tokens = 0.0  # at batch 8
+    for i in range(8000):
+        B = 1 if (i // 400) % 2 == 0 else 8
+        k = ctl.choose(B)
+        verify = 0.010 if B == 1 else 0.010 * (1 + k)  # batch 1 is memory-bound, batch 8 is not
+        if B == 1:
+            sync = 0.001 if k and i % 4 == 0 else 0.0  # a row joined: its prompt was cached
+        else:
+            sync = 0.001 * lag if k and not prev else 0.0  # every token missed since the last trial
+            trials += bool(k and not prev)
+        lag, prev = (0 if k else lag + 1), k
+        stats = StepStats("draft", "decode", B, k=k, propose_s=0.001 * k + sync, verify_s=verify, sync_s=sync)
+        stats.drafted_per_position = [B] * k
+        stats.reached_per_position = [B, B / 2][:k]
+        stats.accepted_per_position = [B / 2, B / 4][:k]  # 0.5 each: wins at batch 1 only
+        stats.emitted_tokens = B * (1 + (0.5, 0.75)[k - 1]) if k else B
+        ctl.observe(stats)
+        if B == 8:
+            seconds, tokens = seconds + stats.propose_s + verify, tokens + stats.emitted_tokens / B
+    assert trials >= 2
+    assert tokens / seconds >= 0.97 * 100  # plain alone: 1 token per row each 10 ms

@@ -254,3 +254,12 @@ def test_rows_admitted_a_step_apart_keep_their_spread(tiny, noisy, draft_kind):
         out, steps = _run_staggered(tiny, draft, Unclipped, prompts, 24, late=2)
         assert out == [r.token_ids for r in plain]
         assert len(set(steps)) > 2
+
+
+def test_a_large_lockstep_never_ends_on_the_models_word_alone():
+    """One unclipped step ends a lockstep for good (rows drift apart, leave and are replaced one by
+    one). In groups of eight, where the model promises unclipped speculation 2x plain but nothing
+    unclipped was ever measured at this batch size, every speculative step stays clipped (a pair
+    may still end on the model's word: test_controller_ends_a_small_lockstep_...)."""
+    eight = _simulate(KController(k_max=4), 8, [8] * 8, accept=0.95, cost=0.1)
+    assert sum(k > 0 for k, _ in eight) > 90 and all(clipped for k, clipped in eight if k)
