@@ -1,49 +1,29 @@
 """Adaptive speculation: choose K per step (K = 0: a plain step) to maximise expected tokens/s.
 
-expected tokens per row and step, for K candidates:
+The reasoning, and what each rule fixed when measured, is in docs/batch-tradeoffs.md ("How `auto`
+decides"). Expected tokens per row and step, for K candidates:
     E(K) = 1 + sum_{j < K} avail_j * prod_{i <= j} a_i
-where a_i is the moving-average acceptance of position i given positions before it were accepted,
-and avail_j the share of rows that had a j-th candidate (prompt lookup may find fewer than K).
-A position measured fewer than `min_samples` times takes the pooled acceptance of all positions
-after the first (given the first was accepted, the next ones are alike, and far likelier than the
-first): otherwise a deep position never tried keeps its prior and is never tried.
+a_i: moving-average acceptance of position i given the ones before were accepted (positions seen
+fewer than `min_samples` times take the pooled acceptance of positions 1..); avail_j: the share of
+rows that had a j-th candidate. Step cost t(B, K) per batch-size bucket: a plain step's own, a
+line in K for K >= 1, each plus the step's untimed overhead; a draft's catching up after plain
+steps is a switching cost, charged to exploring. Choice: argmax_K E(K) / t(B, K), K > 0 only past
+a margin (5% at batch 1, 12% at 2, to 20% at 32), and only where the tokens per row-second that
+speculative steps really gave (realized rates) beat plain by that margin too.
 
-Step cost t(B, K), measured per batch-size bucket (B rows verify B * (K + 1) tokens): a plain
-step (K = 0) on its own, since it runs no proposer and verifies one token per row; K >= 1 as a
-line in K fitted to the Ks measured there. A draft's prefilling of rows it never saw (they joined
-during plain steps) is left out: that is the price of switching, paid once, and it is charged to
-exploration.
-Every K's cost also carries the step's untimed overhead (accept, commit, the tokens' hand-off and
-metrics), which fewer, longer steps pay less often. Choice: argmax_K E(K) / t(B, K), with K > 0
-only when it beats a plain step by a margin (5% at batch 1, for the model's error; 12% at 2,
-growing to 20% at 32: the gains there are thin, and rows desynchronised by speculation cost
-prefill batching and slot occupancy that no step's time shows). The model proposes, the
-measurements dispose: per bucket, the tokens per row-second that speculative and plain steps really
-gave are tracked (row-weighted, like acceptance), and once speculation has `min_rows` row-steps,
-speculation must have beaten plain by the same margin; otherwise it only gets budgeted trials.
+Exploring is paid from a bank: plain steps bank `regret` of their tokens; a trial of the best K
+runs when the bank covers its predicted loss (catch-up included), and is then debited what it
+really cost. A trial that could not change the verdict even with `hope` of the rejections away
+costs `hopeless` times as much. A new bucket starts with plain steps, then anchors its cost line
+with K = k_max / 2; a larger bucket inherits a smaller one's measured "no".
 
-Exploration is what makes an adaptive controller lose, so it is paid from a budget: while plain
-steps win, the best speculative K is re-tried only once the plain steps have banked `regret` of
-their tokens, enough to cover what that trial is expected to lose, the draft's catching up
-included. Once run, it is debited what it really cost: the longer plain ran, the more the draft
-must read, which a price from past catch-ups (often prompts its prefix cache held) cannot know; a
-debt only delays the next trial. Where speculation would not win even were three quarters of the
-measured rejections away (`hope`), a trial costs ten times as much: it can hardly change the
-verdict, and runs only because acceptance changes only when something speculates. While
-speculating, a plain step and the neighbours of the choice are re-measured every `recheck_every`
-steps. A new batch-size bucket starts with two plain steps and then steps at K = k_max / 2 (rounded
-up), which anchor its cost line: one, or at batch 1 until position 0 has seen `anchor_rows` rows
-(one rejected first guess would otherwise shut speculation off until the exploration budget pays
-for a retry, a hundred steps later).
+Lockstep (decoding/lockstep.py): in a batch with groups of rows that plain decoding would finish
+together, steps are clipped per group, priced as (avail_j * a_0 ... a_j) ** g for a group of g.
+Ending a lockstep (an unclipped step) must promise `lock_margin` more per doubling of the batch,
+and from groups of three up at batch 4+ needs a measured unclipped gain there: it is for good.
 
-Lockstep (decoding/lockstep.py): while the batch has groups of rows that plain decoding would
-finish together, a step clips each group to its least accepted count, and the model prices that
-in ((avail_j * a_0 ... a_j) ** g for a group of g rows). Unclipped speculation must promise
-`lock_margin` more per doubling of the batch; clipped steps keep realized rates of their own.
-
-Moving averages: an acceptance outcome weighs by the rows it was measured on (`alpha` each, at most
-`max_weight` per step), so one row at batch 1 is one coin flip, not a fifth of the estimate; step
-times are clipped (decoding/averages.py).
+Moving averages weigh an outcome by its rows (`alpha` each, at most `max_weight` a step), and more
+after a run without updates (`forget`: at batch 1 the acceptance is the current request's).
 """
 
 from __future__ import annotations
@@ -65,9 +45,7 @@ class KController:
     k_max: int
     alpha: float = 0.02  # weight of one row's acceptance outcome in the moving averages ...
     max_weight: float = 0.2  # ... and the most one step's outcome may weigh
-    margin: float = 0.1  # K > 0 must promise this much more throughput than a plain step (batch
-    # 2; +0.02 per doubling of the batch: rows that speculation desynchronises cost prefill
-    # batching and slot occupancy that a step's time does not show) ...
+    margin: float = 0.1  # K > 0 must promise this much more than a plain step at batch 2 (_margin)
     margin_1: float = 0.05  # ... and at batch 1, where there is nothing to desynchronise, this
     lock_margin: float = 0.1  # per doubling of the batch: see _lock_margin
     regret: float = 0.02  # share of a plain run's tokens that exploring may cost
@@ -81,17 +59,17 @@ class KController:
     accept: list[float] = field(default_factory=list)  # [k_max] conditional acceptance per position
     samples: list[int] = field(default_factory=list)  # [k_max] updates of each position's average
     rows_seen: dict[str, float] = field(default_factory=dict)  # row outcomes per average so far
-    tail: float = 0.8  # pooled conditional acceptance of positions 1.. (prior: later positions are
-    # far likelier than the first - 0.85-0.9 for both proposers on the bundled suite)
+    forget: float = 0.005  # per step without an update: how fast a measurement stales (requests
+    # change; after a plain run, a trial's outcome weighs up to `max_weight`)
+    updated: dict[str, int] = field(default_factory=dict)  # step of each average's last update
+    tail: float = 0.8  # pooled conditional acceptance of positions 1.. (0.85-0.9 on the suite)
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
     cost_alpha: float = 0.1  # weight of the newest step time in its moving average
     cost: dict[tuple[int, int], Average] = field(default_factory=dict)  # (bucket, K) -> step seconds
-    realized: dict[tuple[int, bool | str], RateAverage] = field(default_factory=dict)  # (bucket,
-    # K > 0, or "lock" for clipped speculative steps) ->
-    # tokens per row per second the steps actually gave (the check on the model)
+    realized: dict[tuple[int, bool | str], RateAverage] = field(default_factory=dict)  # (bucket, K > 0
+    # or "lock" for clipped speculation) -> tokens per row-second the steps gave (the model's check)
     sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative)
-    overhead: float = 0.0  # moving average of a step's untimed seconds (accept, commit, the tokens'
-    # hand-off, metrics): alike for every K, so it favours fewer steps (at batch 1 ~5% of a step)
+    overhead: float = 0.0  # moving average of a step's untimed seconds (accept, commit, hand-off)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
     trial: tuple[int, float] | None = None  # the step just chosen is a budgeted trial: (bucket,
     # its cost factor); `observe` debits what it really cost
@@ -266,7 +244,12 @@ class KController:
         if seconds > 0:  # switching cost left out here too: trials always follow plain steps
             kind = "lock" if stats.lockstep and k else k > 0
             self.realized.setdefault((key[0], kind), RateAverage()).add(
-                stats.emitted_tokens / B, seconds + self.overhead, B, self.alpha, self.max_weight
+                stats.emitted_tokens / B,
+                seconds + self.overhead,
+                B,
+                self.alpha,
+                self.max_weight,
+                self._stale(f"realized{key[0]}{kind}"),
             )
         if self.switched and k:  # what the next switch will cost the draft to catch up
             self.sync += 0.2 * (stats.sync_s - self.sync)
@@ -309,4 +292,11 @@ class KController:
         steps at batch 1)."""
         seen = self.rows_seen.get(name, 0.0) + rows
         self.rows_seen[name] = seen
-        return max(min(1.0 - (1.0 - self.alpha) ** rows, self.max_weight), rows / (seen + 1))
+        fresh = min(1.0 - (1.0 - self.alpha) ** rows, self.max_weight)
+        return max(fresh, rows / (seen + 1), self._stale(name))
+
+    def _stale(self, name: str) -> float:
+        """The least weight of a new outcome for an average last updated `steps` ago: at batch 1
+        the acceptance is the current request's, and after a plain run it may be another's."""
+        last, self.updated[name] = self.updated.get(name, self.steps), self.steps
+        return min(1.0 - (1.0 - self.forget) ** (self.steps - last), self.max_weight)

@@ -37,8 +37,17 @@ class RateAverage:
     def value(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
-    def add(self, tokens_per_row: float, seconds: float, rows: int, alpha: float, max_weight: float) -> None:
+    def add(
+        self,
+        tokens_per_row: float,
+        seconds: float,
+        rows: int,
+        alpha: float,
+        max_weight: float,
+        least: float = 0.0,
+    ) -> None:
+        """least: the least weight of this step (a stale average: `KController._stale`)."""
         self.rows += rows
-        w = max(min(1.0 - (1.0 - alpha) ** rows, max_weight), rows / self.rows)
+        w = max(min(1.0 - (1.0 - alpha) ** rows, max_weight), rows / self.rows, least)
         self.tokens += w * (tokens_per_row - self.tokens)
         self.seconds += w * (seconds - self.seconds)

@@ -294,3 +294,25 @@ def test_exploring_costs_its_budget_however_dear_the_catch_up():
             seconds, tokens = seconds + stats.propose_s + verify, tokens + stats.emitted_tokens / B
     assert trials >= 2
     assert tokens / seconds >= 0.97 * 100  # plain alone: 1 token per row each 10 ms
+
+
+def test_an_outcome_after_a_plain_run_weighs_more():
+    """At batch 1 the acceptance is the current request's, and what was measured before a run of
+    plain steps may be another request's: a trial's outcome after that run weighs up to
+    `max_weight`, while back to back, one row's outcome weighs `alpha`."""
+
+    def step(accepted: int) -> float:
+        before = ctl.accept[0]
+        ctl.choose(1)
+        ctl.observe(_spec_step(2, accepted=accepted))
+        return ctl.accept[0] - before
+
+    ctl = KController(k_max=2)
+    for _ in range(200):
+        step(accepted=0)  # a request the draft cannot guess
+    back_to_back = step(accepted=2)
+    for _ in range(100):  # plain steps: nothing measures acceptance
+        ctl.choose(1)
+        ctl.observe(StepStats("draft", "decode", 1, k=0, verify_s=0.006))
+    after_plain = step(accepted=2)
+    assert back_to_back < 0.03 and 0.15 < after_plain <= ctl.max_weight
