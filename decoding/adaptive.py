@@ -240,8 +240,10 @@ class KController:
         key = (bucket(B), k)
         # a draft's catching up on earlier plain steps is the price of switching, not of K
         seconds = stats.propose_s - stats.sync_s + stats.verify_s
-        self.cost.setdefault(key, Average()).add(seconds, self.cost_alpha)
-        if seconds > 0:  # switching cost left out here too: trials always follow plain steps
+        steady = not stats.trial_settings  # a thread count under trial: not what K costs here
+        if steady:
+            self.cost.setdefault(key, Average()).add(seconds, self.cost_alpha)
+        if seconds > 0 and steady:  # switching cost left out here too: trials follow plain steps
             kind = "lock" if stats.lockstep and k else k > 0
             self.realized.setdefault((key[0], kind), RateAverage()).add(
                 stats.emitted_tokens / B,

@@ -70,8 +70,9 @@ class Engine:
         self.on_tokens = on_tokens or (lambda row, toks: None)
         self.on_step = on_step or (lambda stats: None)
         self.charge = charge
-        self.on_plan: Callable[[str, str, int, int], object] = lambda phase, method, k, rows: None
-        # ^ (phase, method, K, rows) before each prefill or decode of a sub-batch: a thread tuner
+        self.on_plan: Callable[[str, str, int, int], bool | None] = lambda phase, method, k, rows: None
+        # ^ (phase, method, K, rows) before each prefill or decode of a sub-batch: a thread tuner;
+        # true when the step runs on settings under trial (adaptive K does not learn its cost)
         self.waiting: deque[Row] = deque()
         self.batches: dict[str, SubBatch] = {}
         self.controllers: dict[str, KController] = {}  # adaptive K per method
@@ -180,8 +181,9 @@ class Engine:
             return step(self.target, batch, self.on_tokens)
         ids = lockstep.groups(batch.rows)
         k = ctl.choose(B, lockstep.group_sizes(ids))
-        self.on_plan("decode", batch.method, k, B)
+        trial = bool(self.on_plan("decode", batch.method, k, B))
         stats = step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
+        stats.trial_settings = trial
         ctl.observe(stats)
         return stats
 

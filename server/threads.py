@@ -82,6 +82,11 @@ class ThreadTuner:
             self.current = threads
         return threads
 
+    @property
+    def trying(self) -> bool:
+        """The step just planned runs a thread count under trial: its time is not the steady one."""
+        return self._trial is not None
+
     def observe(self, stats: StepStats) -> None:
         """The step just planned ran: its time per token fed, if it was a trial."""
         if self._trial is None:

@@ -316,3 +316,21 @@ def test_an_outcome_after_a_plain_run_weighs_more():
         ctl.observe(StepStats("draft", "decode", 1, k=0, verify_s=0.006))
     after_plain = step(accepted=2)
     assert back_to_back < 0.03 and 0.15 < after_plain <= ctl.max_weight
+
+
+def test_steps_on_settings_under_trial_do_not_price_k(tiny):
+    """A thread tuner times each new kind of step (method, K, batch size) on every candidate
+    thread count, some of them slower: at batch 1 two threads made a K = 3 verify 40% dearer per
+    token. Priced from those steps, a K used rarely afterwards kept the dearer cost, and the fitted
+    line favoured deeper K. The engine marks such steps, and the controller takes no cost from them."""
+    t, d = tiny["target"].model, tiny["draft"].model
+    prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11]]
+    sampling = SamplingParams(max_new_tokens=16)
+    plain = Engine(t).generate(prompts, sampling, SpecParams())
+    for trying in (True, False):
+        engine = Engine(t, d, max_batch_size=2)
+        engine.on_plan = lambda phase, method, k, rows, trying=trying: trying
+        res = engine.generate(prompts, sampling, SpecParams("draft", 4, adaptive=True))
+        assert [r.token_ids for r in res] == [r.token_ids for r in plain]
+        ctl = engine.controllers["draft"]
+        assert bool(ctl.cost) is not trying and bool(ctl.realized) is not trying

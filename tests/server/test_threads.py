@@ -50,6 +50,10 @@ def test_small_steps_keep_one_thread_large_ones_take_two(set_threads):
     assert tuner.arms[("decode", "none", 0, 6)].choice == 2  # rows 32-63
     assert set_threads[-1] == 2 == tuner.current
     assert len(set_threads) <= 2 * 8 + 2  # set only when the count changes
+    tuner.plan("decode", "none", 0, 2)
+    assert not tuner.trying  # a chosen count: its time is the steady one ...
+    tuner.plan("decode", "none", 0, 128)
+    assert tuner.trying  # ... a new kind's first steps are trials
 
 
 def test_kinds_of_step_are_timed_apart(set_threads):
