@@ -20,7 +20,7 @@ with K = k_max / 2; a larger bucket inherits a smaller one's measured "no".
 Lockstep (decoding/lockstep.py): in a batch with groups of rows that plain decoding would finish
 together, steps are clipped per group, priced as (avail_j * a_0 ... a_j) ** g for a group of g.
 Ending a lockstep (an unclipped step) must promise `lock_margin` more per doubling of the batch,
-and from groups of three up at batch 4+ needs a measured unclipped gain there: it is for good.
+and from groups of three up in bucket 4+ (batch 3+) needs a measured unclipped gain: it is for good.
 
 Moving averages weigh an outcome by its rows (`alpha` each, at most `max_weight` a step), and more
 after a run without updates (`forget`: at batch 1 the acceptance is the current request's).
@@ -45,7 +45,7 @@ class KController:
     k_max: int
     alpha: float = 0.02  # weight of one row's acceptance outcome in the moving averages ...
     max_weight: float = 0.2  # ... and the most one step's outcome may weigh
-    margin: float = 0.1  # K > 0 must promise this much more than a plain step at batch 2 (_margin)
+    margin: float = 0.1  # base of what K > 0 must promise over a plain step (_margin: 12% at 2)
     margin_1: float = 0.05  # ... and at batch 1, where there is nothing to desynchronise, this
     lock_margin: float = 0.1  # per doubling of the batch: see _lock_margin
     regret: float = 0.02  # share of a plain run's tokens that exploring may cost
@@ -71,8 +71,8 @@ class KController:
     sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative)
     overhead: float = 0.0  # moving average of a step's untimed seconds (accept, commit, hand-off)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
-    trial: tuple[int, float] | None = None  # the step just chosen is a budgeted trial: (bucket,
-    # its cost factor); `observe` debits what it really cost
+    trial: tuple[int, float, float] | None = None  # the step just chosen is a budgeted trial:
+    # (bucket, its cost factor, its predicted loss); `observe` debits what it really cost
     switched: bool = False  # the step just chosen speculates after a plain one (the draft catches up)
     steps: int = 0
     last: int = 0
@@ -184,7 +184,7 @@ class KController:
         self.credit[b] = self.credit.get(b, 0.0) + self.regret
         factor = self.hopeless if self.credit[b] >= loss and self._hopeless(b) else 1.0
         if self.credit[b] >= loss * factor:  # pay what the trial really costs once it has run
-            self.trial = (b, factor)
+            self.trial = (b, factor, loss)
             return trial
         return 0
 
@@ -208,7 +208,7 @@ class KController:
 
     def _margin(self, b: int) -> float:
         """The gain K > 0 must promise at bucket b: `margin_1` at batch 1 (the model's error: one
-        row has nothing to desynchronise), `margin` at 2, +0.02 per doubling after."""
+        row has nothing to desynchronise), 1.2 x `margin` at 2, +0.02 per doubling after."""
         if b == 1:
             return self.margin_1
         return self.margin * (1 + b.bit_length() / 5 - 0.2)
@@ -251,9 +251,10 @@ class KController:
                 B,
                 self.alpha,
                 self.max_weight,
-                self._stale(f"realized{key[0]}{kind}"),
+                self._stale(f"realized{key[0]}{kind}") if k else 0.0,  # a plain step's rate
+                # is the same for every request: only speculation's goes stale
             )
-        if self.switched and k:  # what the next switch will cost the draft to catch up
+        if self.switched and k and steady:  # what the next switch will cost the draft to catch up
             self.sync += 0.2 * (stats.sync_s - self.sync)
         if self.trial is not None and k:
             self._pay(stats, seconds)
@@ -273,14 +274,15 @@ class KController:
             self.tail += self._weight(tail_reached, "tail") * (tail_accepted / tail_reached - self.tail)
 
     def _pay(self, stats: StepStats, seconds: float) -> None:
-        """Debit a trial's real cost from its bucket's bank, in tokens per row: what plain steps
-        would have given in its time (the draft's catching up included) less what it gave. The
-        bank paid a prediction (catch-ups priced by their average); the debt is the measurement,
-        so however far the draft lagged, exploring costs `regret` of the plain tokens in the end."""
-        (b, factor), self.trial = self.trial, None
+        """Debit a trial's real cost, in tokens per row: what plain steps would have given in its
+        time (the draft's catching up included) less what it gave. The bank decided on a
+        prediction; the debt is the measurement, so exploring costs `regret` however far the draft lagged."""
+        (b, factor, predicted), self.trial = self.trial, None
         plain = self.step_cost(b, 0) or 1e-9  # seconds per plain step, overhead included
         spent = (seconds + self.overhead + stats.sync_s) / plain  # in plain steps
         lost = max(spent - stats.emitted_tokens / stats.batch_size, 0.01 * spent)
+        if stats.trial_settings:  # timed on a thread count under trial: not exploring's cost
+            lost = predicted
         self.credit[b] = self.credit.get(b, 0.0) - factor * lost
 
     def observe_overhead(self, seconds: float) -> None:
@@ -289,9 +291,8 @@ class KController:
 
     def _weight(self, rows: float, name: str) -> float:
         """Moving-average weight of a step's outcome over `rows` rows: as many single updates, up
-        to `max_weight` (rows of one step are alike: a step must not erase the average); while
-        an average has seen few rows, their plain mean (the prior must not linger for dozens of
-        steps at batch 1)."""
+        to `max_weight` (rows of one step are alike); while an average has seen few rows, their
+        plain mean (the prior must not linger at batch 1); after a run without updates, more."""
         seen = self.rows_seen.get(name, 0.0) + rows
         self.rows_seen[name] = seen
         fresh = min(1.0 - (1.0 - self.alpha) ** rows, self.max_weight)

@@ -181,7 +181,7 @@ class Engine:
             return step(self.target, batch, self.on_tokens)
         ids = lockstep.groups(batch.rows)
         k = ctl.choose(B, lockstep.group_sizes(ids))
-        trial = bool(self.on_plan("decode", batch.method, k, B))
+        trial = self.on_plan("decode", batch.method, k, B) is True
         stats = step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
         stats.trial_settings = trial
         ctl.observe(stats)
@@ -240,7 +240,8 @@ class Engine:
                 t0 = time.perf_counter()
                 stats = self._decode(batch)
                 self._report(stats, list(batch.rows))
-                if (ctl := self.controllers.get(method)) is not None:  # bookkeeping, hand-off, metrics
+                ctl = self.controllers.get(method)
+                if ctl is not None and not stats.trial_settings:  # bookkeeping, hand-off, metrics
                     ctl.observe_overhead(time.perf_counter() - t0 - stats.propose_s - stats.verify_s)
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)

@@ -334,3 +334,19 @@ def test_steps_on_settings_under_trial_do_not_price_k(tiny):
         assert [r.token_ids for r in res] == [r.token_ids for r in plain]
         ctl = engine.controllers["draft"]
         assert bool(ctl.cost) is not trying and bool(ctl.realized) is not trying
+
+
+def test_a_plain_steps_rate_does_not_go_stale():
+    """While speculating, plain steps come only as rechecks, one in dozens: one that the OS
+    preempted must not move the plain rate as news would (it does not depend on the request)."""
+    ctl = KController(k_max=2)
+    for _ in range(50):
+        ctl.choose(1)
+        ctl.observe(StepStats("draft", "decode", 1, k=0, verify_s=0.006, emitted_tokens=1))
+    for _ in range(100):  # a run of speculation
+        ctl.choose(1)
+        ctl.observe(_spec_step(2, accepted=2))
+    before = ctl.realized[(1, False)].value
+    ctl.choose(1)
+    ctl.observe(StepStats("draft", "decode", 1, k=0, verify_s=0.012, emitted_tokens=1))  # preempted
+    assert ctl.realized[(1, False)].value > 0.95 * before
