@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decoding.adaptive import KController
+from decoding.stats import StepStats
 
 
 class Always(KController):
@@ -32,3 +33,13 @@ class Cycle(Always):
         self.last = self.script[self.steps % len(self.script)]
         self.steps += 1
         return self.last
+
+
+def spec_step(k: int, accepted: int, batch: int = 1, seconds: float = 0.014) -> StepStats:
+    """A speculative step of `batch` rows whose first `accepted` candidates were all accepted."""
+    stats = StepStats("draft", "decode", batch, k=k, verify_s=seconds)
+    stats.drafted_per_position = [batch] * k
+    stats.reached_per_position = [batch if j <= accepted else 0 for j in range(k)]
+    stats.accepted_per_position = [batch if j < accepted else 0 for j in range(k)]
+    stats.emitted_tokens = batch * (1 + accepted)
+    return stats
