@@ -100,22 +100,31 @@ class KController:
 
     def step_cost(self, b: int, k: int) -> float | None:
         """Seconds per step at bucket b and K. K >= 1: a line in K through the Ks measured there (a
-        line, not the raw table: one noisy sample of one K must not decide); with one K measured,
-        the slope is its cost over a plain step's, per candidate."""
+        line, not the raw table: one noisy sample of one K must not decide), each K weighed by its
+        samples up to a moving average's worth, Ks timed fewer than `min_samples` times left out
+        once two are (a K tried once, on a slow step, must not tilt the line under a K run
+        hundreds of times); with one K measured, the slope is its cost over a plain step's, per
+        candidate."""
         if k == 0:
             c = self.cost.get((b, 0))
             return max(c.value + self.overhead, 1e-9) if c else None
-        pts = [(kk, c.value) for (bb, kk), c in self.cost.items() if bb == b and kk > 0]
+        pts = [
+            (kk, c.value, min(c.n, 1 / self.cost_alpha))
+            for (bb, kk), c in self.cost.items()
+            if bb == b and kk
+        ]
         if not pts:
             return None
-        n = len(pts)
-        mk, mt = sum(x for x, _ in pts) / n, sum(t for _, t in pts) / n
-        if n == 1:
+        if len(sure := [p for p in pts if p[2] >= self.min_samples]) >= 2:
+            pts = sure  # a K timed once or twice is far from the rest: one slow step would tilt it
+        w = sum(n for *_, n in pts)
+        mk, mt = sum(x * n for x, _, n in pts) / w, sum(t * n for _, t, n in pts) / w
+        if len(pts) == 1:
             plain = self.step_cost(b, 0)
             slope = max((mt + self.overhead - plain) / mk, 0.0) if plain is not None else 0.0
         else:
-            var = sum((x - mk) ** 2 for x, _ in pts)
-            slope = max(sum((x - mk) * (t - mt) for x, t in pts) / var, 0.0)
+            var = sum(n * (x - mk) ** 2 for x, _, n in pts)
+            slope = max(sum(n * (x - mk) * (t - mt) for x, t, n in pts) / var, 0.0)
         return max(mt + slope * (k - mk) + self.overhead, 1e-9)
 
     def rates(self, b: int, sizes: list[int] | None = None, hope: float = 0.0) -> dict[int, float]:

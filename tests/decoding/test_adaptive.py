@@ -94,6 +94,17 @@ def test_cost_spikes_are_clipped():
     assert ctl.step_cost(bucket(8), 0) < 0.012
 
 
+def test_a_k_timed_once_does_not_tilt_the_cost_line():
+    """At batch 1 prompt lookup ran K = 1 hundreds of times and K = 4 once, on a slow step (17 ms
+    against ~8): weighed evenly that one sample made every K > 2 look dear, and K = 1 stayed."""
+    ctl = KController(k_max=6)
+    ctl.cost = {(1, 0): Average(0.0058, n=300), (1, 1): Average(0.0080, n=800), (1, 2): Average(0.0085, n=30)}
+    ctl.cost[(1, 4)] = Average(0.017, n=1)
+    assert ctl.step_cost(1, 4) < 0.0100  # the line through K = 1, 2 (9.0 ms), barely moved
+    ctl.cost[(1, 4)] = Average(0.017, n=30)  # measured as often: it counts as much
+    assert ctl.step_cost(1, 4) > 0.0150
+
+
 @pytest.mark.parametrize("method,batch_size", [("draft", 1), ("draft", 4), ("ngram", 4)])
 def test_auto_stays_lossless(tiny, method, batch_size):
     t, d = tiny["target"].model, tiny["draft"].model
