@@ -23,7 +23,8 @@ Ending a lockstep (an unclipped step) must promise `lock_margin` more per doubli
 and from groups of three up in bucket 4+ (batch 3+) needs a measured unclipped gain: it is for good.
 
 Moving averages weigh an outcome by its rows (`alpha` each, at most `max_weight` a step), and more
-after a run without updates (`forget`: at batch 1 the acceptance is the current request's).
+after a run without updates (`forget`: at batch 1 the acceptance is the current request's); a new
+request alone in its batch restarts the acceptance estimates from their average across requests.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from decoding import lockstep
-from decoding.averages import Average, RateAverage
+from decoding.averages import Average, RateAverage, RequestPrior
 from decoding.stats import StepStats
 
 
@@ -62,6 +63,8 @@ class KController:
     forget: float = 0.005  # per step without an update: how fast a measurement stales (requests
     # change; after a plain run, a trial's outcome weighs up to `max_weight`)
     updated: dict[str, int] = field(default_factory=dict)  # step of each average's last update
+    prior: RequestPrior = field(default_factory=RequestPrior)  # acceptance across requests (batch 1)
+    request: object = None  # the request last seen alone in its batch
     tail: float = 0.8  # pooled conditional acceptance of positions 1.. (0.85-0.9 on the suite)
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
     cost_alpha: float = 0.1  # weight of the newest step time in its moving average
@@ -99,24 +102,18 @@ class KController:
         return lockstep.expected_tokens(reach, sizes or [])
 
     def step_cost(self, b: int, k: int) -> float | None:
-        """Seconds per step at bucket b and K. K >= 1: a line in K through the Ks measured there (a
-        line, not the raw table: one noisy sample of one K must not decide), each K weighed by its
-        samples up to a moving average's worth, Ks timed fewer than `min_samples` times left out
-        once two are (a K tried once, on a slow step, must not tilt the line under a K run
-        hundreds of times); with one K measured, the slope is its cost over a plain step's, per
-        candidate."""
+        """Seconds per step at bucket b and K. K >= 1: a line in K through the Ks measured there,
+        each weighed by its samples up to a moving average's worth, those timed under
+        `min_samples` times left out once two are not (one slow step of a K tried once must not
+        tilt it); with one K measured, the slope is its cost over a plain step's, per candidate."""
         if k == 0:
             c = self.cost.get((b, 0))
             return max(c.value + self.overhead, 1e-9) if c else None
-        pts = [
-            (kk, c.value, min(c.n, 1 / self.cost_alpha))
-            for (bb, kk), c in self.cost.items()
-            if bb == b and kk
-        ]
-        if not pts:
+        pts = [(kk, c.value, min(c.n, 1 / self.cost_alpha)) for (bb, kk), c in self.cost.items() if bb == b]
+        if not (pts := [p for p in pts if p[0]]):
             return None
         if len(sure := [p for p in pts if p[2] >= self.min_samples]) >= 2:
-            pts = sure  # a K timed once or twice is far from the rest: one slow step would tilt it
+            pts = sure
         w = sum(n for *_, n in pts)
         mk, mt = sum(x * n for x, _, n in pts) / w, sum(t * n for _, t, n in pts) / w
         if len(pts) == 1:
@@ -136,9 +133,13 @@ class KController:
         """Whether the step just chosen must clip acceptance by lockstep group."""
         return self.sizes is not None
 
-    def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
-        """K for the next step of a batch; sizes: each row's lockstep group size (lockstep.py)."""
+    def choose(self, batch_size: int, sizes: list[int] | None = None, request: object = None) -> int:
+        """K for the next step of a batch; sizes: each row's lockstep group size (lockstep.py);
+        request: at batch 1, the row's identity (a new one starts from the prior across requests)."""
         self.sizes = sizes if sizes and max(sizes) > 1 else None
+        if batch_size == 1 and request is not None and request != self.request:
+            self.request = request
+            self.tail = self.prior.restart(self.accept, self.tail, self.rows_seen)
         prev, self.trial = self.last, None
         self.last = self._choose(bucket(batch_size))
         self.switched = prev == 0 and self.last > 0

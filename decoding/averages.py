@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -51,3 +51,29 @@ class RateAverage:
         w = max(min(1.0 - (1.0 - alpha) ** rows, max_weight), rows / self.rows, least)
         self.tokens += w * (tokens_per_row - self.tokens)
         self.seconds += w * (seconds - self.seconds)
+
+
+@dataclass
+class RequestPrior:
+    """Acceptance across requests, where each request's own counts most (batch 1). The suite's
+    prompts range from 60 to 350 tok/s under one draft: a request's acceptance says little about
+    the next one's, so the controller's estimates must not carry a bad request's "plain" into a
+    good one (only trials would learn otherwise). When a new request starts alone, the estimates
+    it left are folded into this prior (`weight` per request) and it starts from the prior, as
+    worth `rows` row outcomes: after as many of its own, its own weigh half."""
+
+    accept: list[float] = field(default_factory=list)  # [k_max] long-run conditional acceptance
+    tail: float = 0.0
+    weight: float = 0.25
+    rows: float = 8.0
+
+    def restart(self, accept: list[float], tail: float, rows_seen: dict[str, float]) -> float:
+        """Fold the estimates (in place) into the prior, restart them from it; return the tail."""
+        if not self.accept:
+            self.accept, self.tail = list(accept), tail
+        self.accept = [p + self.weight * (a - p) for p, a in zip(self.accept, accept, strict=True)]
+        self.tail += self.weight * (tail - self.tail)
+        accept[:] = self.accept
+        for name in [f"accept{j}" for j in range(len(accept))] + ["tail"]:
+            rows_seen[name] = min(rows_seen.get(name, 0.0), self.rows)
+        return self.tail

@@ -180,7 +180,8 @@ class Engine:
             self.on_plan("decode", batch.method, batch.fixed_k, B)
             return step(self.target, batch, self.on_tokens)
         ids = lockstep.groups(batch.rows)
-        k = ctl.choose(B, lockstep.group_sizes(ids))
+        lone = (batch.rows[0].request_id, batch.rows[0].arrival) if B == 1 else None
+        k = ctl.choose(B, lockstep.group_sizes(ids), lone)
         trial = self.on_plan("decode", batch.method, k, B) is True
         stats = step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
         stats.trial_settings = trial

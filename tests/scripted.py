@@ -11,7 +11,7 @@ class Always(KController):
 
     lock_groups = True
 
-    def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
+    def choose(self, batch_size: int, sizes: list[int] | None = None, request: object = None) -> int:
         self.sizes = sizes if self.lock_groups and sizes and max(sizes) > 1 else None
         self.last = self.k_max
         return self.last
@@ -28,7 +28,7 @@ class Cycle(Always):
 
     script = (0, 0, 3, 0, 0, 0, 0, 2, 4, 0, 1, 0, 0, 0, 4)
 
-    def choose(self, batch_size: int, sizes: list[int] | None = None) -> int:
+    def choose(self, batch_size: int, sizes: list[int] | None = None, request: object = None) -> int:
         super().choose(batch_size, sizes)
         self.last = self.script[self.steps % len(self.script)]
         self.steps += 1

@@ -94,3 +94,38 @@ def test_a_plain_steps_rate_does_not_go_stale():
     ctl.choose(1)
     ctl.observe(StepStats("draft", "decode", 1, k=0, verify_s=0.012, emitted_tokens=1))  # preempted
     assert ctl.realized[(1, False)].value > 0.95 * before
+
+
+def test_a_request_alone_starts_from_the_acceptance_across_requests():
+    """At batch 1 the acceptance is the current request's, and the next request's may differ
+    wholly. After a bad request the estimates said "plain", and the next request ran plain too
+    (in-process, draft:auto reached 84-90% of draft:4 at batch 1). A new request alone in its
+    batch starts from the average across requests, then its own outcomes take over quickly."""
+    ctl = KController(k_max=4)
+
+    def run(request: str, accept: bool, steps: int) -> list[int]:
+        ks = []
+        for _ in range(steps):
+            ks.append(k := ctl.choose(1, None, request))
+            if k:  # a speculative step costs two plain ones: it pays from ~0.5 acceptance
+                ctl.observe(spec_step(k, k if accept else 0, seconds=0.020))
+            else:
+                ctl.observe(StepStats("draft", "decode", 1, k=0, verify_s=0.010, emitted_tokens=1))
+        return ks
+
+    for i in range(4):
+        assert sum(k > 0 for k in run(f"good{i}", True, 40)) >= 30  # plain: the baseline, rechecks
+    assert run("bad", False, 200)[-10:] == [0] * 10  # it learned this one's "no"
+    assert run("next", True, 1) != [0]  # the old code: 0, and plain until a trial (~1 per request)
+    assert run("bad again", False, 12)[-3:] == [0] * 3  # a bad one's own outcomes soon say no
+
+
+def test_the_engine_names_the_request_alone_in_its_batch(tiny):
+    engine = Engine(tiny["target"].model, tiny["draft"].model, max_batch_size=2)
+    spec = SpecParams("draft", 3, adaptive=True)
+    engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=6), spec)
+    first = engine.controllers["draft"].request
+    engine.generate([[8, 9]], SamplingParams(max_new_tokens=6), spec)
+    ctl = engine.controllers["draft"]
+    assert first is not None and ctl.request not in (None, first)
+    assert len(ctl.prior.accept) == 3  # the first request's estimates were folded in
