@@ -29,11 +29,13 @@ request alone in its batch restarts the acceptance estimates from their average 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from decoding import lockstep
-from decoding.averages import Average, RateAverage, RequestPrior
+from decoding.averages import RateAverage, RequestPrior
 from decoding.stats import StepStats
+from decoding.step_cost import StepCosts
 
 
 def bucket(batch_size: int) -> int:
@@ -67,19 +69,17 @@ class KController:
     request: object = None  # the request last seen alone in its batch
     tail: float = 0.8  # pooled conditional acceptance of positions 1.. (0.85-0.9 on the suite)
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
-    cost_alpha: float = 0.1  # weight of the newest step time in its moving average
-    cost: dict[tuple[int, int], Average] = field(default_factory=dict)  # (bucket, K) -> step seconds
+    costs: StepCosts = field(default_factory=StepCosts)  # seconds per step by (bucket, K)
     realized: dict[tuple[int, bool | str], RateAverage] = field(default_factory=dict)  # (bucket, K > 0
     # or "lock" for clipped speculation) -> tokens per row-second the steps gave (the model's check)
     sync: float = 0.0  # moving average of a switch's catch-up seconds (plain -> speculative)
-    overhead: float = 0.0  # moving average of a step's untimed seconds (accept, commit, hand-off)
     credit: dict[int, float] = field(default_factory=dict)  # bucket -> tokens banked for exploring
     trial: tuple[int, float, float] | None = None  # the step just chosen is a budgeted trial:
     # (bucket, its cost factor, its predicted loss); `observe` debits what it really cost
     switched: bool = False  # the step just chosen speculates after a plain one (the draft catches up)
     steps: int = 0
     last: int = 0
-    sizes: list[int] | None = None  # this step's lockstep group size of each row (None: no groups)
+    sizes: dict[int, int] | None = None  # this step's lockstep groups: {size: rows} (None: no groups)
 
     def __post_init__(self) -> None:
         self.accept = self.accept or [0.5] * self.k_max  # a neutral prior until measured
@@ -92,7 +92,9 @@ class KController:
             return self.accept[j]
         return self.tail
 
-    def expected_tokens(self, k: int, sizes: list[int] | None = None, hope: float = 0.0) -> float:
+    def expected_tokens(
+        self, k: int, sizes: list[int] | dict[int, int] | None = None, hope: float = 0.0
+    ) -> float:
         """Per row and step; with lockstep group sizes ([B]), each group advances as one.
         hope: the share of rejections assumed away (an optimistic estimate for exploring)."""
         reach, p = [], 1.0
@@ -102,31 +104,15 @@ class KController:
         return lockstep.expected_tokens(reach, sizes or [])
 
     def step_cost(self, b: int, k: int) -> float | None:
-        """Seconds per step at bucket b and K. K >= 1: a line in K through the Ks measured there,
-        each weighed by its samples up to a moving average's worth, those timed under
-        `min_samples` times left out once two are not (one slow step of a K tried once must not
-        tilt it); with one K measured, the slope is its cost over a plain step's, per candidate."""
-        if k == 0:
-            c = self.cost.get((b, 0))
-            return max(c.value + self.overhead, 1e-9) if c else None
-        pts = [(kk, c.value, min(c.n, 1 / self.cost_alpha)) for (bb, kk), c in self.cost.items() if bb == b]
-        if not (pts := [p for p in pts if p[0]]):
-            return None
-        if len(sure := [p for p in pts if p[2] >= self.min_samples]) >= 2:
-            pts = sure
-        w = sum(n for *_, n in pts)
-        mk, mt = sum(x * n for x, _, n in pts) / w, sum(t * n for _, t, n in pts) / w
-        if len(pts) == 1:
-            plain = self.step_cost(b, 0)
-            slope = max((mt + self.overhead - plain) / mk, 0.0) if plain is not None else 0.0
-        else:
-            var = sum(n * (x - mk) ** 2 for x, _, n in pts)
-            slope = max(sum(n * (x - mk) * (t - mt) for x, t, n in pts) / var, 0.0)
-        return max(mt + slope * (k - mk) + self.overhead, 1e-9)
+        """Seconds per step at bucket b and K (decoding/step_cost.py); None until measured there."""
+        return self.costs(b, k)
 
-    def rates(self, b: int, sizes: list[int] | None = None, hope: float = 0.0) -> dict[int, float]:
+    def rates(
+        self, b: int, sizes: list[int] | dict[int, int] | None = None, hope: float = 0.0
+    ) -> dict[int, float]:
         """Expected tokens per row per second for every K, at bucket b (lockstep groups: sizes)."""
-        return {k: self.expected_tokens(k, sizes, hope) / self.step_cost(b, k) for k in range(self.k_max + 1)}
+        cost = self.costs.upto(b, self.k_max)  # [K + 1]
+        return {k: self.expected_tokens(k, sizes, hope) / c for k, c in enumerate(cost)}
 
     @property
     def lock(self) -> bool:
@@ -136,7 +122,7 @@ class KController:
     def choose(self, batch_size: int, sizes: list[int] | None = None, request: object = None) -> int:
         """K for the next step of a batch; sizes: each row's lockstep group size (lockstep.py);
         request: at batch 1, the row's identity (a new one starts from the prior across requests)."""
-        self.sizes = sizes if sizes and max(sizes) > 1 else None
+        self.sizes = dict(Counter(sizes)) if sizes and max(sizes) > 1 else None  # {group size: rows}
         if batch_size == 1 and request is not None and request != self.request:
             self.request = request
             self.tail = self.prior.restart(self.accept, self.tail, self.rows_seen)
@@ -147,10 +133,9 @@ class KController:
 
     def _choose(self, b: int) -> int:
         self.steps += 1
-        baseline = self.cost.get((b, 0))
-        if baseline is None or baseline.n < 2:
+        if self.costs.steps(b, False) < 2:
             return 0  # the baseline first, twice
-        spec_steps = sum(c.n for (bb, k), c in self.cost.items() if bb == b and k > 0)
+        spec_steps = self.costs.steps(b, True)
         if spec_steps == 0 and self._verdict_below(b) is False:
             return 0  # it did not pay at a smaller batch: it will not here, so do not explore
         if spec_steps == 0 or (
@@ -252,12 +237,12 @@ class KController:
         seconds = stats.propose_s - stats.sync_s + stats.verify_s
         steady = not stats.trial_settings  # a thread count under trial: not what K costs here
         if steady:
-            self.cost.setdefault(key, Average()).add(seconds, self.cost_alpha)
+            self.costs.add(*key, seconds)
         if seconds > 0 and steady:  # switching cost left out here too: trials follow plain steps
             kind = "lock" if stats.lockstep and k else k > 0
             self.realized.setdefault((key[0], kind), RateAverage()).add(
                 stats.emitted_tokens / B,
-                seconds + self.overhead,
+                seconds + self.costs.overhead,
                 B,
                 self.alpha,
                 self.max_weight,
@@ -289,15 +274,11 @@ class KController:
         prediction; the debt is the measurement, so exploring costs `regret` however far the draft lagged."""
         (b, factor, predicted), self.trial = self.trial, None
         plain = self.step_cost(b, 0) or 1e-9  # seconds per plain step, overhead included
-        spent = (seconds + self.overhead + stats.sync_s) / plain  # in plain steps
+        spent = (seconds + self.costs.overhead + stats.sync_s) / plain  # in plain steps
         lost = max(spent - stats.emitted_tokens / stats.batch_size, 0.01 * spent)
         if stats.trial_settings:  # timed on a thread count under trial: not exploring's cost
             lost = predicted
         self.credit[b] = self.credit.get(b, 0.0) - factor * lost
-
-    def observe_overhead(self, seconds: float) -> None:
-        """A decode step's wall time beyond its timed propose and verify."""
-        self.overhead += 0.1 * (max(seconds, 0.0) - self.overhead)
 
     def _weight(self, rows: float, name: str) -> float:
         """Moving-average weight of a step's outcome over `rows` rows: as many single updates, up

@@ -243,7 +243,7 @@ class Engine:
                 self._report(stats, list(batch.rows))
                 ctl = self.controllers.get(method)
                 if ctl is not None and not stats.trial_settings:  # bookkeeping, hand-off, metrics
-                    ctl.observe_overhead(time.perf_counter() - t0 - stats.propose_s - stats.verify_s)
+                    ctl.costs.add_overhead(time.perf_counter() - t0 - stats.propose_s - stats.verify_s)
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)
                 finished += _fail(batch.rows)

@@ -25,6 +25,8 @@ requests, and a fixed K is the caller's choice).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 
 from decoding.row import Row
@@ -90,11 +92,13 @@ def clip(
     )
 
 
-def expected_tokens(reach: list[float], sizes: list[int]) -> float:
+def expected_tokens(reach: list[float], sizes: list[int] | dict[int, int]) -> float:
     """Expected tokens per row and step when each row's group advances together.
 
-    reach: [K] probability that one row gets past candidate j (emits it); sizes: [B] group sizes.
+    reach: [K] probability that one row gets past candidate j (emits it); sizes: [B] group sizes,
+    or {group size: rows} (the controller asks ~20 times a step: per size, not per row).
     A group of g rows gets past j when all of them do: reach_j ** g (rows drawn independently)."""
     if not sizes:
         return 1.0 + sum(reach)
-    return sum(1.0 + sum(r**g for r in reach) for g in sizes) / len(sizes)
+    rows = sizes if isinstance(sizes, dict) else Counter(sizes)
+    return sum(n * (1.0 + sum(r**g for r in reach)) for g, n in rows.items()) / sum(rows.values())

@@ -77,7 +77,7 @@ def test_steps_on_settings_under_trial_do_not_price_k(tiny):
         res = engine.generate(prompts, sampling, SpecParams("draft", 4, adaptive=True))
         assert [r.token_ids for r in res] == [r.token_ids for r in plain]
         ctl = engine.controllers["draft"]
-        assert bool(ctl.cost) is not trying and bool(ctl.realized) is not trying
+        assert bool(ctl.costs.table) is not trying and bool(ctl.realized) is not trying
 
 
 def test_a_plain_steps_rate_does_not_go_stale():

@@ -58,6 +58,7 @@ def test_expected_tokens_of_a_group_is_that_all_its_rows_get_past():
     assert expected_tokens(reach, [1, 1]) == pytest.approx(1.9)
     assert expected_tokens(reach, [2, 2]) == pytest.approx(1 + 0.36 + 0.09)
     assert expected_tokens(reach, [2, 2, 1]) == pytest.approx((2 * 1.45 + 1.9) / 3)
+    assert expected_tokens(reach, {2: 2, 1: 1}) == pytest.approx((2 * 1.45 + 1.9) / 3)  # {size: rows}
 
 
 def _simulate(
