@@ -51,7 +51,7 @@ class KController:
     margin: float = 0.1  # base of what K > 0 must promise over a plain step (_margin: 12% at 2)
     margin_1: float = 0.05  # ... and at batch 1, where there is nothing to desynchronise, this
     lock_margin: float = 0.1  # per doubling of the batch: see _lock_margin
-    regret: float = 0.02  # share of a plain run's tokens that exploring may cost
+    regret: float = 0.01  # share of a plain run's tokens that exploring may cost
     hope: float = 0.75  # a trial is hopeful if speculation would win were this share of rejections
     hopeless: float = 10.0  # away; a hopeless one costs this many times its expected loss
     recheck_every: int = 16  # while speculating: steps between re-measuring K = 0 or a neighbour
