@@ -37,16 +37,18 @@ class StepCosts:
         if k == 0:
             c = self.table.get((b, 0))
             return max(c.value + self.overhead, 1e-9) if c else None
-        if (line := self.line(b)) is None:
-            return None
-        mk, mt, slope = line
-        return max(mt + slope * (k - mk) + self.overhead, 1e-9)
+        line = self.line(b)
+        return self._on(line, k) if line is not None else None
 
     def upto(self, b: int, k_max: int) -> list[float]:
-        """[k_max + 1] seconds per step of K = 0..k_max at bucket b (both kinds measured there)."""
-        mk, mt, slope = self.line(b)
-        spec = [max(mt + slope * (k - mk) + self.overhead, 1e-9) for k in range(1, k_max + 1)]
-        return [self(b, 0)] + spec
+        """[k_max + 1] seconds per step of K = 0..k_max at bucket b (both kinds measured there),
+        the line fitted once."""
+        line = self.line(b)
+        return [self(b, 0)] + [self._on(line, k) for k in range(1, k_max + 1)]
+
+    def _on(self, line: tuple[float, float, float], k: int) -> float:
+        mk, mt, slope = line
+        return max(mt + slope * (k - mk) + self.overhead, 1e-9)
 
     def line(self, b: int) -> tuple[float, float, float] | None:
         """The line for K >= 1 at bucket b: (mean K, mean seconds, seconds per K). Each K weighs
