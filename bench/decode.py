@@ -17,14 +17,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from bench.prompts import CODE_PROMPTS
-from decoding import METHODS, Engine, SamplingParams, SpecParams
-from server.cli_common import add_model_args, add_prompt_args, load_models, read_prompts
+from specserve.bench.prompts import CODE_PROMPTS
+from specserve.decoding.engine import Engine
+from specserve.decoding.params import SamplingParams, SpecParams
+from specserve.models.loading import Models
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,6 @@ class Result:
     mean_accepted_length: float | None = None
     matches_hf_greedy: bool | None = None
     ratios: dict[str, float] = field(default_factory=dict)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("decode", help="in-process decode benchmark against HF generate()")
-    add_model_args(p)
-    add_prompt_args(p)
-    p.add_argument("--methods", nargs="+", default=["none", "draft", "ngram"], choices=list(METHODS))
-    p.add_argument("--k", type=int, nargs="+", default=[2, 4], help="speculative tokens to sweep")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--num-prompts", type=int, default=8, help="prompts per run (cycled to fill the batch)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peers")
-    p.add_argument("--out", type=Path, default=Path("bench_results/decode.json"))
-    p.set_defaults(func=run)
 
 
 @dataclass
@@ -126,13 +110,12 @@ def run_jobs(jobs: list[Job], warmup: int, repeats: int) -> None:
     bar.close()
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
-        raise SystemExit("error: need --repeats >= 1, --warmup >= 0 and batch sizes >= 1")
+def run(args: argparse.Namespace, models: Models, texts: list[str]) -> int:
+    """Time the plan `args` describes (`specserve bench decode`'s flags) on these models; `texts`
+    are the prompts (none: the built-in code prompts)."""
     need_draft = "draft" in args.methods
-    models = load_models(args, need_draft=need_draft, need_medusa="medusa" in args.methods)
     tok = models.target.tokenizer
-    texts = [t for _, t in read_prompts(args)] if (args.prompt or args.prompts) else CODE_PROMPTS
+    texts = texts or CODE_PROMPTS
     base = [tok.encode(t) for t in texts[: args.num_prompts]]
     plan = (
         [("none", 0)]
@@ -165,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     report = summarize([j.result for j in jobs], models, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    from bench.plots import decode_speedup_plot  # matplotlib loads only here
+    from specserve.bench.plots import decode_speedup_plot  # matplotlib loads only here
 
     title = f"Speedup over none ({report['device']}, {report['dtype']})"
     png = decode_speedup_plot(report["results"], title, args.out.with_suffix(".png"))

@@ -11,31 +11,19 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from bench.prompts import CODE_PROMPTS
-from decoding import METHODS, Engine, SamplingParams, SpecParams
-from metrics.accounting import build_accountant
-from metrics.peaks import device_peaks
-from metrics.prometheus import ServerMetrics
-from server.cli_common import add_model_args, load_models
+from specserve.bench.prompts import CODE_PROMPTS
+from specserve.decoding.engine import Engine
+from specserve.decoding.params import SamplingParams, SpecParams
+from specserve.metrics.accounting import build_accountant
+from specserve.metrics.peaks import device_peaks
+from specserve.metrics.prometheus import ServerMetrics
+from specserve.models.loading import Models
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("overhead", help="decode throughput with metrics recording on vs off")
-    add_model_args(p)
-    p.add_argument("--method", choices=list(METHODS), default="draft")
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", type=Path, default=Path("bench_results/overhead.json"))
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    models = load_models(args, need_draft=args.method == "draft", need_medusa=args.method == "medusa")
+def run(args: argparse.Namespace, models: Models) -> int:
     draft = models.draft.model if models.draft else None
     plain = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)
     metered = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)

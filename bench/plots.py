@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from bench.report import LevelResult  # noqa: E402
+from specserve.bench.report import LevelResult  # noqa: E402
 
 log = logging.getLogger(__name__)
 MARKERS = {"closed": "o", "open": "s"}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.loadgen import LevelRun
-from bench.scrape import ServerDelta
+from specserve.bench.loadgen import LevelRun
+from specserve.bench.scrape import ServerDelta
 
 PERCENTILES = (50, 90, 99)
 DISTS = ("ttft_s", "tpot_s", "itl_s", "e2e_s")

@@ -19,95 +19,18 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from tqdm import tqdm
 
-from bench import loadgen, plots, report, scrape
-from bench.argtypes import _count, _duration, _k, _positive, _rate, _ratio, _seconds, _variant
-from bench.prompts import CODE_PROMPTS
-from server.cli_common import add_model_args, add_prompt_args, read_prompts
+from specserve.bench import loadgen, plots, report, scrape
+from specserve.bench.prompts import CODE_PROMPTS
 
 log = logging.getLogger(__name__)
 SETTLE_S = 30.0  # how long to wait after a level for the server to count its requests and go idle
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="HTTP load test against a running server")
-    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
-    p.add_argument("--api-key", default=None)
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        default=["none"],
-        type=_variant,
-        help="none, draft, ngram, medusa; METHOD:K or METHOD:auto gives one its own K (draft:4 draft:auto)",
-    )
-    p.add_argument(
-        "--k",
-        type=_k,
-        default=None,
-        help="num_speculative_tokens override: K or auto (default: the server's)",
-    )
-    p.add_argument("--mode", choices=["closed", "open", "both"], default="closed")
-    p.add_argument(
-        "--concurrency", type=_positive, nargs="+", default=[1, 2, 4, 8, 16, 32], help="closed loop"
-    )
-    p.add_argument(
-        "--request-rates",
-        type=_rate,
-        nargs="+",
-        default=[1.0, 2.0, 4.0, 8.0],
-        help="open loop, req/s; inf: all at once",
-    )
-    p.add_argument(
-        "--num-requests",
-        type=_count,
-        default=0,
-        help="per level (default: closed max(8, N x concurrency); open max(8, N x rate), 32 at inf; "
-        "N = --requests-per-client)",
-    )
-    p.add_argument(
-        "--requests-per-client",
-        type=_positive,
-        default=4,
-        help="N in the default requests per level: longer levels, less noise",
-    )
-    p.add_argument("--max-tokens", type=_positive, default=64)
-    p.add_argument(
-        "--duration-s",
-        type=_duration,
-        default=0.0,
-        help="per level: send nothing after this (0: no bound)",
-    )
-    p.add_argument(
-        "--timeout-s", type=_seconds, default=600.0, help="per level: cancel what is still in flight"
-    )
-    p.add_argument("--warmup", type=_count, default=1, help="unmeasured requests per method before the sweep")
-    p.add_argument(
-        "--random-range-ratio",
-        type=_ratio,
-        default=0.0,
-        help="output lengths uniform in [L(1-r), L(1+r)], L = --max-tokens, the same for every method; "
-        "0: all L (plain decoding then runs in lockstep, rows joining and leaving together)",
-    )
-    p.add_argument(
-        "--repeats",
-        type=_positive,
-        default=1,
-        help="run each level this many times, the methods taking turns (their order rotating), and "
-        "report the run with the median tok/s; every run's tok/s is in the JSON and CSV",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals and output lengths")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--inprocess", action="store_true", help="also decode in-process at batch 1 (model flags)")
-    p.add_argument(
-        "--out-dir", type=Path, default=Path("bench_results/serve"), help="serve.json, serve.csv, *.png"
-    )
-    add_prompt_args(p)
-    add_model_args(p)
-    p.set_defaults(func=run)
 
 
 def levels_of(args: argparse.Namespace) -> list[tuple[str, float, int]]:
@@ -207,7 +130,9 @@ def warm_up(cfg: loadgen.LoadConfig, prompts: list[str], methods: list[str], n: 
             raise SystemExit(f"error: warm-up requests with method {method} failed: {run.samples[0].error}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, texts: list[str], load: Callable[[str], Any]) -> int:
+    """Run the sweep `args` describes (`specserve bench serve`'s flags); `texts` are the prompts
+    (none: the built-in code prompts); `load(method)` loads the models for --inprocess."""
     if args.inprocess and (args.k == "auto" or any(m.endswith(":auto") for m in args.methods)):
         raise SystemExit("error: --inprocess compares at a fixed K; pass a number to --k")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the progress bar
@@ -222,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         range_ratio=args.random_range_ratio,
     )
-    given = args.prompt is not None or args.prompts is not None
-    prompts = [t for _, t in read_prompts(args)] if given else CODE_PROMPTS
+    prompts = texts or CODE_PROMPTS
     levels = levels_of(args)
     with httpx.Client(base_url=cfg.url, headers=headers, timeout=10.0) as http:
         card = check_server(args, http)
@@ -239,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
     out = {"benchmark": "serve", "config": config, "server": card, "wall_s": time.perf_counter() - t0}
     if args.inprocess:
-        out["inprocess"] = {m: inprocess_compare(args, prompts, m, results) for m in args.methods}
+        out["inprocess"] = {m: inprocess_compare(args, prompts, m, results, load) for m in args.methods}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     report.write_json(args.out_dir / "serve.json", out, results)
     report.write_csv(args.out_dir / "serve.csv", results)
@@ -252,8 +176,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def inprocess_compare(args: argparse.Namespace, prompts: list[str], method: str, results: list) -> dict:
-    base = inprocess_baseline(args, prompts, method)
+def inprocess_compare(
+    args: argparse.Namespace, prompts: list[str], method: str, results: list, load: Callable[[str], Any]
+) -> dict:
+    base = inprocess_baseline(args, prompts, method, load)
     http1 = next((r for r in results if r.method == method and r.concurrency == 1), None)
     if http1 and base["output_tokens_per_s"]:
         base["http_vs_inprocess_tokens_per_s"] = http1.output_tokens_per_s / base["output_tokens_per_s"]
@@ -262,13 +188,15 @@ def inprocess_compare(args: argparse.Namespace, prompts: list[str], method: str,
     return base
 
 
-def inprocess_baseline(args: argparse.Namespace, prompts: list[str], method: str) -> dict:
+def inprocess_baseline(
+    args: argparse.Namespace, prompts: list[str], method: str, load: Callable[[str], Any]
+) -> dict:
     """Decode the same prompts one at a time in this process, on the server's models."""
-    from decoding import Engine, SamplingParams, SpecParams
-    from server.cli_common import load_models
+    from specserve.decoding.engine import Engine
+    from specserve.decoding.params import SamplingParams, SpecParams
 
     method, k = loadgen.split_variant(method)
-    models = load_models(args, need_draft=method == "draft", need_medusa=method == "medusa")
+    models = load(method)
     tok = models.target.tokenizer
     draft = models.draft.model if models.draft else None
     engine = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)

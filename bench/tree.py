@@ -25,26 +25,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from decoding.kv import KVState
-from decoding.tree import build_tree
-from server.cli_common import add_model_args, load_models
+from specserve.decoding.kv import KVState
+from specserve.decoding.tree import build_tree
+from specserve.models.loading import Models
 
 log = logging.getLogger(__name__)
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tree", help="fit the Medusa tree to the heads and this machine")
-    add_model_args(p)
-    p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64])
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    p.add_argument("--fit-batch-size", type=int, default=1, help="batch size the stored tree is chosen for")
-    p.add_argument("--max-rank", type=int, default=8, help="top-k ranks a node may use")
-    p.add_argument("--context", type=int, default=256, help="cached tokens during the cost measurement")
-    p.add_argument("--val-windows", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--work-dir", type=Path, default=Path("runs/medusa"), help="corpus shards live here")
-    p.add_argument("--no-store", action="store_true", help="report only; leave the heads' config alone")
-    p.set_defaults(func=run)
 
 
 @torch.no_grad()
@@ -97,10 +82,10 @@ def verify_cost(target, batch_size: int, n_tree: int, context: int, repeats: int
     return statistics.median(times)
 
 
-def run(args: argparse.Namespace) -> int:
-    from models.medusa_train import MedusaTrainConfig, corpus_windows
+def run(args: argparse.Namespace, models: Models) -> int:
+    """Fit and (unless --no-store) store the tree for these models' Medusa heads."""
+    from specserve.models.medusa_train import MedusaTrainConfig, corpus_windows
 
-    models = load_models(args, need_draft=False, need_medusa=True)
     target, heads = models.target.model, models.medusa
     cfg = MedusaTrainConfig(seq_len=256, val_windows=args.val_windows)
     _, val = corpus_windows(models.target.tokenizer, args.work_dir, cfg, None)

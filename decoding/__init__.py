@@ -12,9 +12,26 @@ V vocabulary, L cache columns (shared by all rows; a row's rejected columns stay
 H heads, D head size.
 """
 
-from decoding.engine import Engine, GenerationResult
-from decoding.params import METHODS, SamplingParams, SpecParams
-from decoding.stats import RequestStats, StepStats
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from specserve.decoding.params import METHODS, SamplingParams, SpecParams
+from specserve.decoding.stats import RequestStats, StepStats
+
+if TYPE_CHECKING:
+    from specserve.decoding.engine import Engine, GenerationResult
+
+
+def __getattr__(name: str):
+    """The engine loads torch and transformers: imported on first use, so that the parameters and
+    statistics (and the command line that names them) stay light."""
+    if name in ("Engine", "GenerationResult"):
+        from specserve.decoding import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "METHODS",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decoding.sampling import sample
+from specserve.decoding.sampling import sample
 
 
 @dataclass

@@ -32,10 +32,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from decoding import lockstep
-from decoding.averages import RateAverage, RequestPrior
-from decoding.stats import StepStats
-from decoding.step_cost import StepCosts
+from specserve.decoding import lockstep
+from specserve.decoding.averages import RateAverage, RequestPrior
+from specserve.decoding.stats import StepStats
+from specserve.decoding.step_cost import StepCosts
 
 
 def bucket(batch_size: int) -> int:

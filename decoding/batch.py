@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from decoding.draft import DraftProposer
-from decoding.kv import KVState
-from decoding.ngram import NgramProposer
-from decoding.prefix_cache import PrefixCache
-from decoding.proposer import NoProposer, Proposer
-from decoding.row import Row
-from decoding.sampling import Warp
+from specserve.decoding.draft import DraftProposer
+from specserve.decoding.kv import KVState
+from specserve.decoding.ngram import NgramProposer
+from specserve.decoding.prefix_cache import PrefixCache
+from specserve.decoding.proposer import NoProposer, Proposer
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import Warp
 
 
 def make_proposer(
@@ -23,7 +23,7 @@ def make_proposer(
     if method == "medusa":
         if medusa is None:
             raise ValueError("method 'medusa' needs Medusa heads (--medusa)")
-        from decoding.medusa import MedusaProposer
+        from specserve.decoding.medusa import MedusaProposer
 
         return MedusaProposer(*medusa)
     if method == "draft":

@@ -17,12 +17,12 @@ import time
 import torch
 from transformers import PreTrainedModel
 
-from decoding.kv import KVState
-from decoding.prefix_cache import PrefixCache, prefill_kv
-from decoding.proposer import Proposal
-from decoding.row import Row
-from decoding.sampling import Warp, sample, warp_probs
-from decoding.stats import Forward
+from specserve.decoding.kv import KVState
+from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
+from specserve.decoding.proposer import Proposal
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import Warp, sample, warp_probs
+from specserve.decoding.stats import Forward
 
 STEADY_LAG = 2  # tokens a draft is behind after a speculative step (2 when all K were accepted)
 

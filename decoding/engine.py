@@ -18,17 +18,17 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedModel
 
-from decoding import lockstep
-from decoding.adaptive import KController
-from decoding.batch import SubBatch, make_proposer
-from decoding.kv import KVState
-from decoding.medusa import medusa_setup, medusa_step
-from decoding.params import METHODS, SamplingParams, SpecParams
-from decoding.prefix_cache import PrefixCache
-from decoding.row import Row
-from decoding.stats import RequestStats, StepStats
-from decoding.step import decode_step, prefill
-from decoding.tree import Tree
+from specserve.decoding import lockstep
+from specserve.decoding.adaptive import KController
+from specserve.decoding.batch import SubBatch, make_proposer
+from specserve.decoding.kv import KVState
+from specserve.decoding.medusa import medusa_setup, medusa_step
+from specserve.decoding.params import METHODS, SamplingParams, SpecParams
+from specserve.decoding.prefix_cache import PrefixCache
+from specserve.decoding.row import Row
+from specserve.decoding.stats import RequestStats, StepStats
+from specserve.decoding.step import decode_step, prefill
+from specserve.decoding.tree import Tree
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from decoding.cache import GrowingCache, GrowingLayer
-from decoding.stats import Forward
-from decoding.tree import Tree
+from specserve.decoding.cache import GrowingCache, GrowingLayer
+from specserve.decoding.stats import Forward
+from specserve.decoding.tree import Tree
 
 COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns ...
 COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache

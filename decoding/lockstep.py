@@ -29,7 +29,7 @@ from collections import Counter
 
 import torch
 
-from decoding.row import Row
+from specserve.decoding.row import Row
 
 LOCK_WINDOW = 2  # steps: rows plain decoding would end this close together advance together
 

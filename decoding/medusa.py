@@ -21,16 +21,16 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from decoding import lockstep
-from decoding.proposer import Emit, NoProposer
-from decoding.row import Row
-from decoding.sampling import position_uniforms, sample, warp_probs
-from decoding.stats import Forward, StepStats
-from decoding.step import decode_step, record_step
-from decoding.tree import DEFAULT_CHOICES, Tree, build_tree
+from specserve.decoding import lockstep
+from specserve.decoding.proposer import Emit, NoProposer
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import position_uniforms, sample, warp_probs
+from specserve.decoding.stats import Forward, StepStats
+from specserve.decoding.step import decode_step, record_step
+from specserve.decoding.tree import DEFAULT_CHOICES, Tree, build_tree
 
 if TYPE_CHECKING:
-    from decoding.batch import SubBatch
+    from specserve.decoding.batch import SubBatch
 
 
 def medusa_setup(heads: nn.Module, tree: Tree | None, device: torch.device) -> tuple[nn.Module, Tree]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from decoding.proposer import NoProposer, Proposal
-from decoding.row import Row
-from decoding.sampling import Warp
+from specserve.decoding.proposer import NoProposer, Proposal
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import Warp
 
 
 def lookup(tokens: list[int], k: int, n_max: int, n_min: int) -> list[int]:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoding.cache import GrowingCache, GrowingLayer
-from decoding.kv import KVState, layers
+from specserve.decoding.cache import GrowingCache, GrowingLayer
+from specserve.decoding.kv import KVState, layers
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Protocol
 
 import torch
 
-from decoding.row import Row
-from decoding.sampling import Warp
-from decoding.stats import Forward
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import Warp
+from specserve.decoding.stats import Forward
 
 Emit = Callable[[Row, list[int]], None]  # called with each row's newly emitted tokens
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoding.params import SamplingParams, SpecParams
-from decoding.sampling import UniformStream
-from decoding.stats import RequestStats
+from specserve.decoding.params import SamplingParams, SpecParams
+from specserve.decoding.sampling import UniformStream
+from specserve.decoding.stats import RequestStats
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decoding.params import SamplingParams
+from specserve.decoding.params import SamplingParams
 
 
 @dataclass

@@ -7,14 +7,14 @@ import time
 import torch
 from transformers import PreTrainedModel
 
-from decoding import lockstep
-from decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
-from decoding.batch import SubBatch
-from decoding.prefix_cache import PrefixCache, prefill_kv
-from decoding.proposer import Emit, Proposal
-from decoding.row import Row
-from decoding.sampling import Warp, draw_uniforms, position_uniforms, sample, warp_probs
-from decoding.stats import StepStats
+from specserve.decoding import lockstep
+from specserve.decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
+from specserve.decoding.batch import SubBatch
+from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
+from specserve.decoding.proposer import Emit, Proposal
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import Warp, draw_uniforms, position_uniforms, sample, warp_probs
+from specserve.decoding.stats import StepStats
 
 
 def _warp(rows: list[Row], device: torch.device) -> Warp:

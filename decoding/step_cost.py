@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from decoding.averages import Average
+from specserve.decoding.averages import Average
 
 
 @dataclass

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from decoding.row import Row
-from decoding.stats import Forward, StepStats
+from specserve.decoding.row import Row
+from specserve.decoding.stats import Forward, StepStats
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,4 @@
-"""Model loading, the bundled default suite, and (later) Medusa heads and training recipes."""
+"""Model loading, Medusa heads and their training, the bundled default suite and its recipe.
 
-from models.loading import LoadedModel, check_draft_compatible, load_model
-
-__all__ = ["LoadedModel", "check_draft_compatible", "load_model"]
+Import from the modules (`specserve.models.loading`, ...): this package's own import stays light
+so the command line can name the bundled suite without loading torch."""

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -159,3 +160,35 @@ def check_draft_compatible(target: LoadedModel, draft: LoadedModel) -> None:
         raise ValueError(
             f"draft {draft.path!r} has {d_rows} output logits, target {target.path!r} has {t_rows}"
         )
+
+
+@dataclass
+class Models:
+    """What a command or the server loaded: the target, and the draft and Medusa heads if asked for."""
+
+    target: LoadedModel
+    draft: LoadedModel | None = None
+    medusa: nn.Module | None = None  # MedusaHeads
+    medusa_path: str | None = None
+
+
+def load_models(
+    target: str,
+    draft: str | None = None,
+    medusa: str | None = None,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> Models:
+    """Load a target and, where given, a draft (checked against the target) and Medusa heads.
+
+    Raises ValueError naming what does not fit."""
+    from specserve.models.medusa import MedusaHeads
+
+    kw = {"dtype": dtype, "device": device, "trust_remote_code": trust_remote_code}
+    loaded = load_model(target, **kw)
+    drafted = load_model(draft, **kw) if draft else None
+    if drafted is not None:
+        check_draft_compatible(loaded, drafted)
+    heads = MedusaHeads.load(medusa, loaded.model) if medusa else None
+    return Models(loaded, drafted, heads, medusa if heads is not None else None)

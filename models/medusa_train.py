@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.loading import load_model
-from models.medusa import MedusaConfig, MedusaHeads
-from models.suite import corpus
-from models.suite.tokenizer import tokenizer_digest
-from models.suite.train import StepBudget, TokenWindows
+from specserve.models.loading import load_model
+from specserve.models.medusa import MedusaConfig, MedusaHeads
+from specserve.models.suite import corpus
+from specserve.models.suite.tokenizer import tokenizer_digest
+from specserve.models.suite.train import StepBudget, TokenWindows
 
 log = logging.getLogger(__name__)
 

@@ -1,3 +1,1 @@
-"""HTTP server, command line and settings."""
-
-__version__ = "0.1.0"
+"""The HTTP server: app factory, settings, routes, the engine thread."""

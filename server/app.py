@@ -12,19 +12,18 @@ import torch
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from decoding import Engine
-from metrics.accounting import build_accountant
-from metrics.peaks import device_peaks
-from metrics.prometheus import ServerMetrics
-from models import check_draft_compatible, load_model
-from models.medusa import MedusaHeads
-from server import __version__
-from server.errors import BodyLimit, install_error_handlers
-from server.routes import native, openai, system
-from server.service import EngineService
-from server.settings import Settings
-from server.state import ServerState
-from server.threads import ThreadTuner, thread_candidates
+from specserve import __version__
+from specserve.decoding import Engine
+from specserve.metrics.accounting import build_accountant
+from specserve.metrics.peaks import device_peaks
+from specserve.metrics.prometheus import ServerMetrics
+from specserve.models.loading import load_models
+from specserve.server.errors import BodyLimit, install_error_handlers
+from specserve.server.routes import native, openai, system
+from specserve.server.service import EngineService
+from specserve.server.settings import Settings
+from specserve.server.state import ServerState
+from specserve.server.threads import ThreadTuner, thread_candidates
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +32,11 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     tuner = ThreadTuner(thread_candidates(settings.threads, settings.device))
     if tuner.candidates:
         torch.set_num_threads(max(tuner.candidates))  # loading; each step then sets its own
-    kw = {"dtype": settings.dtype, "device": settings.device, "trust_remote_code": settings.trust_remote_code}
-    target = load_model(str(settings.target), **kw)
-    draft = load_model(settings.draft, **kw) if settings.draft else None
-    if draft is not None:
-        check_draft_compatible(target, draft)
-    heads = MedusaHeads.load(settings.medusa, target.model) if settings.medusa else None
+    models = load_models(
+        str(settings.target), settings.draft, settings.medusa,
+        dtype=settings.dtype, device=settings.device, trust_remote_code=settings.trust_remote_code,
+    )  # fmt: skip
+    target, draft, heads = models.target, models.draft, models.medusa
     engine = Engine(
         target.model,
         draft.model if draft else None,
@@ -102,7 +100,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         state.service.stop()
         log.info("engine stopped")
 
-    app = FastAPI(title="specserve", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="specserve", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(StampArrival)

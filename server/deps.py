@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi.responses import StreamingResponse
 
-from server.errors import APIError, check_api_key
-from server.state import ServerState
+from specserve.server.errors import APIError, check_api_key
+from specserve.server.state import ServerState
 
 
 async def get_state(request: Request) -> ServerState:

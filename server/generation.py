@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from decoding import SamplingParams, SpecParams
-from decoding.row import Row
-from server.errors import APIError
-from server.schemas import SamplingFields
-from server.service import EngineService, Event, QueueFull, ShuttingDown
-from server.state import ServerState
-from server.text import TextStream
+from specserve.decoding import SamplingParams, SpecParams
+from specserve.decoding.row import Row
+from specserve.server.errors import APIError
+from specserve.server.schemas import SamplingFields
+from specserve.server.service import EngineService, Event, QueueFull, ShuttingDown
+from specserve.server.state import ServerState
+from specserve.server.text import TextStream
 
 DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 

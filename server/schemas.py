@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from decoding.params import MAX_SPECULATIVE_TOKENS
+from specserve.decoding.params import MAX_SPECULATIVE_TOKENS
 
 Method = Literal["none", "draft", "ngram", "medusa"]
 SpecK = Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"]  # K, or chosen per step

@@ -13,10 +13,10 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from decoding import Engine
-from decoding.row import Row
-from decoding.stats import StepStats
-from server.threads import ThreadTuner
+from specserve.decoding import Engine
+from specserve.decoding.row import Row
+from specserve.decoding.stats import StepStats
+from specserve.server.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
 

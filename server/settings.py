@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from decoding.params import MAX_SPECULATIVE_TOKENS
-from models.suite_paths import default_suite
+from specserve.decoding.params import MAX_SPECULATIVE_TOKENS
+from specserve.models.suite_paths import default_suite
 
 
 class Settings(BaseSettings):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from decoding import Engine
-from metrics.prometheus import ServerMetrics
-from models import LoadedModel
-from server.service import EngineService
-from server.settings import Settings
+from specserve.decoding import Engine
+from specserve.metrics.prometheus import ServerMetrics
+from specserve.models.loading import LoadedModel
+from specserve.server.service import EngineService
+from specserve.server.settings import Settings
 
 
 @dataclass

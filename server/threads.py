@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoding.stats import StepStats
+from specserve.decoding.stats import StepStats
 
 log = logging.getLogger(__name__)
 

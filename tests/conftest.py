@@ -88,7 +88,7 @@ def tiny_paths(tmp_path_factory, tokenizer) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def tiny(tiny_paths):
     """Loaded float64 target and random draft (through models.load_model)."""
-    from models import load_model
+    from specserve.models.loading import load_model
 
     return {
         "target": load_model(tiny_paths["target"], dtype="float64"),

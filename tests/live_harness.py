@@ -19,9 +19,9 @@ import httpx
 import openai
 import uvicorn
 
-from server.app import create_app
-from server.settings import Settings
-from server.state import ServerState
+from specserve.server.app import create_app
+from specserve.server.settings import Settings
+from specserve.server.state import ServerState
 
 API_KEY = "test-key"
 MODEL = "tiny-llama"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from decoding.adaptive import KController
-from decoding.stats import StepStats
+from specserve.decoding.adaptive import KController
+from specserve.decoding.stats import StepStats
 
 
 class Always(KController):

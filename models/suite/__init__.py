@@ -3,6 +3,6 @@
 Entry point: `run_suite(preset, out)`, or `specserve train suite --preset {gpu,cpu,cpu-tiny} --out DIR`.
 """
 
-from models.suite.configs import PRESETS, Preset, get_preset
+from specserve.models.suite.configs import PRESETS, Preset, get_preset
 
 __all__ = ["PRESETS", "Preset", "get_preset"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from models.suite import tokenizer
+from specserve.models.suite import tokenizer
 
 log = logging.getLogger(__name__)
 

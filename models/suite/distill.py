@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 
-from models.suite.configs import DistillConfig
-from models.suite.train import TokenWindows, TrainResult, train_loop
+from specserve.models.suite.configs import DistillConfig
+from specserve.models.suite.train import TokenWindows, TrainResult, train_loop
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
 
-from decoding import Engine, SamplingParams, SpecParams
-from models.suite.configs import EvalConfig
-from models.suite.train import TokenWindows, evaluate_loss
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.models.suite.configs import EvalConfig
+from specserve.models.suite.train import TokenWindows, evaluate_loss
 
 log = logging.getLogger(__name__)
 

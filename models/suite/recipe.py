@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from transformers import LlamaForCausalLM
 
-from models.suite import card, corpus, distill, evaluate, tokenizer
-from models.suite.configs import ModelShape, Preset, TrainConfig, get_preset
-from models.suite.train import TokenWindows, TrainResult, cpu_has_bf16, save_hf, train_loop
+from specserve.models.suite import card, corpus, distill, evaluate, tokenizer
+from specserve.models.suite.configs import ModelShape, Preset, TrainConfig, get_preset
+from specserve.models.suite.train import TokenWindows, TrainResult, cpu_has_bf16, save_hf, train_loop
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel
 
-from models.suite.configs import TrainConfig
+from specserve.models.suite.configs import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 
-from server.deps import State, require_key, sse
-from server.errors import APIError, error_body
-from server.generation import build_row, run_to_end, stream_deltas, submit
-from server.schemas import GenerateRequest
-from server.text import TextStream
+from specserve.server.deps import State, require_key, sse
+from specserve.server.errors import APIError, error_body
+from specserve.server.generation import build_row, run_to_end, stream_deltas, submit
+from specserve.server.schemas import GenerateRequest
+from specserve.server.text import TextStream
 
 router = APIRouter(dependencies=[Depends(require_key)])
 

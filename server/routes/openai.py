@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 
-from decoding.row import Row
-from server.deps import State, check_model, encode_prompt, require_key, sse
-from server.errors import APIError, error_body
-from server.generation import build_row, new_id, run_to_end, stream_deltas, submit
-from server.schemas import ChatRequest, CompletionRequest, Speculation
-from server.text import TextStream
+from specserve.decoding.row import Row
+from specserve.server.deps import State, check_model, encode_prompt, require_key, sse
+from specserve.server.errors import APIError, error_body
+from specserve.server.generation import build_row, new_id, run_to_end, stream_deltas, submit
+from specserve.server.schemas import ChatRequest, CompletionRequest, Speculation
+from specserve.server.text import TextStream
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 

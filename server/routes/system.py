@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.deps import State, require_key
+from specserve.server.deps import State, require_key
 
 router = APIRouter()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from server.cli import main
+from specserve.cli.main import main
 
 
 def test_bench_decode_json(tiny_paths, tmp_path, capsys):
@@ -31,7 +31,7 @@ def test_bench_decode_json(tiny_paths, tmp_path, capsys):
 
 
 def test_decode_speedup_plot_skips_a_run_without_speculation(tmp_path):
-    from bench.plots import decode_speedup_plot
+    from specserve.bench.plots import decode_speedup_plot
 
     only_none = [{"impl": "specserve", "method": "none", "k": 0, "batch_size": 1, "ratios": {"vs_none": 1.0}}]
     assert decode_speedup_plot(only_none, "t", tmp_path / "x.png") is None

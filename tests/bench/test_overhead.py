@@ -1,6 +1,6 @@
 import json
 
-from server.cli import main
+from specserve.cli.main import main
 
 
 def test_bench_overhead_reports_on_off_ratio(tiny_paths, tmp_path, capsys):

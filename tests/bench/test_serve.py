@@ -12,10 +12,10 @@ import socket
 import pytest
 from live_harness import API_KEY, EngineGate, serving, wait_until
 
-from bench import loadgen
-from bench.report import percentiles
-from bench.scrape import scrape, total
-from server.cli import main
+from specserve.bench import loadgen
+from specserve.bench.report import percentiles
+from specserve.bench.scrape import scrape, total
+from specserve.cli.main import main
 
 PNG = b"\x89PNG\r\n\x1a\n"
 MAX_TOKENS = 8
@@ -199,7 +199,7 @@ def test_jsonl_prompts_and_the_inprocess_baseline(live, tiny_paths, tmp_path, ca
 def test_method_variants_carry_their_own_k():
     import argparse
 
-    from bench.serve import _variant
+    from specserve.cli.argtypes import _variant
 
     cfg = loadgen.LoadConfig(url="http://127.0.0.1:1", max_tokens=4, timeout_s=1)
     assert loadgen.request_body("x", "draft:auto", cfg)["num_speculative_tokens"] == "auto"
@@ -212,17 +212,17 @@ def test_method_variants_carry_their_own_k():
 
 
 def test_requests_per_level_scale_with_clients():
-    import argparse
+    from specserve.bench.serve import levels_of
+    from specserve.cli.main import build_parser
 
-    from bench.serve import add_parser, levels_of
+    def parse(*flags: str):
+        return build_parser().parse_args(["bench", "serve", *flags])
 
-    parser = argparse.ArgumentParser()
-    add_parser(parser.add_subparsers())
-    args = parser.parse_args(["serve", "--concurrency", "1", "32", "--mode", "both", "--request-rates", "2"])
+    args = parse("--concurrency", "1", "32", "--mode", "both", "--request-rates", "2")
     assert levels_of(args) == [("closed", 1, 8), ("closed", 32, 128), ("open", 2.0, 8)]
-    args = parser.parse_args(["serve", "--concurrency", "1", "32", "--requests-per-client", "16"])
+    args = parse("--concurrency", "1", "32", "--requests-per-client", "16")
     assert levels_of(args) == [("closed", 1, 16), ("closed", 32, 512)]
-    args = parser.parse_args(["serve", "--concurrency", "4", "--num-requests", "5"])
+    args = parse("--concurrency", "4", "--num-requests", "5")
     assert levels_of(args) == [("closed", 4, 5)]
 
 
@@ -258,7 +258,7 @@ def test_varied_output_lengths_against_a_live_server(live, tmp_path):
 def test_median_run_is_one_real_run_with_every_repeat_attached():
     from dataclasses import fields
 
-    from bench.report import LevelResult, median_run
+    from specserve.bench.report import LevelResult, median_run
 
     def run(tok_s: float) -> LevelResult:
         r = LevelResult(**{f.name: None for f in fields(LevelResult) if f.name not in ("errors", "requests")})
@@ -288,7 +288,7 @@ def test_repeats_interleave_methods_against_a_live_server(live, tmp_path):
 def test_repeats_rotate_which_method_runs_first(monkeypatch):
     import argparse
 
-    from bench import serve
+    from specserve.bench import serve
 
     calls = []
     monkeypatch.setattr(serve, "run_level", lambda cfg, http, prompts, lv, m, bar: calls.append(m) or m)

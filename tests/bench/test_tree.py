@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from bench.tree import grow_trees, rank_accuracy
-from decoding.tree import build_tree
-from models.medusa import MedusaConfig, MedusaHeads
+from specserve.bench.tree import grow_trees, rank_accuracy
+from specserve.decoding.tree import build_tree
+from specserve.models.medusa import MedusaConfig, MedusaHeads
 
 
 def test_grow_trees_follows_path_probability():
@@ -36,11 +36,11 @@ def test_rank_accuracy_counts_agreement(tiny):
 
 
 def test_bench_tree_stores_the_tree(tiny_paths, tmp_path, monkeypatch, capsys):
-    from models.suite.train import TokenWindows
-    from server.cli import main
+    from specserve.cli.main import main
+    from specserve.models.suite.train import TokenWindows
 
     model_dir = tiny_paths["target"]
-    from models import load_model
+    from specserve.models.loading import load_model
 
     target = load_model(model_dir, dtype="float64")
     cfg = MedusaConfig(
@@ -50,7 +50,7 @@ def test_bench_tree_stores_the_tree(tiny_paths, tmp_path, monkeypatch, capsys):
     MedusaHeads(cfg, target.model.lm_head).save(heads_dir)
     tokens = torch.randint(2, 300, (4000,)).numpy()
     monkeypatch.setattr(
-        "models.medusa_train.corpus_windows",
+        "specserve.models.medusa_train.corpus_windows",
         lambda tok, work, cfg, roots: (TokenWindows(tokens, cfg.seq_len), TokenWindows(tokens, cfg.seq_len)),
     )
     argv = ["bench", "tree", "--target", model_dir, "--medusa", str(heads_dir), "--dtype", "float64",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding.acceptance import verify_greedy, verify_match, verify_rejection
+from specserve.decoding.acceptance import verify_greedy, verify_match, verify_rejection
 
 V = 5
 

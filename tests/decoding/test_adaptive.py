@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from scripted import Cycle, spec_step
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.adaptive import KController, bucket
-from decoding.averages import Average
-from decoding.stats import StepStats
-from metrics.accounting import build_accountant
-from metrics.peaks import Peaks
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.adaptive import KController, bucket
+from specserve.decoding.averages import Average
+from specserve.decoding.stats import StepStats
+from specserve.metrics.accounting import build_accountant
+from specserve.metrics.peaks import Peaks
 
 
 def simulate(ctl: KController, batch: int, step_cost, accept: float, steps: int = 300) -> int:
@@ -173,7 +173,7 @@ def test_measured_outcomes_overrule_the_model():
 def test_a_new_larger_batch_inherits_a_smaller_ones_no(paid_below):
     """Speculation that did not pay at batch 8 will not at 16: the new bucket runs plain steps
     without the anchor or trials that would end a lockstep; one that paid is explored."""
-    from decoding.averages import Average, RateAverage
+    from specserve.decoding.averages import Average, RateAverage
 
     ctl = KController(k_max=4)
     for k in (0, 2):
@@ -226,7 +226,7 @@ def test_the_anchor_holds_until_the_first_position_has_seen_enough_rows():
 
 
 def test_realized_rate_is_a_ratio_of_averages_and_vetoes_only_on_enough_rows():
-    from decoding.averages import RateAverage
+    from specserve.decoding.averages import RateAverage
 
     r = RateAverage()
     r.add(4.0, 0.010, 1, alpha=0.02, max_weight=0.2)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from scripted import Cycle
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.adaptive import KController
-from decoding.params import AUTO_MAX_TOKENS
-from decoding.stats import StepStats
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.adaptive import KController
+from specserve.decoding.params import AUTO_MAX_TOKENS
+from specserve.decoding.stats import StepStats
 
 
 def _step(ctl: KController, batch: int, accept: float, cost) -> int:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from scripted import spec_step
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.adaptive import KController
-from decoding.stats import StepStats
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.adaptive import KController
+from specserve.decoding.stats import StepStats
 
 
 def test_exploring_costs_its_budget_however_dear_the_catch_up():

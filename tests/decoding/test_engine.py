@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from decoding import Engine, SamplingParams, SpecParams
-from models import check_draft_compatible, load_model
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.models.loading import check_draft_compatible, load_model
 
 
 @pytest.fixture()
@@ -133,7 +133,7 @@ def test_a_failing_step_fails_only_its_rows(tiny, monkeypatch):
 
 
 def test_a_failing_prefill_fails_only_the_joining_rows(tiny, monkeypatch):
-    import decoding.engine as engine_module
+    import specserve.decoding.engine as engine_module
 
     engine = Engine(tiny["target"].model, max_batch_size=4)
     first = engine.make_row([4, 5, 6], SamplingParams(max_new_tokens=6), SpecParams())

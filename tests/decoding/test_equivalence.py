@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.step import decode_step
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.step import decode_step
 
 PROMPT_LENS = (5, 11, 3, 17)
 MAX_NEW = (24, 9, 30, 16)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decoding.kv import KVState
+from specserve.decoding.kv import KVState
 
 
 def _ref_logits(model, tokens: list[int]) -> torch.Tensor:

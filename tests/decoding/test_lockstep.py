@@ -9,11 +9,11 @@ import pytest
 import torch
 from scripted import Always, Unclipped
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.adaptive import KController
-from decoding.lockstep import clip, expected_tokens, group_sizes, groups
-from decoding.row import Row
-from decoding.stats import RequestStats, StepStats
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.adaptive import KController
+from specserve.decoding.lockstep import clip, expected_tokens, group_sizes, groups
+from specserve.decoding.row import Row
+from specserve.decoding.stats import RequestStats, StepStats
 
 
 def _row(max_new: int, generated: int = 0, adaptive: bool = True, method: str = "draft", seed=None) -> Row:

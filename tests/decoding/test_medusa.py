@@ -7,9 +7,9 @@ import torch
 from scripted import Always, Cycle, Unclipped
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.tree import build_tree
-from models.medusa import MedusaConfig, MedusaHeads
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.tree import build_tree
+from specserve.models.medusa import MedusaConfig, MedusaHeads
 
 V = 12  # a small vocabulary: random heads then guess right often enough to exercise acceptance
 

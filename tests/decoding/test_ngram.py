@@ -1,4 +1,4 @@
-from decoding.ngram import lookup
+from specserve.decoding.ngram import lookup
 
 
 def test_longest_suffix_wins_and_latest_occurrence():

@@ -7,9 +7,9 @@ import pytest
 import torch
 from test_medusa import random_heads
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.kv import KVState
-from decoding.prefix_cache import BLOCK, PrefixCache
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.kv import KVState
+from specserve.decoding.prefix_cache import BLOCK, PrefixCache
 
 LONG = [(7 * i) % 11 + 1 for i in range(2 * BLOCK + 5)]  # 37 tokens: two whole blocks and some
 PROMPTS = [

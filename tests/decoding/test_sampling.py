@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from decoding.params import SamplingParams
-from decoding.sampling import Warp, draw_uniforms, sample, warp_probs
+from specserve.decoding.params import SamplingParams
+from specserve.decoding.sampling import Warp, draw_uniforms, sample, warp_probs
 
 
 def _warp(**kw) -> Warp:

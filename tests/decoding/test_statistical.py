@@ -17,10 +17,10 @@ from scipy.stats import chisquare
 from scripted import Always
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding import row as row_module
-from decoding.sampling import Warp, warp_probs
-from models.medusa import MedusaConfig, MedusaHeads
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding import row as row_module
+from specserve.decoding.sampling import Warp, warp_probs
+from specserve.models.medusa import MedusaConfig, MedusaHeads
 
 V, N, NEW = 3, 6000, 4
 PROMPT = [0, 1, 2, 0, 1, 2, 0, 1]  # repeats, so prompt lookup has candidates

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from decoding.adaptive import KController, bucket
-from decoding.averages import Average
-from decoding.stats import StepStats
-from decoding.step_cost import StepCosts
+from specserve.decoding.adaptive import KController, bucket
+from specserve.decoding.averages import Average
+from specserve.decoding.stats import StepStats
+from specserve.decoding.step_cost import StepCosts
 
 
 def test_cost_spikes_are_clipped():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.stats import Forward, StepStats
-from metrics.accounting import Accountant, ModelCost, build_accountant
-from metrics.peaks import Peaks, device_peaks
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.stats import Forward, StepStats
+from specserve.metrics.accounting import Accountant, ModelCost, build_accountant
+from specserve.metrics.peaks import Peaks, device_peaks
 
 
 def test_model_cost_by_hand(tiny):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
-from bench.scrape import P, server_delta
-from decoding.stats import StepStats
-from metrics.prometheus import ServerMetrics
+from specserve.bench.scrape import P, server_delta
+from specserve.decoding.stats import StepStats
+from specserve.metrics.prometheus import ServerMetrics
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models import load_model
-from models.loading import count_parameters
+from specserve.models.loading import count_parameters, load_model
 
 
 def test_weight_bytes_and_non_embedding_params_by_hand(tiny_paths):

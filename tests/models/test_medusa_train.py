@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from decoding import Engine, SamplingParams, SpecParams
-from models import load_model
-from models.medusa import MedusaHeads
-from models.medusa_train import MedusaTrainConfig, train_medusa
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.models.loading import load_model
+from specserve.models.medusa import MedusaHeads
+from specserve.models.medusa_train import MedusaTrainConfig, train_medusa
 
 CODE = ["def add(a, b):\n    return a + b\n", "for i in range(10):\n    print(i)\n"]
 
@@ -43,7 +43,7 @@ def test_train_medusa_tiny(tiny_paths, tmp_path):
 def test_train_medusa_cli_refuses_bad_input(tiny_paths, tmp_path):
     import pytest
 
-    from server.cli import main
+    from specserve.cli.main import main
 
     with pytest.raises(SystemExit, match="--steps must be >= 1, got 0"):
         main(["train", "medusa", "--target", tiny_paths["target"], "--out", str(tmp_path), "--steps", "0"])
@@ -68,7 +68,7 @@ def test_train_medusa_on_given_windows_within_a_time_budget(tiny_paths, tmp_path
     """The recipe hands over its own shards (no corpus scan); a budget ends the run early, whole."""
     import numpy as np
 
-    from models.suite.train import TokenWindows
+    from specserve.models.suite.train import TokenWindows
 
     tokens = np.random.default_rng(0).integers(0, 90, 5000).astype(np.uint16)
     windows = (TokenWindows(tokens, 32), TokenWindows(tokens[:500], 32))

@@ -13,14 +13,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from models.suite import corpus, tokenizer
-from models.suite.configs import PRESETS, ModelShape, TrainConfig, get_preset
-from models.suite.distill import continue_prompts
-from models.suite.evaluate import read_val_sample
-from models.suite.recipe import run_suite
-from models.suite.train import TokenWindows, evaluate_loss, train_loop
-from models.suite_paths import SUITE_DIR, default_suite
-from server.cli_train import add_train_parser
+from specserve.cli.train import add_train_parser
+from specserve.models.suite import corpus, tokenizer
+from specserve.models.suite.configs import PRESETS, ModelShape, TrainConfig, get_preset
+from specserve.models.suite.distill import continue_prompts
+from specserve.models.suite.evaluate import read_val_sample
+from specserve.models.suite.recipe import run_suite
+from specserve.models.suite.train import TokenWindows, evaluate_loss, train_loop
+from specserve.models.suite_paths import SUITE_DIR, default_suite
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 CORPUS_FILES = [

@@ -7,9 +7,9 @@ import torch
 from scipy.stats import chisquare
 from transformers import LlamaForCausalLM
 
-from models.suite.configs import ModelShape, TrainConfig
-from models.suite.distill import sample_tokens
-from models.suite.train import StepBudget, TokenWindows, lr_at, train_loop
+from specserve.models.suite.configs import ModelShape, TrainConfig
+from specserve.models.suite.distill import sample_tokens
+from specserve.models.suite.train import StepBudget, TokenWindows, lr_at, train_loop
 
 
 def test_no_budget_keeps_the_configured_steps() -> None:

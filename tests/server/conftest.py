@@ -59,7 +59,7 @@ def gate_factory() -> Iterator[Callable[[LiveServer], EngineGate]]:
 @pytest.fixture(scope="session")
 def reference(tiny) -> Callable[..., tuple[list[int], str]]:
     """Greedy plain decoding of one prompt alone (batch size 1, in process): (token ids, finish reason)."""
-    from decoding import Engine, SamplingParams, SpecParams
+    from specserve.decoding import Engine, SamplingParams, SpecParams
 
     target = tiny["target"]
     engine = Engine(target.model, eos_token_ids=target.eos_token_ids, max_batch_size=1)
@@ -84,7 +84,7 @@ def eos_prompt(tiny) -> tuple[list[int], list[int]]:
     """
     import torch
 
-    from decoding import Engine, SamplingParams, SpecParams
+    from specserve.decoding import Engine, SamplingParams, SpecParams
 
     target = tiny["target"]
     engine = Engine(target.model, eos_token_ids=target.eos_token_ids, max_batch_size=48)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from decoding import Engine, SamplingParams, SpecParams
-from server import cli_common
-from server.cli import main
+from specserve.cli import options as cli_common
+from specserve.cli.main import main
+from specserve.decoding import Engine, SamplingParams, SpecParams
 
 
 def _run(capsys, *argv: str) -> list[dict]:

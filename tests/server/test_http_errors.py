@@ -270,8 +270,8 @@ def test_503_while_the_models_load(tiny_paths):
     """Before the lifespan has loaded the models (TestClient outside `with`: no lifespan)."""
     from fastapi.testclient import TestClient
 
-    from server.app import create_app
-    from server.settings import Settings
+    from specserve.server.app import create_app
+    from specserve.server.settings import Settings
 
     app = create_app(Settings(target=tiny_paths["target"], dtype="float64"))
     c = TestClient(app)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from decoding import Engine, SamplingParams, SpecParams
-from server.service import EngineService
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.server.service import EngineService
 
 
 def test_events_go_out_once_per_phase_and_the_first_token_right_after_prefill(tiny):

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from server import settings as settings_module
-from server.cli import build_parser, main
-from server.serve_cmd import settings_from_args
-from server.settings import Settings
+from specserve.cli.main import build_parser, main
+from specserve.cli.serve import settings_from_args
+from specserve.server import settings as settings_module
+from specserve.server.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -165,7 +165,7 @@ def test_serve_hands_the_app_to_uvicorn(monkeypatch, tiny_paths):
 
 
 def test_thread_candidates_fixed_or_measured():
-    from server.threads import thread_candidates
+    from specserve.server.threads import thread_candidates
 
     assert thread_candidates(0, "cpu", cores=8) == (1, 2, 4, 7, 8)
     assert thread_candidates(0, "cpu", cores=2) == (1, 2)

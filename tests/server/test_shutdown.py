@@ -23,7 +23,7 @@ def test_sigterm_finishes_in_flight_and_exits_zero(tiny_paths):
     port = _free_port()
     env = os.environ | {"SPECSERVE_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve", "--target", tiny_paths["target"], "--dtype", "float64",
+        [sys.executable, "-m", "specserve", "serve", "--target", tiny_paths["target"], "--dtype", "float64",
          "--port", str(port), "--threads", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -7,7 +7,7 @@ import httpx
 import pytest
 from live_harness import MODEL, sse_data
 
-from server.text import TextStream
+from specserve.server.text import TextStream
 
 MIXED = "é中😀"  # 2 + 3 + 4 UTF-8 bytes: one byte-level token each
 

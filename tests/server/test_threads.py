@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import torch
 
-from decoding import Engine, SamplingParams, SpecParams
-from decoding.stats import Forward, StepStats
-from server.service import EngineService
-from server.threads import ThreadTuner
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.stats import Forward, StepStats
+from specserve.server.service import EngineService
+from specserve.server.threads import ThreadTuner
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from bench.loadgen import split_variant
+from specserve.decoding.params import MAX_SPECULATIVE_TOKENS, METHODS
 
 
 def _k(text: str) -> int | str:
@@ -56,9 +56,10 @@ def _rate(text: str) -> float:
 
 
 def _variant(text: str) -> str:
-    method, k = split_variant(text)
-    if method not in ("none", "draft", "ngram", "medusa"):
-        raise argparse.ArgumentTypeError(f"unknown method {method!r} (none, draft, ngram, medusa)")
-    if k is not None and k != "auto" and not (k.isdigit() and 1 <= int(k) <= 16):
-        raise argparse.ArgumentTypeError(f"K in {text!r} must be 1..16 or auto")
+    """METHOD or METHOD:K or METHOD:auto (bench.loadgen.split_variant reads it)."""
+    method, _, k = text.partition(":")
+    if method not in METHODS:
+        raise argparse.ArgumentTypeError(f"unknown method {method!r} ({', '.join(METHODS)})")
+    if k and k != "auto" and not (k.isdigit() and 1 <= int(k) <= MAX_SPECULATIVE_TOKENS):
+        raise argparse.ArgumentTypeError(f"K in {text!r} must be 1..{MAX_SPECULATIVE_TOKENS} or auto")
     return text

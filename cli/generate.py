@@ -6,8 +6,14 @@ import argparse
 import json
 import sys
 
-from decoding import METHODS, Engine, SamplingParams, SpecParams
-from server.cli_common import add_model_args, add_prompt_args, add_sampling_args, load_models, read_prompts
+from specserve.cli.options import (
+    add_model_args,
+    add_prompt_args,
+    add_sampling_args,
+    load_models,
+    read_prompts,
+)
+from specserve.decoding.params import METHODS, SamplingParams, SpecParams
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
     prompts = read_prompts(args)
+    if not prompts:
+        raise SystemExit("error: pass --prompt TEXT or --prompts FILE")
+    from specserve.decoding.engine import Engine
+
     models = load_models(args, need_draft=args.method == "draft", need_medusa=args.method == "medusa")
     tok = models.target.tokenizer
     engine = Engine(

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
+from specserve.cli.options import add_log_level, quiet_transformers
 
-from server.settings import Settings
+if TYPE_CHECKING:
+    from specserve.server.settings import Settings
 
 FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "target": "target model: Hub id or local path (default: the bundled suite)",
@@ -41,11 +42,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true", default=None)
     p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
                    help="skip Prometheus metrics and per-request bytes/FLOPs accounting")  # fmt: skip
-    p.add_argument("--log-level", default=os.environ.get("SPECSERVE_LOG_LEVEL", "INFO"))
+    add_log_level(p)
     p.set_defaults(func=run)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
+    from pydantic import ValidationError
+
+    from specserve.server.settings import Settings
+
     given = {
         k: getattr(args, k)
         for k in [*FLAGS, "trust_remote_code", "metrics"]
@@ -64,9 +69,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import create_app
+    from specserve.server.app import create_app
 
     settings = settings_from_args(args)
+    quiet_transformers()
     # uvicorn drains on SIGTERM (stop accepting, let requests in flight finish, then the lifespan
     # stops the engine) and then re-raises the signal; answering that with exit 0 marks the
     # shutdown as the clean one it was

@@ -1,0 +1,164 @@
+"""`specserve train suite` (the default target/draft pair from this machine's Python sources) and
+`specserve train medusa` (Medusa-1 heads for a target)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from specserve.models.suite.configs import PRESETS
+from specserve.models.suite_paths import SUITE_DIR
+
+log = logging.getLogger(__name__)
+
+
+def _default_preset() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def run_train_suite(args: argparse.Namespace) -> int:
+    from specserve.models.suite.recipe import run_suite  # torch/transformers load only when training
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    preset = args.preset or _default_preset()
+    try:
+        run_suite(
+            preset,
+            Path(args.out),
+            corpus_dirs=[Path(d) for d in args.corpus_dir] if args.corpus_dir else None,
+            work_dir=Path(args.work_dir) if args.work_dir else None,
+            resume=args.resume,
+            device=args.device,
+            threads=args.threads,
+        )
+    except ValueError as e:  # bad input: a clear message, before any training
+        raise SystemExit(f"specserve train suite: {e}") from e
+    return 0
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add `train suite` to a CLI's subparsers; the handler is set as `func` (called with the Namespace)."""
+    train = subparsers.add_parser("train", help="train models (the bundled default suite)")
+    what = train.add_subparsers(dest="train_command", metavar="{suite,medusa}", required=True)
+    add_medusa_parser(what)
+    suite = what.add_parser(
+        "suite",
+        help="corpus -> tokenizer -> target -> draft -> distillation -> evaluation -> model card",
+        description="Train a Python-code target and draft from this interpreter's standard library and "
+        "site-packages, and write them (Hugging Face folders) with a model card to --out.",
+    )
+    suite.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help="gpu (the intended suite), cpu (best under an hour on 2 cores), cpu-tiny (seconds, "
+        "for tests); default: gpu when CUDA is available, else cpu",
+    )
+    suite.add_argument(
+        "--out", default=str(SUITE_DIR), help="output folder (default: the bundled suite, %(default)s)"
+    )
+    suite.add_argument(
+        "--corpus-dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="use the .py files under DIR instead of the stdlib and site-packages (repeatable)",
+    )
+    suite.add_argument(
+        "--work-dir",
+        default=None,
+        help="shards, tokenizer, checkpoints (default: runs/suite-PRESET in the working directory)",
+    )
+    suite.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the work folder's checkpoints (default: on)",
+    )
+    suite.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    suite.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: the preset's, 2 for cpu presets)",
+    )
+    suite.set_defaults(func=run_train_suite)
+
+
+def add_medusa_parser(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser("medusa", help="train Medusa heads on a frozen target (Medusa-1 self-distillation)")
+    p.add_argument("--target", default=None, help="the target (default: the bundled suite's)")
+    p.add_argument("--out", required=True, help="folder for the heads, their config and card")
+    p.add_argument("--num-heads", type=int, default=3)
+    p.add_argument("--num-layers", type=int, default=1, help="residual blocks per head")
+    p.add_argument(
+        "--own-lm-head", action="store_true", help="a vocabulary projection per head (default: shared)"
+    )
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="wall-clock budget: fewer steps (and a shorter cosine) when --steps would not fit",
+    )
+    p.add_argument(
+        "--corpus-dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="train on the .py files under DIR (default: this machine's stdlib and site-packages)",
+    )
+    p.add_argument("--work-dir", default="runs/medusa", help="corpus shards go here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=run_train_medusa)
+
+
+def run_train_medusa(args: argparse.Namespace) -> int:
+    import torch
+
+    from specserve.models.medusa_train import MedusaTrainConfig, train_medusa
+    from specserve.models.suite_paths import default_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target = args.target or (default_suite() or {}).get("target")
+    if target is None:
+        raise SystemExit("error: no target: pass --target (the bundled default suite is not present)")
+    for name in ("num_heads", "num_layers", "steps", "batch_size", "seq_len"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise SystemExit(f"error: --max-seconds must be > 0, got {args.max_seconds}")
+    cfg = MedusaTrainConfig(
+        num_heads=args.num_heads,
+        num_layers=args.num_layers,
+        share_lm_head=not args.own_lm_head,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        warmup_steps=min(20, args.steps),
+        max_seconds=args.max_seconds,
+    )
+    try:
+        report = train_medusa(
+            target,
+            Path(args.out),
+            cfg,
+            Path(args.work_dir),
+            [Path(d) for d in args.corpus_dir] if args.corpus_dir else None,
+            args.device,
+        )
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    for a in report["accuracy"]:
+        log.info("head %d: top-1 %.3f, top-5 %.3f", a["head"], a["top1"], a["top5"])
+    return 0
