@@ -1,13 +1,14 @@
 """Verification: which candidates the target accepts, and the token it emits after them.
 
-Every function returns `Verdict(num_accepted [B], next_token [B])`: row b emits its first
-`num_accepted[b]` candidates, then `next_token[b]` (recovered after a rejection, bonus after a full
-accept). All three are exact: greedy equals plain greedy decoding token for token; the two sampling
-rules leave the output distributed exactly as the target's p (Leviathan et al. 2023, Theorem 1).
+Every rule gives row b's accepted count and the token it emits after them (recovered after a
+rejection, bonus after a full accept); a tree rule also gives the accepted root path. All are exact:
+greedy equals plain greedy decoding token for token; the sampling rules leave the output
+distributed exactly as the target's p (Leviathan et al. 2023, Theorem 1).
 
-Inputs share one layout: candidates [B, K] (padding is ignored past `num_candidates` [B]) and target
-probabilities / argmax over T = K + 1 positions, where position j scores the token after the pending
-token and the first j candidates.
+Chains: candidates [B, K] (padding is ignored past `num_candidates` [B]) and target probabilities /
+argmax over T = K + 1 positions, where position j scores the token after the pending token and the
+first j candidates. Trees: node tokens ids [B, N] (node 0: the pending token) and target outputs at
+every node, scoring the token after it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 import torch
 
 from specserve.decoding.sampling import sample
+from specserve.decoding.tree import Tree
 
 
 @dataclass
 class Verdict:
     num_accepted: torch.Tensor  # [B] long
     next_token: torch.Tensor  # [B] long
+    path: torch.Tensor | None = None  # [B, D + 1] node indices from the root (a tree's; None: a chain)
 
 
 def _prefix_length(ok: torch.Tensor, num_candidates: torch.Tensor) -> torch.Tensor:
@@ -88,3 +91,35 @@ def verify_match(
     x = sample(p, u)  # [B, T]
     n = _prefix_length(x[:, :K] == candidates, num_candidates)
     return Verdict(n, x.gather(1, n[:, None]).squeeze(1))
+
+
+def tree_greedy(ids: torch.Tensor, argmax: torch.Tensor, tree: Tree, depth_cap: torch.Tensor) -> Verdict:
+    """Longest root path whose every node equals the target's argmax at its parent, within each
+    row's depth cap. ids, argmax: [B, N]; depth_cap [B]."""
+    B, N = ids.shape
+    correct = ids == argmax.gather(1, tree.parent[None].expand(B, N))  # [B, N]
+    correct &= tree.depth[None] <= depth_cap[:, None]
+    ok = correct[:, tree.paths[:, 1:].clamp(min=0)] & (tree.paths[None, :, 1:] >= 0)  # [B, P, D]
+    length = ok.long().cumprod(-1).sum(-1)  # [B, P]
+    best = length.argmax(-1)  # [B] (the first longest)
+    path = tree.paths[best]  # [B, D + 1]
+    n = length.gather(1, best[:, None]).squeeze(1)  # [B]
+    last = path.gather(1, n[:, None]).squeeze(1)  # [B] the newest accepted node (0: the root)
+    return Verdict(n, argmax.gather(1, last[:, None]).squeeze(1), path)
+
+
+def tree_match(
+    ids: list[int], p: torch.Tensor, u: torch.Tensor, tree: Tree, cap: int
+) -> tuple[list[int], int]:
+    """One row's deterministic candidates on a tree: sample x ~ p at the current node, follow the
+    child holding x, stop at the first miss (or at the depth cap). Exact: every emitted token is a
+    sample of p at its position. p [N, V], u [D + 1]. Returns (accepted nodes, the token after them)."""
+    node, path = 0, []
+    for d in range(tree.max_depth + 1):
+        x = int(sample(p[node], u[d]))
+        child = next((c for c in tree.children[node] if ids[c] == x and len(path) < cap), None)
+        if child is None:
+            return path, x
+        path.append(child)
+        node = child
+    raise AssertionError("unreachable: a leaf has no children")

@@ -9,11 +9,13 @@ from transformers import PreTrainedModel
 
 from specserve.decoding.draft import DraftProposer
 from specserve.decoding.kv import KVState
+from specserve.decoding.medusa import MedusaProposer
 from specserve.decoding.ngram import NgramProposer
 from specserve.decoding.prefix_cache import PrefixCache
 from specserve.decoding.proposer import NoProposer, Proposer
 from specserve.decoding.row import Row
 from specserve.decoding.sampling import Warp
+from specserve.decoding.stats import Forward
 
 
 def make_proposer(
@@ -23,8 +25,6 @@ def make_proposer(
     if method == "medusa":
         if medusa is None:
             raise ValueError("method 'medusa' needs Medusa heads (--medusa)")
-        from specserve.decoding.medusa import MedusaProposer
-
         return MedusaProposer(*medusa)
     if method == "draft":
         if draft is None:
@@ -55,6 +55,18 @@ class SubBatch:
     def fixed_k(self) -> int:
         """The most speculative tokens a row asked for (0 for plain decoding)."""
         return 0 if self.method == "none" else max(r.spec.num_speculative_tokens for r in self.rows)
+
+    def caches(self) -> list[KVState]:
+        """The proposer's own cache, if it has one, and the target's (the order a step runs them)."""
+        return ([self.proposer.kv] if self.proposer.kv is not None else []) + [self.kv]
+
+    def drain_forwards(self) -> list[Forward]:
+        """Every cached model forward since the last drain (for bytes and FLOPs accounting)."""
+        return [f for kv in self.caches() for f in kv.drain()]
+
+    def nbytes(self) -> int:
+        """Bytes of KV cache the sub-batch holds (holes included)."""
+        return sum(kv.nbytes() for kv in self.caches())
 
     def join(self, rows: list[Row]) -> None:
         self.rows.extend(rows)

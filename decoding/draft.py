@@ -22,13 +22,13 @@ from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
 from specserve.decoding.sampling import Warp, sample, warp_probs
-from specserve.decoding.stats import Forward
 
 STEADY_LAG = 2  # tokens a draft is behind after a speculative step (2 when all K were accepted)
 
 
 class DraftProposer:
     needs_hidden = False
+    draws_from_q = True
 
     def __init__(self, model: PreTrainedModel, prefix: PrefixCache | None = None) -> None:
         self.model = model
@@ -62,13 +62,7 @@ class DraftProposer:
         self.kv.extend(other.kv)
         self._joined = self._joined or other._joined
 
-    def drain_forwards(self) -> list[Forward]:
-        return self.kv.drain()
-
-    def nbytes(self) -> int:
-        return self.kv.nbytes()
-
-    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
+    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
         K = max(ks, default=0)
         self._catchup = self._cands_fed = 0
         if K == 0:
@@ -100,7 +94,7 @@ class DraftProposer:
         self._cands_fed = K - 1
         tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
         q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
-        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q_all, sync_s)
+        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q=q_all, sync_s=sync_s)
 
     def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
         """Keep the catch-up columns and the first min(n, K-1) candidate columns of each row."""

@@ -22,7 +22,7 @@ from specserve.decoding import lockstep
 from specserve.decoding.adaptive import KController
 from specserve.decoding.batch import SubBatch, make_proposer
 from specserve.decoding.kv import KVState
-from specserve.decoding.medusa import medusa_setup, medusa_step
+from specserve.decoding.medusa import medusa_setup
 from specserve.decoding.params import METHODS, SamplingParams, SpecParams
 from specserve.decoding.prefix_cache import PrefixCache
 from specserve.decoding.row import Row
@@ -130,7 +130,7 @@ class Engine:
 
     def kv_bytes(self) -> int:
         """Bytes of KV cache the running sub-batches hold (target and draft; holes included)."""
-        return sum(b.kv.nbytes() + b.proposer.nbytes() for b in list(self.batches.values()))
+        return sum(b.nbytes() for b in list(self.batches.values()))
 
     def has_work(self) -> bool:
         return bool(self.waiting) or self.num_running > 0
@@ -174,16 +174,15 @@ class Engine:
     def _decode(self, batch: SubBatch) -> StepStats:
         """A decode step of a sub-batch: K (Medusa: the tree's depth) from its controller, if
         adaptive (which also says whether to clip by lockstep group), and the outcome back to it."""
-        step = medusa_step if batch.method == "medusa" else decode_step
         ctl, B = self._controller(batch), len(batch.rows)
         if ctl is None:
             self.on_plan("decode", batch.method, batch.fixed_k, B)
-            return step(self.target, batch, self.on_tokens)
+            return decode_step(self.target, batch, self.on_tokens)
         ids = lockstep.groups(batch.rows)
         lone = (batch.rows[0].request_id, batch.rows[0].arrival) if B == 1 else None
         k = ctl.choose(B, lockstep.group_sizes(ids), lone)
         trial = self.on_plan("decode", batch.method, k, B) is True
-        stats = step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
+        stats = decode_step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
         stats.trial_settings = trial
         ctl.observe(stats)
         return stats

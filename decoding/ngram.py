@@ -33,7 +33,7 @@ def lookup(tokens: list[int], k: int, n_max: int, n_min: int) -> list[int]:
 class NgramProposer(NoProposer):
     """Stateless: it reads only each row's tokens, so admit/commit/select have nothing to do."""
 
-    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
+    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
         return Proposal(
             [lookup(r.tokens, k, r.spec.ngram_max, r.spec.ngram_min) for r, k in zip(rows, ks, strict=True)]
         )

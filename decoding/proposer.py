@@ -1,41 +1,58 @@
-"""The proposer interface (transformers' candidate generator, plus batch membership) and `none`."""
+"""The proposer contract (transformers' candidate generator, plus batch membership) and `none`.
+
+A proposer offers each row candidates for the next tokens; `decoding/step.py:decode_step` verifies
+them with one target forward, accepts a prefix (a chain) or a root path (a tree), and tells the
+proposer what was kept. Methods: `none` (here), `draft` (draft.py), `ngram` (ngram.py), `medusa`
+(medusa.py); each file documents its own.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
+from specserve.decoding.kv import KVState
 from specserve.decoding.row import Row
 from specserve.decoding.sampling import Warp
 from specserve.decoding.stats import Forward
+from specserve.decoding.tree import Tree
 
 Emit = Callable[[Row, list[int]], None]  # called with each row's newly emitted tokens
 
 
 @dataclass
 class Proposal:
-    """Candidates for each row of a batch."""
+    """Candidates for each row of a batch, as a chain or as a token tree.
 
-    tokens: list[list[int]]  # row b proposes tokens[b] (at most its k, possibly none)
-    q: torch.Tensor | None = (
-        None  # [B, K, V] draft probs the candidates were sampled from; None = deterministic
-    )
+    Chain (tree None): row b proposes tokens[b] in order (at most its k, possibly none).
+    Tree: every row proposes the nodes of `tree`; tokens[b][i] is the token at node i + 1 (node 0 is
+    the row's pending token), and row b may accept at most its k of them along one root path.
+    """
+
+    tokens: list[list[int]]
+    q: torch.Tensor | None = None  # [B, C, V] the draft probs candidate c was sampled from (chain:
+    # C = K, tree: C = N - 1, node c + 1 given its parent); None: deterministic candidates
+    tree: Tree | None = None
     sync_s: float = 0.0  # of the proposing time, spent prefilling rows that joined during plain steps
+    forwards: list[Forward] = field(default_factory=list)  # model calls outside any cache (Medusa heads)
 
 
 class Proposer(Protocol):
-    needs_hidden: bool  # admit() wants the target's last hidden state of each joining row
+    needs_hidden: bool  # admit() and commit() want the target's last hidden states
+    draws_from_q: bool  # candidates are sampled from q: the step hands propose() uniforms
+    kv: KVState | None  # the proposer's own cache (a draft model's), if any: its bytes and forwards
 
-    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
-        """Up to ks[b] candidates for row b; u [B, K] uniforms for sampled proposals."""
+    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
+        """Up to ks[b] candidates row b may accept; u [B, K] uniforms when draws_from_q and sampling."""
         ...
 
     def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
-        """Row b's first num_accepted[b] candidates were accepted: roll back the rest. `hidden`
-        [B, T, H]: the target's last hidden states at the fed positions, when needs_hidden."""
+        """Row b kept its first num_accepted[b] candidates (along the accepted path): roll back the
+        rest. `hidden` [B, P, H], when needs_hidden: the target's last hidden states along that path
+        (position 0: the pending token; row b's valid ones 0..num_accepted[b])."""
         ...
 
     def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
@@ -51,21 +68,15 @@ class Proposer(Protocol):
         """Take over the state of another proposer's rows, after ours."""
         ...
 
-    def drain_forwards(self) -> list[Forward]:
-        """Model forwards run since the last drain (for bytes/FLOPs accounting)."""
-        ...
-
-    def nbytes(self) -> int:
-        """Bytes of cache this proposer holds."""
-        ...
-
 
 class NoProposer:
-    """Plain autoregressive decoding: nothing to propose, nothing to keep."""
+    """`none`: plain autoregressive decoding. Nothing to propose, nothing to keep."""
 
     needs_hidden = False
+    draws_from_q = False
+    kv: KVState | None = None
 
-    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor) -> Proposal:
+    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
         return Proposal([[] for _ in rows])
 
     def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
@@ -79,9 +90,3 @@ class NoProposer:
 
     def extend(self, other: Proposer) -> None:
         pass
-
-    def drain_forwards(self) -> list[Forward]:
-        return []
-
-    def nbytes(self) -> int:
-        return 0

@@ -1,4 +1,5 @@
-"""One engine step as plain functions: prefill new rows, or propose -> verify -> accept -> commit."""
+"""One engine step as plain functions: prefill new rows, or propose -> verify -> accept -> commit
+(the one decode step of every method, over a chain of candidates or a token tree)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import torch
 from transformers import PreTrainedModel
 
 from specserve.decoding import lockstep
-from specserve.decoding.acceptance import Verdict, verify_greedy, verify_match, verify_rejection
+from specserve.decoding.acceptance import (
+    Verdict,
+    tree_greedy,
+    tree_match,
+    verify_greedy,
+    verify_match,
+    verify_rejection,
+)
 from specserve.decoding.batch import SubBatch
 from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Emit, Proposal
@@ -53,11 +61,32 @@ def prefill(
         batch.method, "prefill", len(new), tokens_verified=sum(r.prompt_len for r in new) - sum(cached),
         prefill_s=now - t0, cached_tokens=sum(cached),
     )  # fmt: skip
-    stats.forwards = batch.kv.drain() + batch.proposer.drain_forwards()
+    stats.forwards = batch.drain_forwards()
     return stats
 
 
-def _accept(
+def _verify(
+    target: PreTrainedModel, batch: SubBatch, prop: Proposal
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One target forward over each row's pending token and its candidates: a chain right-padded
+    with holes, or a tree under a 4D tree mask (node 0: the pending token). Returns logits
+    [B, T, V] and, when the proposer reads them, last hidden states [B, T, H]."""
+    rows, kv, need = batch.rows, batch.kv, batch.proposer.needs_hidden
+    if prop.tree is not None:
+        logits, hidden = kv.forward_tree(target, _tree_ids(rows, prop, kv.mask.device), prop.tree)
+        return logits, hidden if need else None
+    fed = [[r.tokens[-1]] + c for r, c in zip(rows, prop.tokens, strict=True)]
+    out = kv.forward(target, fed, hidden=need)
+    return out if need else (out, None)
+
+
+def _tree_ids(rows: list[Row], prop: Proposal, dev: torch.device) -> torch.Tensor:
+    """[B, N] node tokens of every row's tree, node 0 its pending token."""
+    pending = torch.tensor([[r.tokens[-1]] for r in rows], device=dev)  # [B, 1]
+    return torch.cat([pending, torch.tensor(prop.tokens, device=dev).view(len(rows), -1)], dim=1)
+
+
+def _accept_chain(
     logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor | None, u_pos: torch.Tensor | None
 ) -> Verdict:
     """logits [B, T, V]; u [B, K] acceptance uniforms, u_pos [B, T] uniforms of the positions the
@@ -69,7 +98,7 @@ def _accept(
     n_cand = torch.tensor([len(t) for t in prop.tokens], device=dev)  # [B]
     cand = torch.tensor([t + [-1] * (K - len(t)) for t in prop.tokens], dtype=torch.long, device=dev).view(
         len(prop.tokens), K
-    )
+    )  # [B, K]
     verdict = verify_greedy(logits.argmax(-1), cand, n_cand)
     if u_pos is None:
         return verdict
@@ -85,6 +114,26 @@ def _accept(
     return verdict
 
 
+def _accept_tree(
+    logits: torch.Tensor, ids: torch.Tensor, prop: Proposal, caps: list[int], warp: Warp, u_pos
+) -> Verdict:
+    """Greedy rows: the longest agreeing root path within each row's cap; sampled rows: samples of
+    p followed down the tree (match sampling). logits [B, N, V], ids [B, N], u_pos [B, D + 1]."""
+    tree, dev = prop.tree, logits.device
+    if prop.q is not None:
+        raise NotImplementedError("sampling a tree drawn from q needs a multi-draft acceptance rule")
+    verdict = tree_greedy(ids, logits.argmax(-1), tree, torch.tensor(caps, device=dev))
+    s = (~warp.greedy).nonzero().squeeze(1).tolist()
+    if s:
+        p = warp_probs(logits[s], warp.select(torch.tensor(s, device=dev)))  # [S, N, V]
+        ids_list, D = ids.tolist(), tree.max_depth
+        for i, b in enumerate(s):  # depth d emits generated position num_generated + d
+            nodes, nxt = tree_match(ids_list[b], p[i], u_pos[b], tree, caps[b])
+            verdict.path[b] = torch.tensor([0, *nodes] + [-1] * (D - len(nodes)), device=dev)
+            verdict.num_accepted[b], verdict.next_token[b] = len(nodes), nxt
+    return verdict
+
+
 def decode_step(
     target: PreTrainedModel,
     batch: SubBatch,
@@ -92,57 +141,72 @@ def decode_step(
     k_auto: int | None = None,
     lock: list[int] | None = None,
 ) -> StepStats:
-    """propose -> verify -> accept -> commit for every row of the sub-batch.
+    """propose -> verify -> accept -> commit for every row of the sub-batch, a chain or a tree.
 
-    k_auto: the K an adaptive controller chose for this step (rows with spec.adaptive use it);
-    lock: lockstep group ids ([B], from `lockstep.groups`) to clip acceptance by, or None."""
-    rows = batch.rows
-    dev = batch.kv.mask.device
+    k_auto: the K an adaptive controller chose for this step (rows with spec.adaptive use it; a tree
+    is cut to that depth); lock: lockstep group ids ([B], from `lockstep.groups`) to clip
+    acceptance by, or None."""
+    rows, proposer = batch.rows, batch.proposer
+    B, dev = len(rows), batch.kv.mask.device
     ks = [r.budget(r.spec.step_k(k_auto, r.sampling.seed is not None)) for r in rows]
     K = max(ks)
     warp = batch.warp
     sampled = not bool(warp.greedy.all())
-    # draft sampling [B, K] and acceptance [B, K] uniforms; the emitted positions' own [B, K + 1]
-    u = (
-        draw_uniforms([r.generator for r in rows], 2 * K, dev)
-        if sampled and batch.method == "draft"
-        else None
-    )
-    u_pos = None
-    if sampled:
-        u_pos = position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], K + 1, dev)
+    # draft sampling [B, K] and acceptance [B, K] uniforms, from each row's own generator
+    u = draw_uniforms([r.generator for r in rows], 2 * K, dev) if sampled and proposer.draws_from_q else None
     # 1. propose
     t0 = time.perf_counter()
-    prop = batch.proposer.propose(rows, ks, warp, u[:, :K] if u is not None else None)
+    prop = proposer.propose(rows, ks, warp, u[:, :K] if u is not None else None)
     t1 = time.perf_counter()
-    # 2. verify: one target forward over each row's pending token and its candidates
-    fed = [[r.tokens[-1]] + c for r, c in zip(rows, prop.tokens, strict=True)]
-    hidden = None
-    if batch.proposer.needs_hidden:  # Medusa heads read the newest hidden state (plain steps too)
-        logits, hidden = batch.kv.forward(target, fed, hidden=True)  # [B, T, V], [B, T, H]
-    else:
-        logits = batch.kv.forward(target, fed)  # [B, T, V]
-    # 3. accept
-    verdict = _accept(logits, prop, warp, u[:, K:] if u is not None else None, u_pos)
-    accepted = verdict.num_accepted.tolist()  # the target's verdict, before any lockstep clip
-    if lock is not None and K:
-        n_t, nxt_t, _ = lockstep.clip(verdict.num_accepted, verdict.next_token, prop.tokens, lock)
-        verdict = Verdict(n_t, nxt_t)
-    n, nxt = verdict.num_accepted.tolist(), verdict.next_token.tolist()
-    # 4. commit: keep the pending token and the accepted candidates in both caches
+    tree = prop.tree
+    depth = tree.max_depth if tree is not None else K  # the most candidates a row may accept
+    # 2. verify
+    logits, hidden = _verify(target, batch, prop)  # [B, T, V], [B, T, H] or None
     T = logits.shape[1]
-    batch.kv.rollback(torch.arange(T, device=dev)[None, :] <= verdict.num_accepted[:, None])  # [B, T]
-    batch.proposer.commit(n, hidden)
+    # 3. accept: row b keeps its pending token and n[b] candidates along a path
+    u_pos = None
+    if sampled:  # uniforms by generated position: seeded output does not depend on K
+        u_pos = position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], depth + 1, dev)
+    if tree is None:
+        caps, cand = [len(c) for c in prop.tokens], prop.tokens
+        verdict = _accept_chain(logits, prop, warp, u[:, K:] if u is not None else None, u_pos)
+    else:
+        ids = _tree_ids(rows, prop, dev)  # [B, N]
+        caps = [min(k, depth) for k in ks]
+        verdict = _accept_tree(logits, ids, prop, caps, warp, u_pos)
+        cand = ids.gather(1, verdict.path.clamp(min=0))[:, 1:].tolist()  # [B, D] tokens along the path
+    accepted = verdict.num_accepted.tolist()  # the target's verdict, before any lockstep clip
+    n_t, nxt_t = verdict.num_accepted, verdict.next_token
+    if lock is not None and depth:
+        n_t, nxt_t, _ = lockstep.clip(n_t, nxt_t, cand, lock)
+    n, nxt = n_t.tolist(), nxt_t.tolist()
+    # 4. commit: the target's cache keeps each row's path, and the proposer hears what was kept
+    if tree is None:
+        batch.kv.rollback(torch.arange(T, device=dev)[None, :] <= n_t.to(dev)[:, None])  # [B, T]
+    else:
+        batch.kv.rollback(_on_path(verdict.path, n_t.to(dev), T))
+        if hidden is not None:  # the hidden states along each row's path, as a chain's
+            hidden = hidden.gather(1, verdict.path.clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+    proposer.commit(n, hidden)
     t2 = time.perf_counter()
     stats = StepStats(
-        batch.method, "decode", len(rows), propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=K,
+        batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=depth,
         lockstep=lock is not None and bool(k_auto),
     )  # fmt: skip
-    stats.forwards = batch.proposer.drain_forwards() + batch.kv.drain()
-    drafted = [len(c) for c in prop.tokens]
-    emitted = [c[:a] + [tok] for c, a, tok in zip(prop.tokens, n, nxt, strict=True)]
-    record_step(stats, rows, drafted, accepted, [1 + d for d in drafted], emitted, emit, kept=n)
+    stats.forwards = prop.forwards + batch.drain_forwards()
+    emitted = [c[:a] + [tok] for c, a, tok in zip(cand, n, nxt, strict=True)]
+    verified = [T] * B if tree is not None else [1 + c for c in caps]
+    record_step(stats, rows, caps, accepted, verified, emitted, emit, kept=n)
     return stats
+
+
+def _on_path(path: torch.Tensor, n: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """[B, N] bool: the nodes of path[b, :n[b] + 1] (path [B, D + 1] node indices, -1 padded)."""
+    on = torch.arange(path.shape[1], device=path.device)[None, :] <= n[:, None]  # [B, D + 1]
+    b, j = on.nonzero(as_tuple=True)
+    keep = torch.zeros(path.shape[0], num_nodes, dtype=torch.bool, device=path.device)
+    keep[b, path[b, j]] = True
+    return keep
 
 
 def record_step(

@@ -1,11 +1,13 @@
 """Central test (after transformers' test_assisted_decoding_matches_greedy_search): every method is
 token-identical to plain greedy decoding and to Hugging Face generate(), with a *random* draft and
-with the target as its own draft, at batch 1 and batch 4 with unequal prompt lengths."""
+with the target as its own draft (random Medusa heads: a tree per step), at batch 1 and batch 4
+with unequal prompt lengths, and through fewer slots than requests (rows join as others leave)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import random_heads
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding.step import decode_step
@@ -32,7 +34,9 @@ def hf_reference(tiny, prompts):
 
 
 def _engine(tiny, draft_kind: str | None, batch_size: int, **kw) -> Engine:
-    draft = {None: None, "random": tiny["draft"].model, "same": tiny["target"].model}[draft_kind]
+    draft = {None: None, "random": tiny["draft"].model, "same": tiny["target"].model}.get(draft_kind)
+    if draft_kind == "heads":
+        kw["medusa"] = random_heads(tiny["target"].model)
     return Engine(
         tiny["target"].model,
         draft,
@@ -53,6 +57,9 @@ CASES = [
     ("none", None, 4),
     ("draft", "random", 2),  # 4 requests through 2 slots: rows join as others leave
     ("ngram", None, 3),
+    ("medusa", "heads", 1),
+    ("medusa", "heads", 4),
+    ("medusa", "heads", 2),
 ]
 
 

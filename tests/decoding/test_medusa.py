@@ -5,36 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from scripted import Always, Cycle, Unclipped
-from transformers import LlamaConfig, LlamaForCausalLM
+from tiny_models import V, random_heads, small_model
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding.tree import build_tree
-from specserve.models.medusa import MedusaConfig, MedusaHeads
-
-V = 12  # a small vocabulary: random heads then guess right often enough to exercise acceptance
-
-
-def small_model(seed: int = 3, vocab: int = V) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      eos_token_id=None)  # fmt: skip
-    m = LlamaForCausalLM(cfg).double().eval()
-    with torch.no_grad():
-        m.lm_head.weight.mul_(4.0)
-    return m
-
-
-def random_heads(model, num_heads: int = 3, seed: int = 4, share: bool = False) -> MedusaHeads:
-    torch.manual_seed(seed)
-    cfg = MedusaConfig(num_heads=num_heads, hidden_size=model.config.hidden_size,
-                       vocab_size=model.config.vocab_size, share_lm_head=share, target="tiny")  # fmt: skip
-    heads = MedusaHeads(cfg, model.lm_head if share else None).double().eval()
-    with torch.no_grad():
-        for p in heads.parameters():
-            if not share or p is not model.lm_head.weight:
-                p.normal_(0, 0.5)
-    return heads
+from specserve.models.medusa import MedusaHeads
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +63,21 @@ def test_greedy_matches_plain(batch_size, share):
     assert [r.token_ids for r in res] == [r.token_ids for r in plain]
     assert sum(r.stats.accepted_tokens for r in res) > 0  # the tree really accepted guesses
     assert max(r.stats.mean_accepted_length for r in res) > 1.0
+
+
+def test_a_numeric_k_cuts_the_tree_to_that_depth(setup):
+    model, heads = setup
+    g = torch.Generator().manual_seed(8)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 9, 5)]
+    sampling = SamplingParams(max_new_tokens=20)
+    plain = Engine(model).generate(prompts, sampling, SpecParams())
+    for k, depth in ((1, 1), (2, 2), (16, 3)):  # the bundled default tree of 3 heads is 3 deep
+        engine = Engine(model, medusa=heads, max_batch_size=3)
+        seen = []
+        engine.on_step = seen.append
+        res = engine.generate(prompts, sampling, SpecParams("medusa", k))
+        assert [r.token_ids for r in res] == [r.token_ids for r in plain]
+        assert max(s.k for s in seen if s.phase == "decode") == depth
 
 
 def test_mixed_with_other_methods_and_rows_joining(setup):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_medusa import random_heads
+from tiny_models import random_heads
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding.kv import KVState
