@@ -1,7 +1,7 @@
 """Adaptive speculation: choose K per step (K = 0: a plain step) to maximise expected tokens/s.
 
-The reasoning, and what each rule fixed when measured, is in docs/batch-tradeoffs.md ("How `auto`
-decides"). Expected tokens per row and step, for K candidates:
+Why each rule exists, with the measurements, is in docs/batch-tradeoffs.md ("How `auto` decides").
+Expected tokens per row and step, for K candidates:
     E(K) = 1 + sum_{j < K} avail_j * prod_{i <= j} a_i
 a_i: moving-average acceptance of position i given the ones before were accepted (positions seen
 fewer than `min_samples` times take the pooled acceptance of positions 1..); avail_j: the share of
@@ -67,7 +67,7 @@ class KController:
     updated: dict[str, int] = field(default_factory=dict)  # step of each average's last update
     prior: RequestPrior = field(default_factory=RequestPrior)  # acceptance across requests (batch 1)
     request: object = None  # the request last seen alone in its batch
-    tail: float = 0.8  # pooled conditional acceptance of positions 1.. (0.85-0.9 on the suite)
+    tail: float = 0.8  # pooled conditional acceptance of positions 1..
     avail: list[float] = field(default_factory=list)  # [k_max] share of rows with a j-th candidate
     costs: StepCosts = field(default_factory=StepCosts)  # seconds per step by (bucket, K)
     realized: dict[tuple[int, bool | str], RateAverage] = field(default_factory=dict)  # (bucket, K > 0
@@ -210,7 +210,7 @@ class KController:
 
     def _lock_margin(self, b: int) -> float:
         """What unclipped speculation must give over clipped (or plain) steps to end a lockstep at
-        bucket b. On this project's CPU a lockstep was worth 4-20% at batch 2-8, 20-33% above."""
+        bucket b: `lock_margin` per doubling of the batch (a lockstep is worth more as it grows)."""
         return self.lock_margin * (b.bit_length() - 1)
 
     def _gain(self, b: int, kind: bool | str = True) -> float | None:

@@ -3,7 +3,8 @@
 Plain decoding keeps rows with the same number of tokens left (requests with equal `max_tokens`
 admitted in one prefill) in lockstep: they step together, leave at the same step, and the requests
 that replace them join in one batched prefill, into a cache that emptied with them. On this engine's
-padded cache that is worth 10-30% of plain throughput from batch 4 up (docs/batch-tradeoffs.md).
+padded cache that is worth a share of plain throughput that grows with the batch
+(docs/batch-tradeoffs.md measures it).
 Speculation ends it for good: rows accept different numbers of candidates, drift apart, and from
 then on leave one by one, their successors join one by one, and the cache stays as wide as its
 oldest row.

@@ -48,7 +48,8 @@ class StepStats:
 
 @dataclass
 class RequestStats:
-    """What one request cost and what speculation bought it (DESIGN.md section 4)."""
+    """What one request cost and what speculation bought it: the per-request stats every response
+    and `specserve generate --json` carry (README "Command line")."""
 
     method: str
     prompt_tokens: int = 0

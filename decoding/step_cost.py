@@ -53,9 +53,8 @@ class StepCosts:
     def line(self, b: int) -> tuple[float, float, float] | None:
         """The line for K >= 1 at bucket b: (mean K, mean seconds, seconds per K). Each K weighs
         its samples up to a moving average's worth, and Ks timed under `min_samples` times are left
-        out once two are not: at batch 1 prompt lookup ran K = 1 889 times and K = 4 once, on a
-        17 ms step (8-9 ms for the rest), and weighed evenly that one step made every K > 2 look
-        dear. With one K measured, the slope is its cost over a plain step's, per candidate."""
+        out once two are not (one slow step of a rarely run K must not tilt the line). With one K
+        measured, the slope is its cost over a plain step's, per candidate."""
         pts = [(k, c.value, min(c.n, 1 / self.alpha)) for (bb, k), c in self.table.items() if bb == b and k]
         if not pts:
             return None

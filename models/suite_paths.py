@@ -1,5 +1,5 @@
-"""Where the bundled default suite lives: inside the installed `models` package, so any working
-directory and an installed `specserve` both find it."""
+"""Where the bundled default suite lives: package data of `specserve.models`, so a checkout and
+an installed `specserve` find it from any working directory."""
 
 from __future__ import annotations
 

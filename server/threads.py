@@ -1,15 +1,14 @@
 """How many torch CPU threads the engine uses, chosen per step by measurement.
 
 More threads pay only where a step is compute-bound. A small model at batch 1 is bound by
-per-op overhead and memory, and extra OpenMP threads add a barrier to every op; at batch 32 the
-matmuls dominate and split well. On the bundled suite on 2 cores, one thread is as fast or
-faster for plain steps up to batch 4 and two are 1.12x / 1.20x / 1.26x faster at batch 8 / 16 / 32
-(in-process); a verify of several tokens a row is compute-bound sooner (draft K=4 at batch 1: 1.09x
-over plain on 1 thread, 1.28x on 2). Over HTTP the second core is also the event loop's and the
-clients'. No fixed rule holds across models and machines, so each kind of step at each batch-size
-bucket (1, 2-3, 4-7, 8-15, ...) times its candidate thread counts on interleaved steps and keeps
-the fastest per token fed, re-checking now and then as batches and caches change. Only the
-engine thread calls `plan`: torch's OpenMP thread count is per calling thread.
+per-op overhead and memory, and extra OpenMP threads add a barrier to every op; at large batches
+the matmuls dominate and split well, and a verify of several tokens a row is compute-bound sooner
+than a plain step. Over HTTP the other cores are also the event loop's and the clients'. No fixed
+rule holds across models and machines, so each kind of step at each batch-size bucket (1, 2-3,
+4-7, 8-15, ...) times its candidate thread counts on interleaved steps and keeps the fastest per
+token fed, re-checking now and then as batches and caches change (docs/batch-tradeoffs.md has the
+measurements). Only the engine thread calls `plan`: torch's OpenMP thread count is per calling
+thread.
 """
 
 from __future__ import annotations
@@ -48,10 +47,9 @@ class _Arm:
 class ThreadTuner:
     """Per kind of sub-batch step (prefill or decode, method, K) and batch-size bucket: `trials`
     interleaved steps per candidate, then the fastest (median seconds per token fed) until
-    `recheck` steps later. Kinds apart, since their work differs: at batch 1 on the bundled suite a
-    plain step is as fast on 1 thread as on 2, a draft verify of 5 tokens 1.2x faster on 2.
-    `plan` runs before each step (the engine's on_plan), `observe` after (its on_step). A single
-    candidate is fixed; none leaves torch's threads alone (a GPU)."""
+    `recheck` steps later. Kinds apart, since their work differs (a verify of K + 1 tokens splits
+    better than a plain step). `plan` runs before each step (the engine's on_plan), `observe`
+    after (its on_step). A single candidate is fixed; none leaves torch's threads alone (a GPU)."""
 
     candidates: tuple[int, ...]
     trials: int = 4

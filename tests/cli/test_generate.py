@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from specserve.cli import options as cli_common
+from specserve.cli import options
 from specserve.cli.main import main
 from specserve.decoding import Engine, SamplingParams, SpecParams
 
@@ -62,6 +62,6 @@ def test_unknown_method_is_refused_by_the_parser(capsys):
 
 
 def test_without_a_model_or_suite_it_says_so(monkeypatch):
-    monkeypatch.setattr(cli_common, "default_suite", lambda: None)
+    monkeypatch.setattr(options, "default_suite", lambda: None)
     with pytest.raises(SystemExit, match="no model: pass --target"):
         main(["generate", "--prompt", "x"])
