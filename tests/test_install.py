@@ -59,13 +59,13 @@ def installed(tmp_path_factory):
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     Path(site, "_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     elsewhere = tmp / "elsewhere"
-    (elsewhere / "models").mkdir(parents=True)  # a folder of the user's own called models/
+    elsewhere.mkdir()
     return {"wheel": wheel, "bin": venv / "bin", "cwd": elsewhere, "site": Path(site)}
 
 
-def _run(installed, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def _run(installed, *argv: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    return subprocess.run(list(argv), cwd=installed["cwd"], env=env, capture_output=True, text=True,
+    return subprocess.run(list(argv), cwd=cwd or installed["cwd"], env=env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
 
@@ -84,11 +84,15 @@ def test_imports_from_an_unrelated_folder(installed):
     out = _run(installed, py, "-c", "import specserve.server, specserve; print(specserve.__file__)")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(str(installed["site"]))
-    for bare in ("decoding", "server", "metrics", "bench", "cli"):
-        assert _run(installed, py, "-c", f"import {bare}").returncode != 0
-    # the user's own models/ folder is theirs: no specserve module answers to `models`
-    out = _run(installed, py, "-c", "import models; print(models.__path__)")
-    assert str(installed["cwd"] / "models") in out.stdout and "specserve" not in out.stdout
+    for bare in ("models", "decoding", "server", "metrics", "bench", "cli"):
+        out = _run(installed, py, "-c", f"import {bare}")
+        assert out.returncode != 0 and f"No module named '{bare}'" in out.stderr
+    # a user's own models/ folder stays theirs: no specserve module answers to `models`
+    own = installed["cwd"].parent / "project"
+    (own / "models").mkdir(parents=True)
+    (own / "models" / "__init__.py").write_text("MINE = True\n")
+    out = _run(installed, py, "-c", "import models, specserve.models.loading; print(models.MINE)", cwd=own)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
 
 
 def test_generate_uses_the_bundled_suite(installed):
