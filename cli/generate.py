@@ -7,11 +7,14 @@ import json
 import sys
 
 from specserve.cli.options import (
+    add_compile_args,
     add_model_args,
     add_prompt_args,
     add_sampling_args,
+    build_engine,
     load_models,
     read_prompts,
+    warm_up_engine,
 )
 from specserve.decoding.params import METHODS, SamplingParams, SpecParams
 
@@ -25,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-speculative-tokens", "-k", default="4", help="K, or 'auto' (chosen per step)")
     p.add_argument("--batch-size", type=int, default=8, help="rows decoded together (continuous batching)")
     p.add_argument("--json", action="store_true", help="one JSON object per prompt, in input order")
+    add_compile_args(p)
     p.set_defaults(func=run)
 
 
@@ -45,17 +49,10 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if not prompts:
         raise SystemExit("error: pass --prompt TEXT or --prompts FILE")
-    from specserve.decoding.engine import Engine
-
     models = load_models(args, need_draft=args.method == "draft", need_medusa=args.method == "medusa")
     tok = models.target.tokenizer
-    engine = Engine(
-        models.target.model,
-        models.draft.model if models.draft else None,
-        medusa=models.medusa,
-        eos_token_ids=models.target.eos_token_ids,
-        max_batch_size=args.batch_size,
-    )
+    engine = build_engine(args, models, args.batch_size)
+    warm_up_engine(args, engine, args.method, spec.num_speculative_tokens)
     ids = [tok.encode(text) for _, text in prompts]
     try:
         rows = [

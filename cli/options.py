@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from specserve.models.loading import Models
 
 DTYPES = ("bfloat16", "float16", "float32", "float64")
+COMPILE_MODES = ("auto", "on", "off")  # as specserve.decoding.compiled (which imports torch)
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,17 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     add_log_level(p)
+
+
+def add_compile_args(p: argparse.ArgumentParser, several: bool = False) -> None:
+    """--compile (several: one or more modes, compared in one run) and --compile-cache."""
+    help_text = "compiled decode steps: auto (kept where a warm-up measures them faster), on or off"
+    if several:
+        p.add_argument("--compile", nargs="+", choices=COMPILE_MODES, default=["auto"], help=help_text)
+    else:
+        p.add_argument("--compile", choices=COMPILE_MODES, default="auto", help=help_text)
+    p.add_argument("--compile-cache", default=None, help="folder for compiled graphs, kept across runs "
+                   "(default: $TORCHINDUCTOR_CACHE_DIR, else ~/.cache/specserve/inductor)")  # fmt: skip
 
 
 def add_log_level(p: argparse.ArgumentParser) -> None:
@@ -94,6 +106,38 @@ def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = 
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e
+
+
+def build_engine(args: argparse.Namespace, models: Models, batch_size: int, compile: bool | None = None):
+    """An engine on loaded models with their bytes/FLOPs accountant (so per-request stats carry
+    bytes_read, mbu and mfu, as the server's do); compiled steps unless --compile off."""
+    from specserve.decoding.compiled import use_compile_cache
+    from specserve.decoding.engine import Engine
+    from specserve.metrics.accounting import build_accountant
+    from specserve.metrics.peaks import device_peaks
+
+    if compile is None:
+        compile = args.compile != "off"
+    if compile:
+        use_compile_cache(args.compile_cache)
+    engine = Engine(
+        models.target.model,
+        models.draft.model if models.draft else None,
+        medusa=models.medusa,
+        eos_token_ids=models.target.eos_token_ids,
+        max_batch_size=batch_size,
+        compile=compile,
+    )
+    peaks = device_peaks(models.target.device, models.target.dtype)
+    engine.charge = build_accountant(models.target, models.draft, models.medusa, peaks)
+    return engine
+
+
+def warm_up_engine(args: argparse.Namespace, engine, method: str, k: int) -> None:
+    """--compile on/auto: compile (and under auto, judge) the decode steps before the real work."""
+    from specserve.decoding.warmup import warm_up
+
+    warm_up(engine, args.compile, [method], k)
 
 
 def read_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:

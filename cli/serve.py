@@ -32,6 +32,8 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "max_body_bytes": "request bodies above this get 413",
     "peak_bandwidth": "device peak bytes/s for MBU (default: GPU table, else a probe)",
     "peak_flops": "device peak FLOP/s for MFU (default: GPU table, else a probe)",
+    "compile": "compiled decode steps: auto (kept where a warm-up measures them faster), on or off",
+    "compile_cache": "folder for compiled graphs, kept across restarts (default ~/.cache/specserve/inductor)",
 }
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
+from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.draft import DraftProposer
 from specserve.decoding.kv import KVState
 from specserve.decoding.medusa import MedusaProposer
@@ -19,9 +20,14 @@ from specserve.decoding.stats import Forward
 
 
 def make_proposer(
-    method: str, draft: PreTrainedModel | None, medusa: tuple | None = None, prefix: PrefixCache | None = None
+    method: str,
+    draft: PreTrainedModel | None,
+    medusa: tuple | None = None,
+    prefix: PrefixCache | None = None,
+    compiled: CompiledForward | None = None,
 ) -> Proposer:
-    """medusa: (heads, tree) when Medusa heads are loaded; prefix: the draft's prefix cache."""
+    """medusa: (heads, tree) when Medusa heads are loaded; prefix: the draft's prefix cache;
+    compiled: the draft's compiled forward."""
     if method == "medusa":
         if medusa is None:
             raise ValueError("method 'medusa' needs Medusa heads (--medusa)")
@@ -29,7 +35,7 @@ def make_proposer(
     if method == "draft":
         if draft is None:
             raise ValueError("method 'draft' needs a draft model (--draft)")
-        return DraftProposer(draft, prefix)
+        return DraftProposer(draft, prefix, compiled)
     if method == "ngram":
         return NgramProposer()
     if method == "none":

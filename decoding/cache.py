@@ -6,6 +6,11 @@ layers grow their buffers by doubling, in rows and in columns, so an append writ
 columns, a row that leaves moves only the rows behind it, and a row that joins is written into
 spare rows; `keys`/`values` are views of the filled part. Assigning `keys`/`values` (as kv.py does
 to compact) adopts the new tensor as the buffer.
+
+A compiled step (decoding/compiled.py) writes differently: with `write_at` set on the cache, each
+layer copies the new keys/values into the given columns of its buffer and hands attention the
+whole column capacity (the caller's mask hides what is not a row's), so the graph's shapes follow
+the buffer, not the filled length; the caller then marks those columns filled (`filled`).
 """
 
 from __future__ import annotations
@@ -81,11 +86,21 @@ class GrowingLayer(DynamicLayer):
         self._k[rows, :, :lj], self._v[rows, :, :lj] = keys, values
         self._k[rows, :, lj:n], self._v[rows, :, lj:n] = 0, 0
 
+    def reserve(self, rows: int, columns: int) -> None:
+        """At least this many rows and columns of capacity (doubling, as appends do)."""
+        have_rows, have_columns = self._k.shape[0], self._k.shape[2]
+        if rows > have_rows or columns > have_columns:
+            more_rows = 2 * rows if rows > have_rows else 0
+            more_columns = max(MIN_CAPACITY, 2 * columns) if columns > have_columns else 0
+            self._reserve(more_rows, more_columns)  # (keeps what is larger already)
+
     def _reserve(self, rows: int, columns: int) -> None:
         b, n = self._b, self._kn
         rows, columns = max(rows, self._k.shape[0]), max(columns, self._k.shape[2])
-        k = self._k.new_empty(rows, self._k.shape[1], columns, self._k.shape[3])
-        v = self._v.new_empty(rows, self._v.shape[1], columns, self._v.shape[3])
+        # zeros, not garbage: a compiled step attends over the whole capacity, and a masked NaN
+        # would still poison the weighted sum (0 x NaN)
+        k = self._k.new_zeros(rows, self._k.shape[1], columns, self._k.shape[3])
+        v = self._v.new_zeros(rows, self._v.shape[1], columns, self._v.shape[3])
         k[:b, :, :n], v[:b, :, :n] = self._k[:b, :, :n], self._v[:b, :, :n]
         self._k, self._v = k, v
 
@@ -105,6 +120,24 @@ class GrowingLayer(DynamicLayer):
         self._kn = self._vn = n + t
         return self.keys, self.values
 
+    def write_at(self, key_states: torch.Tensor, value_states: torch.Tensor, columns: torch.Tensor):
+        """Static shapes: new [B, H, T, D] into `columns` ([T]) of the first B rows; returns those
+        rows over the whole column capacity. Reads no Python state, so a compiled graph keys only
+        on the buffer's shape."""
+        b = key_states.shape[0]
+        self._k[:b].index_copy_(2, columns, key_states)
+        self._v[:b].index_copy_(2, columns, value_states)
+        return self._k[:b], self._v[:b]
+
+    def filled(self, columns: int) -> None:
+        """After a compiled step: the first `columns` columns hold data."""
+        self._kn = self._vn = columns
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """(rows, columns) the buffer holds."""
+        return self._k.shape[0], self._k.shape[2]
+
 
 class GrowingCache(DynamicCache):
     """DynamicCache with GrowingLayer layers; refuses models whose layers are not full attention."""
@@ -120,3 +153,9 @@ class GrowingCache(DynamicCache):
         self.layers = [GrowingLayer() for _ in self.layers] if self.layers else []
         if not self.layers:  # layers created lazily, one per update of a new layer index
             self.layer_class_to_replicate = GrowingLayer
+        self.write_at: torch.Tensor | None = None  # [T] columns a compiled step writes (None: append)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.write_at is not None:
+            return self.layers[layer_idx].write_at(key_states, value_states, self.write_at)
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)

@@ -17,6 +17,7 @@ import time
 import torch
 from transformers import PreTrainedModel
 
+from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Proposal
@@ -30,10 +31,15 @@ class DraftProposer:
     needs_hidden = False
     draws_from_q = True
 
-    def __init__(self, model: PreTrainedModel, prefix: PrefixCache | None = None) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prefix: PrefixCache | None = None,
+        compiled: CompiledForward | None = None,
+    ) -> None:
         self.model = model
         self.prefix = prefix  # the draft's prefix cache (decoding/prefix_cache.py), or None
-        self.kv = KVState.empty(model, 0, role="draft")
+        self.kv = KVState.empty(model, 0, role="draft", compiled=compiled)
         self._catchup = 0  # columns of the last propose's first forward: real tokens, always kept
         self._cands_fed = 0  # candidate columns fed after it: kept only where accepted
         self._joined = False  # rows joined since the last proposal: some may need their prefill

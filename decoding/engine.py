@@ -21,6 +21,7 @@ from transformers import PreTrainedModel
 from specserve.decoding import lockstep
 from specserve.decoding.adaptive import KController
 from specserve.decoding.batch import SubBatch, make_proposer
+from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.medusa import medusa_setup
 from specserve.decoding.params import METHODS, SamplingParams, SpecParams
@@ -60,6 +61,7 @@ class Engine:
         on_step: OnStep | None = None,
         charge: Charge | None = None,
         prefix_cache_bytes: int = 0,  # prompt keys/values kept per model for reuse (0: off)
+        compile: bool = False,  # compiled decode steps (decoding/compiled.py); prefills stay eager
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -81,6 +83,8 @@ class Engine:
         self._ids = itertools.count()
         self._steps = 0  # engine steps so far (lockstep groups: the step plain decoding ends a row)
         self.prefix = {m: PrefixCache(prefix_cache_bytes) for m in ("target", "draft") if prefix_cache_bytes}
+        models = {"target": target, "draft": draft} if compile else {}
+        self.compiled = {role: CompiledForward(m, role) for role, m in models.items() if m is not None}
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -136,8 +140,10 @@ class Engine:
         return bool(self.waiting) or self.num_running > 0
 
     def _new_batch(self, method: str) -> SubBatch:
-        proposer = make_proposer(method, self.draft, self.medusa, self.prefix.get("draft"))
-        return SubBatch(method, KVState.empty(self.target, 0), proposer)
+        proposer = make_proposer(
+            method, self.draft, self.medusa, self.prefix.get("draft"), self.compiled.get("draft")
+        )
+        return SubBatch(method, KVState.empty(self.target, 0, compiled=self.compiled.get("target")), proposer)
 
     def _batch(self, method: str) -> SubBatch:
         if method not in self.batches:

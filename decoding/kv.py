@@ -8,6 +8,10 @@ columns to the front when holes pile up. Rows leave by selection and join by app
 where the cache has spare rows).
 
 Invariant after every commit: `seen[b] == mask[b].sum()` == tokens of row b the model has consumed.
+
+With a compiled forward (decoding/compiled.py), a step of few tokens a row writes into fixed
+columns of the cache buffers and attends over their whole capacity under a 4D mask built here
+from the same hole mask; prefills and long catch-ups stay eager.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from specserve.decoding.cache import GrowingCache, GrowingLayer
+from specserve.decoding.compiled import CompiledForward, CompileFailed
 from specserve.decoding.stats import Forward
 from specserve.decoding.tree import Tree
 
@@ -39,19 +44,27 @@ class KVState:
     dense: bool = True  # every column valid for every row: attention needs no mask
     role: str = "target"  # which model's cache ("target" or "draft"), for the forward records
     forwards: list[Forward] = field(default_factory=list)  # since the last drain
+    compiled: CompiledForward | None = None  # the model's compiled forward, for decode steps
 
     def drain(self) -> list[Forward]:
         out, self.forwards = self.forwards, []
         return out
 
     @classmethod
-    def empty(cls, model: PreTrainedModel, batch_size: int, role: str = "target") -> KVState:
+    def empty(
+        cls,
+        model: PreTrainedModel,
+        batch_size: int,
+        role: str = "target",
+        compiled: CompiledForward | None = None,
+    ) -> KVState:
         dev = model.device
         return cls(
             GrowingCache(model.config),
             torch.zeros(batch_size, 0, dtype=torch.bool, device=dev),
             torch.zeros(batch_size, dtype=torch.long, device=dev),
             role=role,
+            compiled=compiled,
         )
 
     @property
@@ -95,10 +108,15 @@ class KVState:
             pos = self.seen[:, None] + torch.minimum(offs, (lens - 1)[:, None])
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
         self.dense = self.dense and lens is None  # no holes, no padding: SDPA's causal fast path
-        keep: int | torch.Tensor = 1 if logits == "last" and lens is None else 0
-        if logits == "last" and lens is not None:
-            keep = torch.unique(lens - 1)  # only the positions some row needs
-        out, h = _run(model, ids, None if self.dense else attn.long(), pos, self.cache, keep, hidden)
+        static = self._static(model, ids, pos, hidden)
+        if static is not None:
+            out, h = static  # every position: [B, T, V], [B, T, H]
+            keep = torch.arange(T, device=dev)
+        else:
+            keep: int | torch.Tensor = 1 if logits == "last" and lens is None else 0
+            if logits == "last" and lens is not None:
+                keep = torch.unique(lens - 1)  # only the positions some row needs
+            out, h = _run(model, ids, None if self.dense else attn.long(), pos, self.cache, keep, hidden)
         self.forwards.append(Forward(self.role, [T] * B if lens is None else n, self.num_columns))
         self.mask = attn
         self.seen = self.seen + (T if lens is None else lens)
@@ -111,6 +129,45 @@ class KVState:
             rows = torch.arange(B, device=dev)
             sel = (out[rows, where], h[rows, where] if hidden else None)
         return sel if hidden else sel[0]
+
+    def _static(
+        self,
+        model: PreTrainedModel,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        hidden: bool,
+        block: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The compiled forward of T new tokens a row (ids, pos [B, T]) that see the row's valid
+        columns and, among themselves, `block` [T, T] (a tree's ancestors; None: causal). None when
+        there is none to run (no compiled forward, too many tokens, an empty cache, a failure)."""
+        B, T = ids.shape
+        mine = layers(self.cache)
+        if self.compiled is None or not self.compiled.usable(T) or not mine or B == 0:
+            return None
+        if block is None:
+            block = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        L = self.num_columns
+        for layer in mine:
+            layer.reserve(B, L + T)
+        C = mine[0].capacity[1]
+        dev = self.mask.device
+        allowed = torch.zeros(B, T, C, dtype=torch.bool, device=dev)  # [B, T, C]
+        allowed[:, :, :L] = self.mask[:, None, :]
+        allowed[:, :, L : L + T] = block
+        dtype = next(model.parameters()).dtype
+        mask4 = torch.zeros(B, 1, T, C, dtype=dtype, device=dev)
+        mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, T, C] additive
+        self.cache.write_at = torch.arange(L, L + T, device=dev)
+        try:
+            out = self.compiled(ids, pos, mask4, self.cache, hidden)
+        except CompileFailed:
+            return None
+        finally:
+            self.cache.write_at = None
+        for layer in mine:
+            layer.filled(L + T)
+        return out
 
     def forward_tree(
         self, model: PreTrainedModel, ids: torch.Tensor, tree: Tree
@@ -126,11 +183,15 @@ class KVState:
         allowed = torch.cat(
             [self.mask[:, None, :].expand(B, N, L), tree.ancestors[None].expand(B, N, N)], dim=2
         )
-        dtype = next(model.parameters()).dtype
-        mask4 = torch.zeros(B, 1, N, L + N, dtype=dtype, device=ids.device)
-        mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, N, L + N] additive
         pos = self.seen[:, None] + tree.depth[None, :]  # [B, N]
-        logits, h = _run(model, ids, mask4, pos, self.cache, 0, True)
+        static = self._static(model, ids, pos, True, tree.ancestors)
+        if static is not None:
+            logits, h = static
+        else:
+            dtype = next(model.parameters()).dtype
+            mask4 = torch.zeros(B, 1, N, L + N, dtype=dtype, device=ids.device)
+            mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, N, L + N] additive
+            logits, h = _run(model, ids, mask4, pos, self.cache, 0, True)
         self.forwards.append(Forward(self.role, [N] * B, L))
         self.mask = torch.cat([self.mask, torch.ones(B, N, dtype=torch.bool, device=ids.device)], dim=1)
         self.seen = self.seen + N

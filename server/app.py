@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from specserve import __version__
 from specserve.decoding import Engine
+from specserve.decoding.compiled import use_compile_cache
+from specserve.decoding.params import AUTO_MAX_TOKENS
+from specserve.decoding.warmup import warm_up
 from specserve.metrics.accounting import build_accountant
 from specserve.metrics.peaks import device_peaks
 from specserve.metrics.prometheus import ServerMetrics
@@ -32,6 +35,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     tuner = ThreadTuner(thread_candidates(settings.threads, settings.device))
     if tuner.candidates:
         torch.set_num_threads(max(tuner.candidates))  # loading; each step then sets its own
+    use_compile_cache(settings.compile_cache)
     models = load_models(
         str(settings.target), settings.draft, settings.medusa,
         dtype=settings.dtype, device=settings.device, trust_remote_code=settings.trust_remote_code,
@@ -44,6 +48,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         eos_token_ids=target.eos_token_ids,
         max_batch_size=settings.max_batch_size,
         prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20),
+        compile=settings.compile != "off",
     )
     service = EngineService(engine, settings.max_waiting, tuner)
     metrics = ServerMetrics(registry or CollectorRegistry())
@@ -79,20 +84,32 @@ class StampArrival:
         await self.app(scope, receive, send)
 
 
+def warm_and_start(state: ServerState) -> None:
+    """Compile (or not: `--compile`) the decode steps, then start the engine thread. Runs while the
+    server already listens: /health and the generation routes answer 503 until it is done."""
+    settings, engine = state.settings, state.engine
+    k = settings.num_speculative_tokens
+    try:
+        warm_up(engine, settings.compile, [settings.method], k if isinstance(k, int) else AUTO_MAX_TOKENS)
+    except Exception:  # a compile failure is handled inside; anything else must not keep us down
+        log.exception("warm-up failed; serving with what it left")
+    finally:
+        state.service.start()
+        state.ready = True
+    log.info(
+        "serving %s (methods: %s) on %s:%d",
+        settings.model_name, ", ".join(engine.methods), settings.host, settings.port,
+    )  # fmt: skip
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await asyncio.to_thread(load_state, settings, registry)
-        state.service.start()
+        state = await asyncio.to_thread(load_state, settings, registry)  # a bad model fails start-up
         app.state.specserve = state
-        log.info(
-            "serving %s (methods: %s) on %s:%d",
-            settings.model_name,
-            ", ".join(state.engine.methods),
-            settings.host,
-            settings.port,
-        )
+        warming = asyncio.create_task(asyncio.to_thread(warm_and_start, state))
         yield
+        await warming  # (a thread: it cannot be cancelled, only waited for)
         state.service.accepting = False  # drain: finish what is in flight, within the shutdown timeout
         deadline = time.monotonic() + settings.shutdown_timeout_s
         while state.engine.has_work() and time.monotonic() < deadline:

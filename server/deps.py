@@ -13,18 +13,29 @@ from specserve.server.errors import APIError, check_api_key
 from specserve.server.state import ServerState
 
 
-async def get_state(request: Request) -> ServerState:
-    """`async def`, as every dependency here: FastAPI runs a plain `def` one in a worker thread."""
+async def get_loaded(request: Request) -> ServerState:
+    """The models are loaded (the engine may still be warming up). `async def`, as every
+    dependency here: FastAPI runs a plain `def` one in a worker thread."""
     state = getattr(request.app.state, "specserve", None)
     if state is None:
-        raise APIError(503, "models are still loading")
+        raise APIError(503, "models are still loading", headers={"Retry-After": "5"})
     return state
 
 
+async def get_state(state: Annotated[ServerState, Depends(get_loaded)]) -> ServerState:
+    """Ready for requests: loaded, warmed up, the engine thread running."""
+    if not state.ready:
+        raise APIError(
+            503, "the server is warming up (compiling its decode steps)", headers={"Retry-After": "5"}
+        )
+    return state
+
+
+Loaded = Annotated[ServerState, Depends(get_loaded)]
 State = Annotated[ServerState, Depends(get_state)]
 
 
-async def require_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_key(state: Loaded, authorization: Annotated[str | None, Header()] = None) -> None:
     key = state.settings.api_key
     check_api_key(key.get_secret_value() if key else None, authorization)
 

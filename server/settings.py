@@ -37,6 +37,13 @@ class Settings(BaseSettings):
         256.0, ge=0, description="MiB of prompt keys/values kept per model (prompts that start alike); 0: off"
     )
     metrics: bool = Field(True, description="record Prometheus metrics and per-request bytes/FLOPs")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="compiled decode steps: on, off, or auto (kept where a warm-up measures them faster)",
+    )
+    compile_cache: str | None = Field(
+        None, description="inductor's cache of compiled graphs (default ~/.cache)"
+    )
     peak_bandwidth: float | None = Field(
         None, gt=0, description="device peak bytes/s (default: table or probe)"
     )

@@ -20,3 +20,4 @@ class ServerState:
     service: EngineService
     metrics: ServerMetrics
     created: int  # unix time the models were loaded (OpenAI's `created`)
+    ready: bool = False  # warmed up and the engine thread started: requests are taken

@@ -76,7 +76,7 @@ class LiveServer:
             raise RuntimeError("the test server did not stop within 30 s")
 
 
-def start_server(settings: Settings) -> LiveServer:
+def start_server(settings: Settings, wait_ready: bool = True) -> LiveServer:
     app = create_app(settings)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", timeout_graceful_shutdown=2, lifespan="on"
@@ -91,7 +91,8 @@ def start_server(settings: Settings) -> LiveServer:
     live = LiveServer(
         app, server, thread, port, settings.api_key.get_secret_value() if settings.api_key else None
     )
-    wait_until(lambda: httpx.get(f"{live.url}/health", timeout=5).status_code == 200, "/health")
+    if wait_ready:
+        wait_until(lambda: httpx.get(f"{live.url}/health", timeout=5).status_code == 200, "/health")
     return live
 
 
@@ -107,6 +108,7 @@ def serving(tiny_paths: dict[str, str], **overrides: Any) -> Iterator[LiveServer
         "max_waiting": 64,
         "shutdown_timeout_s": 2.0,
         "served_model_name": MODEL,
+        "compile": "off",
     }
     live = start_server(Settings(**(kw | overrides)))
     try:

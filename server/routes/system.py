@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from specserve.server.deps import State, require_key
+from specserve.server.deps import Loaded, require_key
 
 router = APIRouter()
 
@@ -14,13 +14,13 @@ router = APIRouter()
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     state = getattr(request.app.state, "specserve", None)
-    if state is None or not state.service.accepting:
+    if state is None or not state.ready or not state.service.accepting:
         return JSONResponse({"status": "unavailable"}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 @router.get("/v1/models", dependencies=[Depends(require_key)])
-async def models(state: State) -> dict:
+async def models(state: Loaded) -> dict:
     s = state.settings
     return {
         "object": "list",
@@ -44,7 +44,7 @@ async def models(state: State) -> dict:
 
 
 @router.get("/metrics")
-async def metrics(state: State) -> Response:
+async def metrics(state: Loaded) -> Response:
     m = state.metrics
     m.running.set(state.service.num_running)
     m.waiting.set(state.service.num_waiting)

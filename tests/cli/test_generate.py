@@ -16,12 +16,13 @@ def _run(capsys, *argv: str) -> list[dict]:
     return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
-def test_generate_json_in_input_order(capsys, tiny_paths, tiny, tmp_path):
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_generate_json_in_input_order(capsys, tiny_paths, tiny, tmp_path, compile):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "def add(a, b):", "id": "x"}\n\n{"prompt": "for i in range(3):"}\n')
     common = ["--target", tiny_paths["target"], "--draft", tiny_paths["draft"], "--dtype", "float64"]
     out = _run(capsys, "generate", *common, "--prompts", str(prompts), "--method", "draft", "-k", "3",
-               "--max-new-tokens", "12", "--batch-size", "2", "--json")  # fmt: skip
+               "--max-new-tokens", "12", "--batch-size", "2", "--json", "--compile", compile)  # fmt: skip
     assert [o["id"] for o in out] == ["x", "1"]
     tok = tiny["target"].tokenizer
     engine = Engine(tiny["target"].model, eos_token_ids=tiny["target"].eos_token_ids)
@@ -33,6 +34,8 @@ def test_generate_json_in_input_order(capsys, tiny_paths, tiny, tmp_path):
     assert [o["token_ids"] for o in out] == [r.token_ids for r in ref]
     assert out[0]["text"] == tok.decode(ref[0].token_ids, skip_special_tokens=True)
     assert out[0]["stats"]["method"] == "draft" and out[0]["finish_reason"] in ("stop", "length")
+    stats = out[0]["stats"]  # charged as the server charges them
+    assert stats["bytes_read"] > 0 and stats["mbu"] > 0 and stats["mfu"] > 0
 
 
 @pytest.mark.parametrize(
@@ -46,7 +49,8 @@ def test_generate_json_in_input_order(capsys, tiny_paths, tiny, tmp_path):
 )
 def test_bad_input_names_the_value(tiny_paths, argv, message):
     with pytest.raises(SystemExit, match=message):
-        main(["generate", "--target", tiny_paths["target"], "--dtype", "float64", "--prompt", "x", *argv])
+        main(["generate", "--target", tiny_paths["target"], "--dtype", "float64", "--prompt", "x",
+              "--compile", "off", *argv])  # fmt: skip
 
 
 def test_draft_with_other_vocabulary(tiny_paths):

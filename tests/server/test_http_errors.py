@@ -273,7 +273,7 @@ def test_503_while_the_models_load(tiny_paths):
     from specserve.server.app import create_app
     from specserve.server.settings import Settings
 
-    app = create_app(Settings(target=tiny_paths["target"], dtype="float64"))
+    app = create_app(Settings(target=tiny_paths["target"], dtype="float64", compile="off"))
     c = TestClient(app)
     r = c.get("/health")
     assert r.status_code == 503 and r.json() == {"status": "unavailable"}

@@ -24,7 +24,7 @@ def test_sigterm_finishes_in_flight_and_exits_zero(tiny_paths):
     env = os.environ | {"SPECSERVE_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "specserve", "serve", "--target", tiny_paths["target"], "--dtype", "float64",
-         "--port", str(port), "--threads", "1"],
+         "--port", str(port), "--threads", "1", "--compile", "off"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

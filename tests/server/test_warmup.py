@@ -1,0 +1,41 @@
+"""While the decode steps warm up (compile), the server listens: /health and generation answer 503
+with Retry-After, /metrics and /v1/models answer; then it serves."""
+
+from __future__ import annotations
+
+import threading
+
+from live_harness import MODEL, start_server, wait_until
+
+from specserve.server import app as app_module
+from specserve.server.settings import Settings
+
+
+def test_503_until_warm(tiny_paths, monkeypatch):
+    release, entered = threading.Event(), threading.Event()
+    seen = {}
+
+    def slow_warm_up(engine, mode, methods, k):
+        seen.update(mode=mode, methods=methods, k=k)
+        entered.set()
+        release.wait(30)
+
+    monkeypatch.setattr(app_module, "warm_up", slow_warm_up)
+    settings = Settings(target=tiny_paths["target"], dtype="float64", threads=1, compile="on",
+                        served_model_name=MODEL, num_speculative_tokens=3)  # fmt: skip
+    live = start_server(settings, wait_ready=False)
+    try:
+        assert entered.wait(30)
+        assert seen == {"mode": "on", "methods": ["none"], "k": 3}
+        with live.http() as http:
+            assert http.get("/health").status_code == 503
+            r = http.post("/generate", json={"prompt": "def f():", "max_tokens": 4})
+            assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+            assert "warming up" in r.json()["error"]["message"]
+            assert http.get("/metrics").status_code == 200 and http.get("/v1/models").status_code == 200
+            release.set()
+            wait_until(lambda: http.get("/health").status_code == 200, "the warm-up to end", 30)
+            assert http.post("/generate", json={"prompt": "def f():", "max_tokens": 4}).status_code == 200
+    finally:
+        release.set()
+        live.stop()
