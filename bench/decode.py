@@ -1,9 +1,12 @@
 """`specserve bench decode`: in-process decode throughput of our methods vs Hugging Face generate().
 
-Each configuration (method, K, batch size) decodes the same prompts after a warm-up, several times;
-the median tokens/s is reported with ratios measured in the same run: to our `none` at the same
-batch size, and to HF `generate()` / `generate(assistant_model=...)` / `generate(prompt_lookup_num_tokens=K)`
-(batch 1: all they support). Greedy runs also check that every method emits HF's exact tokens.
+Each configuration (method, K, batch size, compile mode) decodes the same prompts after a warm-up,
+several times, every configuration taking its turn in each round; the median tokens/s is reported
+with ratios measured in the same run: to our `none` at the same batch size and compile mode, to the
+same configuration run eagerly (`--compile on off`), and to HF `generate()` /
+`generate(assistant_model=...)` / `generate(prompt_lookup_num_tokens=K)` (batch 1: all they
+support). MBU / MFU: bytes read (weights once per forward, plus KV) and FLOPs per second over the
+device's peaks. Greedy runs also check that every method emits HF's exact tokens.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ import torch
 from tqdm import tqdm
 
 from specserve.bench.prompts import CODE_PROMPTS
+from specserve.decoding.compiled import use_compile_cache
 from specserve.decoding.engine import Engine
 from specserve.decoding.params import SamplingParams, SpecParams
+from specserve.metrics.accounting import build_accountant
+from specserve.metrics.peaks import Peaks, device_peaks
 from specserve.models.loading import Models
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,12 @@ class Result:
     batch_size: int
     tokens: int
     runs_s: list[float]
+    compile: str = "off"  # "on", "off" or "auto" (each kind of forward the faster way, measured)
     tokens_per_s: float = 0.0
+    bytes_read: float = 0.0  # per run (weights once per forward and every row's KV)
+    flops: float = 0.0  # per run
+    mbu: float | None = None  # bytes read per second over the measured peak
+    mfu: float | None = None
     acceptance_rate: float | None = None
     mean_accepted_length: float | None = None
     matches_hf_greedy: bool | None = None
@@ -53,14 +64,18 @@ class Job:
     outputs: list = field(default_factory=list)
 
 
-def ours_job(engine: Engine, prompts: list[list[int]], method: str, k: int, max_new: int) -> Job:
+def ours_job(
+    engine: Engine, prompts: list[list[int]], method: str, k: int, max_new: int, compile: str = "off"
+) -> Job:
     sampling = SamplingParams(max_new_tokens=max_new)
-    res = Result("specserve", method, k, engine.max_batch_size, 0, [])
+    res = Result("specserve", method, k, engine.max_batch_size, 0, [], compile)
     spec = SpecParams(method, k) if k else SpecParams(method)
 
     def go():
         results = engine.generate(prompts, sampling, spec)
         res.tokens = sum(len(r.token_ids) for r in results)
+        res.bytes_read = sum(r.stats.bytes_read for r in results)
+        res.flops = sum(r.stats.flops for r in results)
         if method != "none":
             drafted = sum(r.stats.draft_tokens for r in results)
             res.acceptance_rate = sum(r.stats.accepted_tokens for r in results) / drafted if drafted else 0.0
@@ -129,23 +144,21 @@ def run(args: argparse.Namespace, models: Models, texts: list[str]) -> int:
             jobs.append(hf_job(models, base, "assisted", 0, args.max_new_tokens))
         if "ngram" in args.methods:
             jobs += [hf_job(models, base, "prompt_lookup", k, args.max_new_tokens) for k in args.k]
-    draft = models.draft.model if models.draft else None
+    if set(args.compile) - {"off"}:
+        use_compile_cache(args.compile_cache)
+    peaks = device_peaks(models.target.device, models.target.dtype)
+    accountant = build_accountant(models.target, models.draft, models.medusa, peaks)
     for bs in args.batch_sizes:
         prompts = [base[i % len(base)] for i in range(max(bs, len(base)))]
-        engine = Engine(
-            models.target.model,
-            draft,
-            medusa=models.medusa,
-            eos_token_ids=models.target.eos_token_ids,
-            max_batch_size=bs,
-        )
-        jobs += [ours_job(engine, prompts, m, k, args.max_new_tokens) for m, k in plan]
+        for mode in dict.fromkeys(args.compile):
+            engine = _engine(models, bs, mode, accountant, [m for m, _ in plan], max(args.k))
+            jobs += [ours_job(engine, prompts, m, k, args.max_new_tokens, mode) for m, k in plan]
     run_jobs(jobs, args.warmup, args.repeats)
     hf_ref = jobs[0].outputs if not args.no_hf else None
     for job in jobs:
         if job.result.impl == "specserve" and hf_ref is not None:
             job.result.matches_hf_greedy = job.outputs[: len(base)] == hf_ref
-    report = summarize([j.result for j in jobs], models, args)
+    report = summarize([j.result for j in jobs], models, args, peaks)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     from specserve.bench.plots import decode_speedup_plot  # matplotlib loads only here
@@ -158,16 +171,34 @@ def run(args: argparse.Namespace, models: Models, texts: list[str]) -> int:
     return 0
 
 
-def summarize(results: list[Result], models, args) -> dict:
+def _engine(models: Models, batch_size: int, mode: str, accountant, methods: list[str], k: int) -> Engine:
+    """An engine for one batch size and compile mode; under auto, its warm-up decides."""
+    engine = Engine(
+        models.target.model,
+        models.draft.model if models.draft else None,
+        medusa=models.medusa,
+        eos_token_ids=models.target.eos_token_ids,
+        max_batch_size=batch_size,
+        compile=mode,
+    )
+    engine.charge = accountant
+    return engine
+
+
+def summarize(results: list[Result], models, args, peaks: Peaks) -> dict:
     for r in results:
         r.tokens_per_s = r.tokens / statistics.median(r.runs_s)
-    ours_none = {
-        r.batch_size: r.tokens_per_s for r in results if r.impl == "specserve" and r.method == "none"
-    }
+        if r.impl == "specserve" and peaks.bytes_per_s:
+            r.mbu = r.bytes_read / statistics.median(r.runs_s) / peaks.bytes_per_s
+            r.mfu = r.flops / statistics.median(r.runs_s) / peaks.flops_per_s
+    ours = {(r.method, r.k, r.batch_size, r.compile): r.tokens_per_s for r in results if r.impl != "hf"}
     hf = {(r.method, r.k): r.tokens_per_s for r in results if r.impl == "hf"}
     for r in results:
         if r.impl == "specserve":
-            r.ratios["vs_none"] = r.tokens_per_s / ours_none[r.batch_size]
+            r.ratios["vs_none"] = r.tokens_per_s / ours[("none", 0, r.batch_size, r.compile)]
+            eager = ours.get((r.method, r.k, r.batch_size, "off"))
+            if eager and r.compile != "off":
+                r.ratios["vs_eager"] = r.tokens_per_s / eager
         if r.batch_size == 1 and hf:
             r.ratios["vs_hf_generate"] = r.tokens_per_s / hf[("generate", 0)]
             if ("assisted", 0) in hf:
@@ -182,14 +213,15 @@ def summarize(results: list[Result], models, args) -> dict:
         "threads": torch.get_num_threads(),
         "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats,
+        "peaks": {"bytes_per_s": peaks.bytes_per_s, "flops_per_s": peaks.flops_per_s, "source": peaks.source},
         "results": [asdict(r) for r in results],
     }
 
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'impl':<10}{'method':<14}{'k':>3}{'batch':>6}{'tok/s':>10}{'vs none':>9}{'vs HF':>8}"
-        f"{'vs HF asst':>11}{'accept':>8}{'len':>6}{'=HF':>5}"
+        f"{'impl':<10}{'method':<14}{'k':>3}{'batch':>6}{'compile':>9}{'tok/s':>10}{'vs none':>9}"
+        f"{'vs eager':>9}{'vs HF':>8}{'vs HF asst':>11}{'MBU':>6}{'accept':>8}{'len':>6}{'=HF':>5}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -197,9 +229,12 @@ def format_table(rows: list[dict]) -> str:
         acc = f"{r['acceptance_rate']:.2f}" if r["acceptance_rate"] is not None else "-"
         ml = f"{r['mean_accepted_length']:.2f}" if r["mean_accepted_length"] is not None else "-"
         eq = {None: "-", True: "yes", False: "NO"}[r["matches_hf_greedy"]]
+        mbu = f"{r['mbu']:.2f}" if r.get("mbu") is not None else "-"
+        comp = r.get("compile", "off") if r["impl"] == "specserve" else "-"
         lines.append(
-            f"{r['impl']:<10}{r['method']:<14}{r['k']:>3}{r['batch_size']:>6}{r['tokens_per_s']:>10.1f}"
-            f"{q.get('vs_none', float('nan')):>9.2f}{q.get('vs_hf_generate', float('nan')):>8.2f}"
-            f"{q.get('vs_hf_assisted', float('nan')):>11.2f}{acc:>8}{ml:>6}{eq:>5}"
+            f"{r['impl']:<10}{r['method']:<14}{r['k']:>3}{r['batch_size']:>6}{comp:>9}{r['tokens_per_s']:>10.1f}"
+            f"{q.get('vs_none', float('nan')):>9.2f}{q.get('vs_eager', float('nan')):>9.2f}"
+            f"{q.get('vs_hf_generate', float('nan')):>8.2f}{q.get('vs_hf_assisted', float('nan')):>11.2f}"
+            f"{mbu:>6}{acc:>8}{ml:>6}{eq:>5}"
         )
     return "\n".join(lines)

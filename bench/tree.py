@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from specserve.decoding.compiled import CompiledForward, use_compile_cache
 from specserve.decoding.kv import KVState
 from specserve.decoding.tree import build_tree
 from specserve.models.loading import Models
@@ -67,13 +68,16 @@ def grow_trees(acc: list[list[float]], max_nodes: int) -> list[tuple[list[tuple[
 
 
 @torch.no_grad()
-def verify_cost(target, batch_size: int, n_tree: int, context: int, repeats: int) -> float:
-    """Median seconds of one tree-verification forward (N + 1 tokens per row) over `context` cached."""
+def verify_cost(
+    target, batch_size: int, n_tree: int, context: int, repeats: int, compiled: CompiledForward | None = None
+) -> float:
+    """Median seconds of one tree-verification forward (N + 1 tokens per row) over `context` cached,
+    compiled when given a compiled forward (the first, untimed repeat compiles)."""
     tree = build_tree([(r,) for r in range(n_tree)], 1).to(target.device)  # cost depends on N only
     ids = torch.randint(0, target.config.vocab_size, (batch_size, tree.num_nodes), device=target.device)
     times = []
     for rep in range(repeats + 1):
-        kv = KVState.empty(target, batch_size)
+        kv = KVState.empty(target, batch_size, compiled=compiled)
         kv.forward(target, torch.randint(0, target.config.vocab_size, (batch_size, context)), logits="last")
         t0 = time.perf_counter()
         kv.forward_tree(target, ids, tree)
@@ -93,12 +97,18 @@ def run(args: argparse.Namespace, models: Models) -> int:
     acc = rank_accuracy(target, heads, windows, args.max_rank)
     trees = grow_trees(acc, max(args.sizes))
     args.sizes = [n for n in args.sizes if 1 <= n <= len(trees)]
+    compiled = None
+    if args.compile != "off":  # the verify cost of the steps the server will run
+        use_compile_cache(args.compile_cache)
+        compiled = CompiledForward(target, "target")
     costs: dict[int, dict[int, float]] = {}
     bar = tqdm(total=len(args.batch_sizes) * len(args.sizes), desc="bench tree", file=sys.stderr)
     for b in args.batch_sizes:
         costs[b] = {}
         for n in args.sizes:
-            costs[b][n] = verify_cost(target, b, n, args.context, args.repeats)
+            costs[b][n] = verify_cost(target, b, n, args.context, args.repeats, compiled)
+            if args.compile == "auto":  # the server runs each kind of forward the faster way
+                costs[b][n] = min(costs[b][n], verify_cost(target, b, n, args.context, args.repeats))
             bar.update()
     bar.close()
     table = []
@@ -112,7 +122,8 @@ def run(args: argparse.Namespace, models: Models) -> int:
     fit = [t for t in table if t["batch_size"] == args.fit_batch_size] or table
     best = max(fit, key=lambda t: t["expected_tokens_per_s"])
     best_paths = [list(p) for p in trees[best["nodes"] - 1][0]]
-    report = {"accuracy": acc, "table": table, "best": best, "tree": best_paths, "context": args.context}
+    report = {"accuracy": acc, "table": table, "best": best, "tree": best_paths, "context": args.context,
+              "compiled": compiled is not None and compiled.enabled and compiled.calls > 0}  # fmt: skip
     out_dir = Path(models.medusa_path)
     if not args.no_store:
         config_path = out_dir / "config.json"

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from specserve.cli.argtypes import _count, _duration, _k, _positive, _rate, _ratio, _seconds, _variant
-from specserve.cli.options import add_model_args, add_prompt_args, load_models, read_prompts
+from specserve.cli.options import add_compile_args, add_model_args, add_prompt_args, load_models, read_prompts
 from specserve.decoding.params import METHODS
 
 
@@ -34,6 +34,7 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peers")
     p.add_argument("--out", type=Path, default=Path("bench_results/decode.json"))
+    add_compile_args(p, several=True)
     p.set_defaults(func=_decode)
 
 
@@ -126,6 +127,7 @@ def _add_tree(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--work-dir", type=Path, default=Path("runs/medusa"), help="corpus shards live here")
     p.add_argument("--no-store", action="store_true", help="report only; leave the heads' config alone")
+    add_compile_args(p)
     p.set_defaults(func=_tree)
 
 

@@ -108,7 +108,7 @@ def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = 
         raise SystemExit(f"error: {e}") from e
 
 
-def build_engine(args: argparse.Namespace, models: Models, batch_size: int, compile: bool | None = None):
+def build_engine(args: argparse.Namespace, models: Models, batch_size: int):
     """An engine on loaded models with their bytes/FLOPs accountant (so per-request stats carry
     bytes_read, mbu and mfu, as the server's do); compiled steps unless --compile off."""
     from specserve.decoding.compiled import use_compile_cache
@@ -116,9 +116,7 @@ def build_engine(args: argparse.Namespace, models: Models, batch_size: int, comp
     from specserve.metrics.accounting import build_accountant
     from specserve.metrics.peaks import device_peaks
 
-    if compile is None:
-        compile = args.compile != "off"
-    if compile:
+    if args.compile != "off":
         use_compile_cache(args.compile_cache)
     engine = Engine(
         models.target.model,
@@ -126,7 +124,7 @@ def build_engine(args: argparse.Namespace, models: Models, batch_size: int, comp
         medusa=models.medusa,
         eos_token_ids=models.target.eos_token_ids,
         max_batch_size=batch_size,
-        compile=compile,
+        compile=args.compile,
     )
     peaks = device_peaks(models.target.device, models.target.dtype)
     engine.charge = build_accountant(models.target, models.draft, models.medusa, peaks)

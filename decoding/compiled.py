@@ -11,13 +11,20 @@ Shapes are dynamic (rows, tokens per row, cache columns): on CPU inductor then n
 graphs per model and output (dynamo specializes a size of 1: one row or more, one token per row or
 more). On CUDA the graphs replay as CUDA graphs ("reduce-overhead"), one per shape met. Prefills
 (many tokens per row) stay eager. A model that does not compile runs eagerly from then on, logged.
+
+Compiled is not faster everywhere: on a CPU a large batch is compute-bound, and eager's BLAS calls
+are as good as inductor's (the bundled target at batch 32: 0.93x). So under `--compile auto` each
+kind of forward (rows bucket, tokens per row, hidden states or not) is timed both ways on
+interleaved forwards and runs the faster way, re-checked now and then, as the thread tuner does.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +34,8 @@ log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
 MAX_TOKENS = 32  # tokens per row a compiled step takes; more (a prefill, a long catch-up) runs eagerly
+TRIALS = 4  # timed forwards each way before a kind of forward is judged ...
+RECHECK = 2000  # ... and forwards of that kind before it is judged again
 
 
 class CompileFailed(Exception):
@@ -43,19 +52,39 @@ def use_compile_cache(directory: str | Path | None) -> str:
     return path
 
 
+Kind = tuple[int, int, bool]  # (rows bucket: B.bit_length(), tokens per row, hidden states)
+
+
+@dataclass
+class _Judgement:
+    """One kind of forward, compiled against eager: seconds of recent forwards each way."""
+
+    seconds: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
+    compiled: bool | None = None  # the verdict (None: still timing)
+    since: int = 0  # forwards since the verdict
+
+
 class CompiledForward:
     """One model's compiled forward. Call with ids / position ids [B, T], an additive mask
     [B, 1, T, C] over the cache's C columns, the cache (its `write_at` set) and whether the last
-    hidden states are wanted; returns logits [B, T, V] and hidden states [B, T, H] or None."""
+    hidden states are wanted; returns logits [B, T, V] and hidden states [B, T, H] or None.
 
-    def __init__(self, model: PreTrainedModel, role: str, max_tokens: int = MAX_TOKENS) -> None:
+    tune: run each kind of forward the way it measures faster (`wants`, then `timed`), else always
+    compiled."""
+
+    def __init__(
+        self, model: PreTrainedModel, role: str, tune: bool = False, max_tokens: int = MAX_TOKENS
+    ) -> None:
         self.model, self.role, self.max_tokens = model, role, max_tokens
         cuda = next(model.parameters()).device.type == "cuda"
+        self.tune = tune and not cuda  # (CUDA graphs win where the CPU is the bottleneck)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         self.fn = torch.compile(self._forward, dynamic=True, mode="reduce-overhead" if cuda else None)
         self.enabled = True
         self.graphs: dict[tuple[bool, bool, bool], float] = {}  # (one row, one token, hidden) -> seconds
         self.calls = 0  # compiled forwards run
+        self.judged: dict[Kind, _Judgement] = {}
+        self.compiled_now = False  # the last call compiled a graph (its time is not a step's)
 
     def _forward(self, ids, pos, mask, cache, hidden: bool):
         m = self.model
@@ -71,8 +100,41 @@ class CompiledForward:
     def usable(self, tokens_per_row: int) -> bool:
         return self.enabled and tokens_per_row <= self.max_tokens
 
+    def wants(self, rows: int, tokens_per_row: int, hidden: bool) -> bool:
+        """Whether to run this forward compiled: while its kind is being judged, the way with fewer
+        samples (compiled first: it compiles then); after, the faster way."""
+        if not self.usable(tokens_per_row):
+            return False
+        if not self.tune:
+            return True
+        j = self.judged.setdefault((rows.bit_length(), tokens_per_row, hidden), _Judgement())
+        if j.compiled is not None and j.since < RECHECK:
+            j.since += 1
+            return j.compiled
+        return len(j.seconds[True]) <= len(j.seconds[False])
+
+    def timed(self, rows: int, tokens_per_row: int, hidden: bool, compiled: bool, seconds: float) -> None:
+        """A forward of this kind ran (compiled or eagerly) in `seconds`: a sample while it is judged."""
+        kind = (rows.bit_length(), tokens_per_row, hidden)
+        j = self.judged.get(kind)
+        if j is None or (j.compiled is not None and j.since < RECHECK) or (compiled and self.compiled_now):
+            return
+        j.seconds[compiled].append(seconds)
+        if min(len(s) for s in j.seconds.values()) < TRIALS:
+            return
+        faster = statistics.median(j.seconds[True]) < statistics.median(j.seconds[False])
+        if faster != j.compiled:
+            log.info(
+                "the %s's forwards of %d-%d rows, %d token(s) a row%s: %s (%.2f ms compiled, %.2f eager)",
+                self.role, 2 ** (kind[0] - 1), 2 ** kind[0] - 1, tokens_per_row,
+                ", with hidden states" if hidden else "", "compiled" if faster else "eager",
+                statistics.median(j.seconds[True]) * 1e3, statistics.median(j.seconds[False]) * 1e3,
+            )  # fmt: skip
+        self.judged[kind] = _Judgement(compiled=faster)
+
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache, hidden: bool):
         key = (ids.shape[0] == 1, ids.shape[1] == 1, hidden)
+        self.compiled_now = key not in self.graphs
         t0 = time.perf_counter()
         try:
             out = self.fn(ids, pos, mask, cache, hidden)

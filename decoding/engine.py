@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from specserve.decoding import lockstep
 from specserve.decoding.adaptive import KController
 from specserve.decoding.batch import SubBatch, make_proposer
-from specserve.decoding.compiled import CompiledForward
+from specserve.decoding.compiled import COMPILE_MODES, CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.medusa import medusa_setup
 from specserve.decoding.params import METHODS, SamplingParams, SpecParams
@@ -61,7 +61,7 @@ class Engine:
         on_step: OnStep | None = None,
         charge: Charge | None = None,
         prefix_cache_bytes: int = 0,  # prompt keys/values kept per model for reuse (0: off)
-        compile: bool = False,  # compiled decode steps (decoding/compiled.py); prefills stay eager
+        compile: str = "off",  # compiled decode steps: off, on, auto (decoding/compiled.py)
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -83,8 +83,11 @@ class Engine:
         self._ids = itertools.count()
         self._steps = 0  # engine steps so far (lockstep groups: the step plain decoding ends a row)
         self.prefix = {m: PrefixCache(prefix_cache_bytes) for m in ("target", "draft") if prefix_cache_bytes}
-        models = {"target": target, "draft": draft} if compile else {}
-        self.compiled = {role: CompiledForward(m, role) for role, m in models.items() if m is not None}
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+        models = {"target": target, "draft": draft} if compile != "off" else {}
+        tune = compile == "auto"  # each kind of forward the faster way, measured
+        self.compiled = {role: CompiledForward(m, role, tune) for role, m in models.items() if m is not None}
 
     @property
     def methods(self) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from the same hole mask; prefills and long catch-ups stay eager.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -108,6 +109,7 @@ class KVState:
             pos = self.seen[:, None] + torch.minimum(offs, (lens - 1)[:, None])
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
         self.dense = self.dense and lens is None  # no holes, no padding: SDPA's causal fast path
+        t0 = time.perf_counter()
         static = self._static(model, ids, pos, hidden)
         if static is not None:
             out, h = static  # every position: [B, T, V], [B, T, H]
@@ -117,6 +119,8 @@ class KVState:
             if logits == "last" and lens is not None:
                 keep = torch.unique(lens - 1)  # only the positions some row needs
             out, h = _run(model, ids, None if self.dense else attn.long(), pos, self.cache, keep, hidden)
+        if self.compiled is not None:
+            self.compiled.timed(B, T, hidden, static is not None, time.perf_counter() - t0)
         self.forwards.append(Forward(self.role, [T] * B if lens is None else n, self.num_columns))
         self.mask = attn
         self.seen = self.seen + (T if lens is None else lens)
@@ -143,7 +147,7 @@ class KVState:
         there is none to run (no compiled forward, too many tokens, an empty cache, a failure)."""
         B, T = ids.shape
         mine = layers(self.cache)
-        if self.compiled is None or not self.compiled.usable(T) or not mine or B == 0:
+        if self.compiled is None or not mine or B == 0 or not self.compiled.wants(B, T, hidden):
             return None
         if block is None:
             block = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
@@ -180,18 +184,21 @@ class KVState:
         """
         B, N = ids.shape
         L = self.num_columns
-        allowed = torch.cat(
-            [self.mask[:, None, :].expand(B, N, L), tree.ancestors[None].expand(B, N, N)], dim=2
-        )
         pos = self.seen[:, None] + tree.depth[None, :]  # [B, N]
+        t0 = time.perf_counter()
         static = self._static(model, ids, pos, True, tree.ancestors)
         if static is not None:
             logits, h = static
         else:
+            allowed = torch.cat(
+                [self.mask[:, None, :].expand(B, N, L), tree.ancestors[None].expand(B, N, N)], dim=2
+            )
             dtype = next(model.parameters()).dtype
             mask4 = torch.zeros(B, 1, N, L + N, dtype=dtype, device=ids.device)
             mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, N, L + N] additive
             logits, h = _run(model, ids, mask4, pos, self.cache, 0, True)
+        if self.compiled is not None:
+            self.compiled.timed(B, N, True, static is not None, time.perf_counter() - t0)
         self.forwards.append(Forward(self.role, [N] * B, L))
         self.mask = torch.cat([self.mask, torch.ones(B, N, dtype=torch.bool, device=ids.device)], dim=1)
         self.seen = self.seen + N

@@ -48,7 +48,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         eos_token_ids=target.eos_token_ids,
         max_batch_size=settings.max_batch_size,
         prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20),
-        compile=settings.compile != "off",
+        compile=settings.compile,
     )
     service = EngineService(engine, settings.max_waiting, tuner)
     metrics = ServerMetrics(registry or CollectorRegistry())

@@ -55,11 +55,12 @@ def test_bench_tree_stores_the_tree(tiny_paths, tmp_path, monkeypatch, capsys):
     )
     argv = ["bench", "tree", "--target", model_dir, "--medusa", str(heads_dir), "--dtype", "float64",
             "--sizes", "1", "2", "4", "--batch-sizes", "1", "2", "--context", "16", "--val-windows", "2",
-            "--repeats", "1"]  # fmt: skip
+            "--repeats", "1", "--compile", "on"]  # fmt: skip
     assert main(argv) == 0
     stored = json.loads((heads_dir / "config.json").read_text())["tree"]
     report = json.loads((heads_dir / "tree.json").read_text())
     assert stored == report["tree"] and 1 <= len(stored) <= 4
+    assert report["compiled"]  # timed as the server runs it
     assert {(t["batch_size"], t["nodes"]) for t in report["table"]} == {
         (b, n) for b in (1, 2) for n in (1, 2, 4)
     }

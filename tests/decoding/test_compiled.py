@@ -53,7 +53,7 @@ def test_compiled_matches_eager(tiny, heads, prompts, plain, method, draft, batc
         medusa=heads if method == "medusa" else None,
         eos_token_ids=tiny["target"].eos_token_ids,
         max_batch_size=batch_size,
-        compile=True,
+        compile="on",
     )
     results = engine.generate(prompts, _sampling(), SpecParams(method, 3))
     assert [r.token_ids for r in results] == plain

@@ -79,8 +79,8 @@ def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chisquare(obs[keep].numpy(), exp[keep].numpy()).pvalue)
 
 
-def sample_joint(target, draft, method: str, base: SamplingParams, heads=None) -> torch.Tensor:
-    engine = Engine(target, draft, medusa=heads, max_batch_size=1000)
+def sample_joint(target, draft, method: str, base: SamplingParams, heads=None, compile="off") -> torch.Tensor:
+    engine = Engine(target, draft, medusa=heads, max_batch_size=1000, compile=compile)
     sampling = [
         SamplingParams(
             max_new_tokens=NEW, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p, seed=i
@@ -89,6 +89,7 @@ def sample_joint(target, draft, method: str, base: SamplingParams, heads=None) -
     ]
     results = engine.generate([PROMPT] * N, sampling, SpecParams(method, 2))
     assert sum(r.stats.draft_tokens for r in results) >= 2 * N  # two candidates per row
+    assert compile == "off" or engine.compiled["target"].calls > 0
     idx = torch.tensor([sum(t * V ** (NEW - 1 - i) for i, t in enumerate(r.token_ids)) for r in results])
     return torch.bincount(idx, minlength=V**NEW).double()
 
@@ -110,6 +111,16 @@ def test_speculative_sampling_matches_target(pair, heads, method, sampling):
     p_joint = exact_joint(target, sampling)
     assert chi2_pvalue(counts, p_joint) > 1e-3
     # power: the draft's joint is rejected by the same samples (the test can fail)
+    assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["draft", "ngram", "medusa"])
+def test_compiled_sampling_matches_target(pair, heads, method):
+    """The same test through compiled decode steps (decoding/compiled.py)."""
+    target, draft = pair
+    sampling = SamplingParams(temperature=1.0)
+    counts = sample_joint(target, draft, method, sampling, heads, compile="on")
+    assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
     assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6
 
 

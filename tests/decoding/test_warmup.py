@@ -1,54 +1,71 @@
-"""Warm-up: `on` compiles before the first request, `auto` keeps compiled steps only where they
-measured faster, `off` compiles nothing, and a model that does not compile runs eagerly."""
+"""Warm-up: `on` and `auto` compile the lone-request graphs before the first request (`auto` also
+judges them against eager), `off` compiles nothing, and a model that does not compile runs eagerly."""
 
 from __future__ import annotations
 
 import pytest
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.compiled import TRIALS
 from specserve.decoding.warmup import warm_up
 
 
-def _engine(tiny, compile: bool = True) -> Engine:
+def _engine(tiny, compile: str) -> Engine:
     return Engine(tiny["target"].model, tiny["draft"].model, eos_token_ids=tiny["target"].eos_token_ids,
                   compile=compile)  # fmt: skip
 
 
 def test_on_compiles_the_lone_request_graphs(tiny):
-    engine = _engine(tiny)
+    engine = _engine(tiny, "on")
     report = warm_up(engine, "on", ["draft"], k=3)
-    assert report.compiled and report.graphs >= 3 and not report.tokens_per_s
+    assert report.compiled and report.graphs >= 3 and not report.verdicts
     assert (True, True, False) in engine.compiled["target"].graphs  # plain steps, one row
     assert (True, False, False) in engine.compiled["target"].graphs  # verifying K + 1 tokens
     assert (True, True, False) in engine.compiled["draft"].graphs  # proposing
 
 
-def test_auto_keeps_the_faster_side(tiny):
-    engine = _engine(tiny)
+def test_auto_judges_plain_steps_both_ways(tiny):
+    engine = _engine(tiny, "auto")
     report = warm_up(engine, "auto", ["none"])
-    assert set(report.tokens_per_s) == {"compiled", "eager"}
-    faster = report.tokens_per_s["compiled"] > report.tokens_per_s["eager"]
-    assert report.compiled == faster
-    assert all(c.enabled == faster for c in engine.compiled.values())
+    assert "target 1-1 rows, 1 token(s) a row" in report.verdicts
+    judged = engine.compiled["target"].judged[(1, 1, False)].compiled
+    assert report.verdicts["target 1-1 rows, 1 token(s) a row"] == ("compiled" if judged else "eager")
 
 
 def test_off_compiles_nothing(tiny):
-    engine = _engine(tiny, compile=False)
+    engine = _engine(tiny, "off")
     assert not engine.compiled
     assert not warm_up(engine, "off", ["draft"]).compiled
     with pytest.raises(ValueError, match="compile mode must be one of auto, on, off"):
         warm_up(engine, "maybe", ["draft"])
+    with pytest.raises(ValueError, match="compile must be one of auto, on, off"):
+        _engine(tiny, "yes")
+
+
+def test_auto_runs_each_kind_the_faster_way(tiny, monkeypatch):
+    """Timed both ways on interleaved forwards; the verdict follows the measured times."""
+    engine = _engine(tiny, "auto")
+    c = engine.compiled["target"]
+    c.compiled_now = False
+    for _ in range(TRIALS):  # compiled forwards of 3 rows, 1 token, measured slower
+        assert c.wants(3, 1, False)
+        c.timed(3, 1, False, True, 0.010)
+        assert not c.wants(3, 1, False)
+        c.timed(3, 1, False, False, 0.005)
+    assert c.judged[(2, 1, False)].compiled is False
+    assert not c.wants(2, 1, False)  # 2-3 rows: the same kind, eager now
+    assert c.wants(1, 1, False)  # another kind is judged apart
 
 
 def test_a_model_that_does_not_compile_runs_eagerly(tiny, monkeypatch, caplog):
-    engine = _engine(tiny)
+    engine = _engine(tiny, "on")
 
     def broken(*args, **kwargs):
         raise RuntimeError("no graph for you")
 
     for c in engine.compiled.values():
         monkeypatch.setattr(c, "fn", broken)
-    report = warm_up(engine, "auto", ["draft"], k=3)
+    report = warm_up(engine, "on", ["draft"], k=3)
     assert not report.compiled and "does not compile" in caplog.text
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
     out = engine.generate(prompts, SamplingParams(max_new_tokens=10), SpecParams("draft", 3))
