@@ -9,8 +9,9 @@ to compact) adopts the new tensor as the buffer.
 
 A compiled step (decoding/compiled.py) writes differently: with `write_at` set on the cache, each
 layer copies the new keys/values into the given columns of its buffer and hands attention the
-whole column capacity (the caller's mask hides what is not a row's), so the graph's shapes follow
-the buffer, not the filled length; the caller then marks those columns filled (`filled`).
+first `span` columns, at most the capacity (the caller's mask hides what is not a row's), so the
+graph's shapes follow a size the caller picks, not the filled length; the caller then marks those
+columns filled (`filled`).
 """
 
 from __future__ import annotations
@@ -120,18 +121,24 @@ class GrowingLayer(DynamicLayer):
         self._kn = self._vn = n + t
         return self.keys, self.values
 
-    def write_at(self, key_states: torch.Tensor, value_states: torch.Tensor, columns: torch.Tensor):
+    def write_at(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, columns: torch.Tensor, span: torch.Tensor
+    ):
         """Static shapes: new [B, H, T, D] into `columns` ([T]) of the first B rows; returns those
-        rows over the whole column capacity. Reads no Python state, so a compiled graph keys only
-        on the buffer's shape."""
-        b = key_states.shape[0]
+        rows' first S columns, S = len(span). Reads no Python state, so a compiled graph keys only
+        on tensor shapes."""
+        b, s = key_states.shape[0], span.shape[0]
         self._k[:b].index_copy_(2, columns, key_states)
         self._v[:b].index_copy_(2, columns, value_states)
-        return self._k[:b], self._v[:b]
+        return self._k[:b, :, :s], self._v[:b, :, :s]
 
     def filled(self, columns: int) -> None:
         """After a compiled step: the first `columns` columns hold data."""
         self._kn = self._vn = columns
+
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole key and value buffers (for CUDA graphs, whose inputs keep their addresses)."""
+        return self._k, self._v
 
     @property
     def capacity(self) -> tuple[int, int]:
@@ -154,8 +161,9 @@ class GrowingCache(DynamicCache):
         if not self.layers:  # layers created lazily, one per update of a new layer index
             self.layer_class_to_replicate = GrowingLayer
         self.write_at: torch.Tensor | None = None  # [T] columns a compiled step writes (None: append)
+        self.span: torch.Tensor | None = None  # [S] its length: the columns attention reads
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         if self.write_at is not None:
-            return self.layers[layer_idx].write_at(key_states, value_states, self.write_at)
+            return self.layers[layer_idx].write_at(key_states, value_states, self.write_at, self.span)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)

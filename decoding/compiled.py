@@ -13,9 +13,11 @@ more). On CUDA the graphs replay as CUDA graphs ("reduce-overhead"), one per sha
 (many tokens per row) stay eager. A model that does not compile runs eagerly from then on, logged.
 
 Compiled is not faster everywhere: on a CPU a large batch is compute-bound, and eager's BLAS calls
-are as good as inductor's (the bundled target at batch 32: 0.93x). So under `--compile auto` each
-kind of forward (rows bucket, tokens per row, hidden states or not) is timed both ways on
-interleaved forwards and runs the faster way, re-checked now and then, as the thread tuner does.
+are as good as inductor's (the bundled target at batch 32: 0.93-0.96x). So under `--compile auto`
+each kind of forward (rows bucket, one token a row or more, hidden states or not) is timed both
+ways on interleaved forwards and runs compiled only where that is MARGIN faster per token fed
+(a forward's time is not all a step pays: within a few percent, eager is the safer bet),
+re-checked now and then as caches grow, as the thread tuner does.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ log = logging.getLogger(__name__)
 COMPILE_MODES = ("auto", "on", "off")
 MAX_TOKENS = 32  # tokens per row a compiled step takes; more (a prefill, a long catch-up) runs eagerly
 TRIALS = 4  # timed forwards each way before a kind of forward is judged ...
-RECHECK = 2000  # ... and forwards of that kind before it is judged again
+MARGIN = 0.05  # ... compiled where its forwards are this much faster a token, else eager
+RECHECK = 200  # ... and forwards of that kind before it is judged again (costs shift as caches grow)
 
 
 class CompileFailed(Exception):
@@ -52,16 +55,22 @@ def use_compile_cache(directory: str | Path | None) -> str:
     return path
 
 
-Kind = tuple[int, int, bool]  # (rows bucket: B.bit_length(), tokens per row, hidden states)
+Kind = tuple[int, bool, bool]  # (rows bucket: B.bit_length(), one token a row, hidden states)
 
 
 @dataclass
 class _Judgement:
-    """One kind of forward, compiled against eager: seconds of recent forwards each way."""
+    """One kind of forward, compiled against eager: seconds per token fed of recent forwards each way."""
 
     seconds: dict[bool, list[float]] = field(default_factory=lambda: {True: [], False: []})
     compiled: bool | None = None  # the verdict (None: still timing)
     since: int = 0  # forwards since the verdict
+
+
+def _kind(rows: int, tokens_per_row: int, hidden: bool) -> Kind:
+    """Forwards judged together: the graph they run on (one row or more, one token a row or more,
+    hidden states), and rows by power-of-two bucket (compute-bound from some batch size up)."""
+    return rows.bit_length(), tokens_per_row == 1, hidden
 
 
 class CompiledForward:
@@ -102,12 +111,12 @@ class CompiledForward:
 
     def wants(self, rows: int, tokens_per_row: int, hidden: bool) -> bool:
         """Whether to run this forward compiled: while its kind is being judged, the way with fewer
-        samples (compiled first: it compiles then); after, the faster way."""
+        samples (compiled first: it compiles then); after, the verdict."""
         if not self.usable(tokens_per_row):
             return False
         if not self.tune:
             return True
-        j = self.judged.setdefault((rows.bit_length(), tokens_per_row, hidden), _Judgement())
+        j = self.judged.setdefault(_kind(rows, tokens_per_row, hidden), _Judgement())
         if j.compiled is not None and j.since < RECHECK:
             j.since += 1
             return j.compiled
@@ -115,18 +124,18 @@ class CompiledForward:
 
     def timed(self, rows: int, tokens_per_row: int, hidden: bool, compiled: bool, seconds: float) -> None:
         """A forward of this kind ran (compiled or eagerly) in `seconds`: a sample while it is judged."""
-        kind = (rows.bit_length(), tokens_per_row, hidden)
+        kind = _kind(rows, tokens_per_row, hidden)
         j = self.judged.get(kind)
         if j is None or (j.compiled is not None and j.since < RECHECK) or (compiled and self.compiled_now):
             return
-        j.seconds[compiled].append(seconds)
+        j.seconds[compiled].append(seconds / (rows * tokens_per_row))  # per token fed: rows differ
         if min(len(s) for s in j.seconds.values()) < TRIALS:
             return
-        faster = statistics.median(j.seconds[True]) < statistics.median(j.seconds[False])
+        faster = statistics.median(j.seconds[True]) < (1 - MARGIN) * statistics.median(j.seconds[False])
         if faster != j.compiled:
             log.info(
-                "the %s's forwards of %d-%d rows, %d token(s) a row%s: %s (%.2f ms compiled, %.2f eager)",
-                self.role, 2 ** (kind[0] - 1), 2 ** kind[0] - 1, tokens_per_row,
+                "the %s's forwards of %d-%d rows, %s a row%s: %s (%.3f ms a token compiled, %.3f eager)",
+                self.role, 2 ** (kind[0] - 1), 2 ** kind[0] - 1, "1 token" if kind[1] else "tokens > 1",
                 ", with hidden states" if hidden else "", "compiled" if faster else "eager",
                 statistics.median(j.seconds[True]) * 1e3, statistics.median(j.seconds[False]) * 1e3,
             )  # fmt: skip

@@ -29,6 +29,7 @@ from specserve.decoding.tree import Tree
 
 COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns ...
 COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache
+SPAN_STEP = 64  # a compiled step on CPU attends over the filled columns rounded up to this
 
 
 def layers(cache: DynamicCache) -> list:
@@ -154,7 +155,14 @@ class KVState:
         L = self.num_columns
         for layer in mine:
             layer.reserve(B, L + T)
+            if ids.device.type == "cuda":  # a captured graph replays on these addresses
+                for buffer in layer.buffers():
+                    torch._dynamo.mark_static_address(buffer)
+        # columns attention reads: the capacity on CUDA (fixed addresses and shapes for the graphs);
+        # on CPU the filled part rounded up to SPAN_STEP (dynamic shapes: fewer wasted columns)
         C = mine[0].capacity[1]
+        if ids.device.type != "cuda":
+            C = min(C, -(-(L + T) // SPAN_STEP) * SPAN_STEP)
         dev = self.mask.device
         allowed = torch.zeros(B, T, C, dtype=torch.bool, device=dev)  # [B, T, C]
         allowed[:, :, :L] = self.mask[:, None, :]
@@ -163,6 +171,7 @@ class KVState:
         mask4 = torch.zeros(B, 1, T, C, dtype=dtype, device=dev)
         mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, T, C] additive
         self.cache.write_at = torch.arange(L, L + T, device=dev)
+        self.cache.span = torch.empty(C, dtype=torch.bool, device=dev)
         try:
             out = self.compiled(ids, pos, mask4, self.cache, hidden)
         except CompileFailed:

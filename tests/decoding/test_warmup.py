@@ -27,9 +27,9 @@ def test_on_compiles_the_lone_request_graphs(tiny):
 def test_auto_judges_plain_steps_both_ways(tiny):
     engine = _engine(tiny, "auto")
     report = warm_up(engine, "auto", ["none"])
-    assert "target 1-1 rows, 1 token(s) a row" in report.verdicts
-    judged = engine.compiled["target"].judged[(1, 1, False)].compiled
-    assert report.verdicts["target 1-1 rows, 1 token(s) a row"] == ("compiled" if judged else "eager")
+    assert "target 1-1 rows, 1 token a row" in report.verdicts
+    judged = engine.compiled["target"].judged[(1, True, False)].compiled
+    assert report.verdicts["target 1-1 rows, 1 token a row"] == ("compiled" if judged else "eager")
 
 
 def test_off_compiles_nothing(tiny):
@@ -52,7 +52,7 @@ def test_auto_runs_each_kind_the_faster_way(tiny, monkeypatch):
         c.timed(3, 1, False, True, 0.010)
         assert not c.wants(3, 1, False)
         c.timed(3, 1, False, False, 0.005)
-    assert c.judged[(2, 1, False)].compiled is False
+    assert c.judged[(2, True, False)].compiled is False
     assert not c.wants(2, 1, False)  # 2-3 rows: the same kind, eager now
     assert c.wants(1, 1, False)  # another kind is judged apart
 
