@@ -65,9 +65,15 @@ class Job:
 
 
 def ours_job(
-    engine: Engine, prompts: list[list[int]], method: str, k: int, max_new: int, compile: str = "off"
+    engine: Engine,
+    prompts: list[list[int]],
+    method: str,
+    k: int,
+    max_new: int,
+    compile: str = "off",
+    ignore_eos: bool = False,
 ) -> Job:
-    sampling = SamplingParams(max_new_tokens=max_new)
+    sampling = SamplingParams(max_new_tokens=max_new, ignore_eos=ignore_eos)
     res = Result("specserve", method, k, engine.max_batch_size, 0, [], compile)
     spec = SpecParams(method, k) if k else SpecParams(method)
 
@@ -85,9 +91,13 @@ def ours_job(
     return Job(res, go)
 
 
-def hf_job(models, prompts: list[list[int]], method: str, k: int, max_new: int) -> Job:
+def hf_job(
+    models, prompts: list[list[int]], method: str, k: int, max_new: int, ignore_eos: bool = False
+) -> Job:
     model = models.target.model
     kw: dict = {"max_new_tokens": max_new, "do_sample": False}
+    if ignore_eos:
+        kw["min_new_tokens"] = max_new
     if method == "assisted":
         kw["assistant_model"] = models.draft.model
     elif method == "prompt_lookup":
@@ -139,11 +149,13 @@ def run(args: argparse.Namespace, models: Models, texts: list[str]) -> int:
     )  # Medusa's tree, not K, sets its speculation
     jobs: list[Job] = []
     if not args.no_hf:
-        jobs.append(hf_job(models, base, "generate", 0, args.max_new_tokens))
+        jobs.append(hf_job(models, base, "generate", 0, args.max_new_tokens, args.ignore_eos))
         if need_draft:
-            jobs.append(hf_job(models, base, "assisted", 0, args.max_new_tokens))
+            jobs.append(hf_job(models, base, "assisted", 0, args.max_new_tokens, args.ignore_eos))
         if "ngram" in args.methods:
-            jobs += [hf_job(models, base, "prompt_lookup", k, args.max_new_tokens) for k in args.k]
+            jobs += [
+                hf_job(models, base, "prompt_lookup", k, args.max_new_tokens, args.ignore_eos) for k in args.k
+            ]
     if set(args.compile) - {"off"}:
         use_compile_cache(args.compile_cache)
     peaks = device_peaks(models.target.device, models.target.dtype)
@@ -152,9 +164,12 @@ def run(args: argparse.Namespace, models: Models, texts: list[str]) -> int:
         prompts = [base[i % len(base)] for i in range(max(bs, len(base)))]
         for mode in dict.fromkeys(args.compile):
             engine = _engine(models, bs, mode, accountant, [m for m, _ in plan], max(args.k))
-            jobs += [ours_job(engine, prompts, m, k, args.max_new_tokens, mode) for m, k in plan]
+            jobs += [
+                ours_job(engine, prompts, m, k, args.max_new_tokens, mode, args.ignore_eos) for m, k in plan
+            ]
     run_jobs(jobs, args.warmup, args.repeats)
-    hf_ref = jobs[0].outputs if not args.no_hf else None
+    # HF stops ignoring EOS by masking it (min_new_tokens); ours emits it and goes on: not comparable
+    hf_ref = jobs[0].outputs if not args.no_hf and not args.ignore_eos else None
     for job in jobs:
         if job.result.impl == "specserve" and hf_ref is not None:
             job.result.matches_hf_greedy = job.outputs[: len(base)] == hf_ref
@@ -212,6 +227,7 @@ def summarize(results: list[Result], models, args, peaks: Peaks) -> dict:
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "max_new_tokens": args.max_new_tokens,
+        "ignore_eos": args.ignore_eos,
         "repeats": args.repeats,
         "peaks": {"bytes_per_s": peaks.bytes_per_s, "flops_per_s": peaks.flops_per_s, "source": peaks.source},
         "results": [asdict(r) for r in results],

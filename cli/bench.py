@@ -33,6 +33,7 @@ def _add_decode(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face peers")
+    p.add_argument("--ignore-eos", action="store_true", help="every request runs to --max-new-tokens")
     p.add_argument("--out", type=Path, default=Path("bench_results/decode.json"))
     add_compile_args(p, several=True)
     p.set_defaults(func=_decode)

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     models = load_models(args, need_draft=args.method == "draft", need_medusa=args.method == "medusa")
     tok = models.target.tokenizer
     engine = build_engine(args, models, args.batch_size)
-    warm_up_engine(args, engine, args.method, spec.num_speculative_tokens)
+    warm_up_engine(args, engine, args.method)
     ids = [tok.encode(text) for _, text in prompts]
     try:
         rows = [

@@ -131,11 +131,11 @@ def build_engine(args: argparse.Namespace, models: Models, batch_size: int):
     return engine
 
 
-def warm_up_engine(args: argparse.Namespace, engine, method: str, k: int) -> None:
+def warm_up_engine(args: argparse.Namespace, engine, method: str) -> None:
     """--compile on/auto: compile (and under auto, judge) the decode steps before the real work."""
     from specserve.decoding.warmup import warm_up
 
-    warm_up(engine, args.compile, [method], k)
+    warm_up(engine, args.compile, [method])
 
 
 def read_prompts(args: argparse.Namespace) -> list[tuple[str, str]]:

@@ -12,6 +12,10 @@ graphs per model and output (dynamo specializes a size of 1: one row or more, on
 more). On CUDA the graphs replay as CUDA graphs ("reduce-overhead"), one per shape met. Prefills
 (many tokens per row) stay eager. A model that does not compile runs eagerly from then on, logged.
 
+Once a graph has run, later calls check only the guards that tell this function's graphs apart
+(`skip_guard_eval_unsafe`): dynamo's full guard check costs about 0.25 ms a call, 9% of a batch-1
+step of the bundled target (plain decoding 399 -> 424 tok/s, draft 322 -> 358 with it).
+
 Compiled is not faster everywhere: on a CPU a large batch is compute-bound, and eager's BLAS calls
 are as good as inductor's (the bundled target at batch 32: 0.93-0.96x). So under `--compile auto`
 each kind of forward (rows bucket, one token a row or more, hidden states or not) is timed both
@@ -146,7 +150,11 @@ class CompiledForward:
         self.compiled_now = key not in self.graphs
         t0 = time.perf_counter()
         try:
-            out = self.fn(ids, pos, mask, cache, hidden)
+            if self.compiled_now:
+                out = self.fn(ids, pos, mask, cache, hidden)
+            else:  # a graph this forward has run: check only the guards that tell graphs apart
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    out = self.fn(ids, pos, mask, cache, hidden)
         except Exception as e:  # noqa: BLE001 - any failure to compile: this model runs eagerly
             self.enabled = False
             log.warning(

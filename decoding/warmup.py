@@ -1,10 +1,10 @@
 """Start-up warm-up of compiled decode steps (`--compile`).
 
-Compiles the graphs a lone request needs (plain steps, and each method's speculative steps) before
-the first request, so no request waits for a compile. Under `auto` the same requests also time
-those forwards compiled against eager (decoding/compiled.py). Graphs for other shapes (batches of
-several rows) compile when first needed, logged, and inductor keeps every graph on disk, so a
-restart finds them.
+Before the first request, each model the methods use runs the forwards a lone request runs — one
+token a row (plain steps, a draft's proposals) and several (verification, a draft catching up;
+with hidden states where Medusa reads them) — on a scratch cache, so their graphs are compiled and,
+under `auto`, judged against eager (decoding/compiled.py). Graphs for batches of several rows
+compile when first needed, logged; inductor keeps every graph on disk, so a restart finds them.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specserve.decoding.compiled import COMPILE_MODES
+from specserve.decoding.compiled import COMPILE_MODES, TRIALS
 from specserve.decoding.engine import Engine
-from specserve.decoding.params import SamplingParams, SpecParams
+from specserve.decoding.kv import KVState
 
 log = logging.getLogger(__name__)
 
-PROMPT_TOKENS = 32  # warm-up prompts: long enough that a draft and prompt lookup have context
-WARM_TOKENS = 24  # tokens generated per warm-up request: enough forwards to judge them under auto
+PROMPT_TOKENS = 32  # the scratch cache's prefill
+WIDE = 4  # tokens a row of the "several tokens" forwards (any T > 1 shares their graph)
 
 
 @dataclass
@@ -31,23 +31,24 @@ class WarmUp:
     compiled: bool  # whether compiled forwards stay in use (a model that failed to compile: no)
     seconds: float = 0.0
     graphs: int = 0
-    verdicts: dict[str, str] = field(default_factory=dict)  # "role rows-bucket tokens" -> compiled/eager
+    verdicts: dict[str, str] = field(default_factory=dict)  # "role rows, tokens a row" -> compiled/eager
 
 
-def warm_up(engine: Engine, mode: str, methods: list[str], k: int = 4) -> WarmUp:
-    """Compile (and under `auto`, start judging) the engine's compiled steps; returns what it found."""
+def warm_up(engine: Engine, mode: str, methods: list[str]) -> WarmUp:
+    """Compile (and under `auto`, judge) the lone-request forwards of the models `methods` use."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode == "off" or not engine.compiled:
         return WarmUp(mode, compiled=False)
     t0 = time.perf_counter()
-    vocab = engine.target.get_output_embeddings().weight.shape[0]
-    prompt = torch.randint(0, vocab, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(0)).tolist()
-    sampling = SamplingParams(max_new_tokens=WARM_TOKENS, ignore_eos=True)
-    for method in dict.fromkeys(["none", *methods]):  # plain steps first: every method takes some
-        if method in engine.methods:
-            log.info("warm-up: compiling %s steps", method)
-            engine.generate([prompt], sampling, SpecParams(method, k) if method != "none" else SpecParams())
+    runs = [("target", engine.target, False)]
+    if "medusa" in methods and engine.medusa is not None:
+        runs.append(("target", engine.target, True))
+    if "draft" in methods and "draft" in engine.compiled:
+        runs.append(("draft", engine.draft, False))
+    for role, model, hidden in runs:
+        log.info("warm-up: the %s's decode forwards%s", role, " with hidden states" if hidden else "")
+        _forwards(model, engine.compiled[role], hidden)
     report = WarmUp(mode, compiled=any(c.enabled for c in engine.compiled.values()))
     report.seconds = time.perf_counter() - t0
     report.graphs = sum(len(c.graphs) for c in engine.compiled.values())
@@ -62,3 +63,17 @@ def warm_up(engine: Engine, mode: str, methods: list[str], k: int = 4) -> WarmUp
     log.info("warm-up: %d compiled graphs in %.1f s%s", report.graphs, report.seconds,
              found if report.compiled else "; running eagerly")  # fmt: skip
     return report
+
+
+@torch.no_grad()
+def _forwards(model, compiled, hidden: bool) -> None:
+    """One row's forwards of one token and of WIDE tokens, enough of each to compile the graph
+    and time it both ways; each forward's tokens are rolled back, so the cache stays small."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    tokens = torch.randint(0, vocab, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(0)).tolist()
+    kv = KVState.empty(model, 1, compiled=compiled)
+    kv.forward(model, [tokens], logits="last")  # the prefill: eager
+    for width in (1, WIDE):
+        for _ in range(2 * TRIALS + 1):  # the first compiles; then both ways, TRIALS each
+            kv.forward(model, [tokens[:width]], hidden=hidden)
+            kv.rollback(torch.zeros(1, width, dtype=torch.bool, device=kv.mask.device))

@@ -15,7 +15,6 @@ from prometheus_client import CollectorRegistry
 from specserve import __version__
 from specserve.decoding import Engine
 from specserve.decoding.compiled import use_compile_cache
-from specserve.decoding.params import AUTO_MAX_TOKENS
 from specserve.decoding.warmup import warm_up
 from specserve.metrics.accounting import build_accountant
 from specserve.metrics.peaks import device_peaks
@@ -88,9 +87,8 @@ def warm_and_start(state: ServerState) -> None:
     """Compile (or not: `--compile`) the decode steps, then start the engine thread. Runs while the
     server already listens: /health and the generation routes answer 503 until it is done."""
     settings, engine = state.settings, state.engine
-    k = settings.num_speculative_tokens
     try:
-        warm_up(engine, settings.compile, [settings.method], k if isinstance(k, int) else AUTO_MAX_TOKENS)
+        warm_up(engine, settings.compile, [settings.method])
     except Exception:  # a compile failure is handled inside; anything else must not keep us down
         log.exception("warm-up failed; serving with what it left")
     finally:

@@ -17,17 +17,17 @@ def _engine(tiny, compile: str) -> Engine:
 
 def test_on_compiles_the_lone_request_graphs(tiny):
     engine = _engine(tiny, "on")
-    report = warm_up(engine, "on", ["draft"], k=3)
-    assert report.compiled and report.graphs >= 3 and not report.verdicts
-    assert (True, True, False) in engine.compiled["target"].graphs  # plain steps, one row
-    assert (True, False, False) in engine.compiled["target"].graphs  # verifying K + 1 tokens
-    assert (True, True, False) in engine.compiled["draft"].graphs  # proposing
+    report = warm_up(engine, "on", ["draft"])
+    assert report.compiled and report.graphs == 4 and not report.verdicts
+    lone = {(True, True, False), (True, False, False)}  # one token a row, and several
+    assert set(engine.compiled["target"].graphs) == lone  # plain steps, verification
+    assert set(engine.compiled["draft"].graphs) == lone  # proposing, catching up
 
 
 def test_auto_judges_plain_steps_both_ways(tiny):
     engine = _engine(tiny, "auto")
     report = warm_up(engine, "auto", ["none"])
-    assert "target 1-1 rows, 1 token a row" in report.verdicts
+    assert set(report.verdicts) == {"target 1-1 rows, 1 token a row", "target 1-1 rows, tokens > 1 a row"}
     judged = engine.compiled["target"].judged[(1, True, False)].compiled
     assert report.verdicts["target 1-1 rows, 1 token a row"] == ("compiled" if judged else "eager")
 
@@ -65,7 +65,7 @@ def test_a_model_that_does_not_compile_runs_eagerly(tiny, monkeypatch, caplog):
 
     for c in engine.compiled.values():
         monkeypatch.setattr(c, "fn", broken)
-    report = warm_up(engine, "on", ["draft"], k=3)
+    report = warm_up(engine, "on", ["draft"])
     assert not report.compiled and "does not compile" in caplog.text
     prompts = [[5, 6, 7, 8], [9, 10, 11]]
     out = engine.generate(prompts, SamplingParams(max_new_tokens=10), SpecParams("draft", 3))
