@@ -110,6 +110,19 @@ class CompiledForward:
         out = m(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
         return out.logits, None
 
+    def _known(self, ids, pos, mask, cache, hidden):
+        """The forward with only the differentiating guards checked; None (nothing run: dynamo
+        refuses at frame entry) when a recompile is due, which the caller then runs with every
+        guard checked."""
+        try:
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return self.fn(ids, pos, mask, cache, hidden)
+        except RuntimeError as e:
+            if "skip_guard_eval_unsafe" not in str(e):
+                raise
+            self.compiled_now = True  # (its time is a compile's, not a step's)
+            return None
+
     def usable(self, tokens_per_row: int) -> bool:
         return self.enabled and tokens_per_row <= self.max_tokens
 
@@ -150,11 +163,11 @@ class CompiledForward:
         self.compiled_now = key not in self.graphs
         t0 = time.perf_counter()
         try:
-            if self.compiled_now:
+            out = None
+            if not self.compiled_now:  # a graph this forward has run: check only the guards that
+                out = self._known(ids, pos, mask, cache, hidden)  # tell graphs apart
+            if out is None:
                 out = self.fn(ids, pos, mask, cache, hidden)
-            else:  # a graph this forward has run: check only the guards that tell graphs apart
-                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    out = self.fn(ids, pos, mask, cache, hidden)
         except Exception as e:  # noqa: BLE001 - any failure to compile: this model runs eagerly
             self.enabled = False
             log.warning(

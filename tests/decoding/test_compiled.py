@@ -57,7 +57,8 @@ def test_compiled_matches_eager(tiny, heads, prompts, plain, method, draft, batc
     )
     results = engine.generate(prompts, _sampling(), SpecParams(method, 3))
     assert [r.token_ids for r in results] == plain
-    assert engine.compiled["target"].calls > 0  # the decode steps really ran compiled
+    assert engine.compiled["target"].calls > 0  # the decode steps really ran compiled ...
+    assert all(c.enabled for c in engine.compiled.values())  # ... to the end, no eager fallback
     if method == "draft":
         assert engine.compiled["draft"].calls > 0
         if draft == "target":  # a perfect draft: everything accepted, compiled or not
