@@ -176,13 +176,16 @@ def run(args: argparse.Namespace, models: Models, texts: list[str]) -> int:
     report = summarize([j.result for j in jobs], models, args, peaks)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    from specserve.bench.plots import decode_speedup_plot  # matplotlib loads only here
+    from specserve.bench.plots import decode_compile_plot, decode_speedup_plot  # matplotlib loads here
 
     title = f"Speedup over none ({report['device']}, {report['dtype']})"
-    png = decode_speedup_plot(report["results"], title, args.out.with_suffix(".png"))
-    sys.stdout.write(
-        format_table(report["results"]) + f"\nwrote {args.out}" + (f", {png}" if png else "") + "\n"
+    pngs = [decode_speedup_plot(report["results"], title, args.out.with_suffix(".png"))]
+    title = f"Compiled over eager ({report['device']}, {report['dtype']})"
+    pngs.append(
+        decode_compile_plot(report["results"], title, args.out.with_name(args.out.stem + "_compiled.png"))
     )
+    written = "".join(f", {p}" for p in pngs if p)
+    sys.stdout.write(format_table(report["results"]) + f"\nwrote {args.out}{written}\n")
     return 0
 
 

@@ -8,7 +8,8 @@
 - mbu_mfu_vs_batch_size.png: MBU and MFU against the mean decode batch size (when /metrics gave them).
 
 `decode_speedup_plot` draws a `bench decode` run: each specserve method's tok/s over `none`'s against
-the batch size.
+the batch size (per compile mode when the run had several); `decode_compile_plot` each method's
+compiled tok/s over eager's (`--compile on off`, and auto).
 """
 
 from __future__ import annotations
@@ -192,10 +193,37 @@ def write_plots(levels: list[LevelResult], out_dir: Path) -> list[Path]:
 def decode_speedup_plot(results: list[dict], title: str, path: Path) -> Path | None:
     """`bench decode` results (dicts with impl, method, k, batch_size, ratios.vs_none) -> speedup plot."""
     lines: dict[str, list[tuple[int, float]]] = {}
+    modes = {r.get("compile", "off") for r in results if r["impl"] == "specserve"}
     for r in results:
         if r["impl"] == "specserve" and r["method"] != "none" and "vs_none" in r["ratios"]:
             name = r["method"] if r["method"] == "medusa" else f"{r['method']}:{r['k']}"
+            name += f" (compile {r.get('compile', 'off')})" if len(modes) > 1 else ""
             lines.setdefault(name, []).append((r["batch_size"], r["ratios"]["vs_none"]))
     if not lines:
         return None
     return _speedup_lines(lines, "batch size", "tok/s / none's", title, path)
+
+
+def decode_compile_plot(results: list[dict], title: str, path: Path) -> Path | None:
+    """Compiled over eager tok/s against the batch size: a color per method, a line style per
+    compile mode (on: solid, auto: dashed)."""
+    lines: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+    for r in results:
+        if r["impl"] == "specserve" and "vs_eager" in r["ratios"]:
+            name = r["method"] if r["method"] in ("none", "medusa") else f"{r['method']}:{r['k']}"
+            key = (r["method"], name, r["compile"])
+            lines.setdefault(key, []).append((r["batch_size"], r["ratios"]["vs_eager"]))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (method, name, mode), pts in lines.items():
+        pts = sorted(pts)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=f"{name}, compile {mode}", marker="o",
+                color=COLORS.get(method, "tab:gray"), ls="-" if mode == "on" else "--")  # fmt: skip
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    _log2_ticks(ax, {(x, str(x)) for pts in lines.values() for x, _ in pts})
+    ax.set(xlabel="batch size", ylabel="tok/s / eager's", title=title)
+    ax.title.set_fontsize(10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
