@@ -86,11 +86,19 @@ class CompiledForward:
     compiled."""
 
     def __init__(
-        self, model: PreTrainedModel, role: str, tune: bool = False, max_tokens: int = MAX_TOKENS
+        self,
+        model: PreTrainedModel,
+        role: str,
+        tune: bool = False,
+        max_tokens: int = MAX_TOKENS,
+        fixed_shapes: bool | None = None,
     ) -> None:
         self.model, self.role, self.max_tokens = model, role, max_tokens
         cuda = next(model.parameters()).device.type == "cuda"
         self.tune = tune and not cuda  # (CUDA graphs win where the CPU is the bottleneck)
+        # CUDA graphs replay recorded shapes: rows padded to a power of two, the whole capacity
+        # (kv.py); default: on CUDA only
+        self.fixed_shapes = cuda if fixed_shapes is None else fixed_shapes
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         self.fn = torch.compile(self._forward, dynamic=True, mode="reduce-overhead" if cuda else None)
         self.enabled = True

@@ -152,35 +152,38 @@ class KVState:
             return None
         if block is None:
             block = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
-        L = self.num_columns
+        L, dev = self.num_columns, self.mask.device
+        # fixed shapes (CUDA graphs replay a recorded shape): rows padded to a power of two, the
+        # buffers' whole column capacity (it doubles), fixed addresses. Else (inductor's dynamic
+        # shapes): the rows as they are, the filled columns rounded up to SPAN_STEP.
+        fixed = self.compiled.fixed_shapes
+        rows = 1 << (B - 1).bit_length() if fixed else B
         for layer in mine:
-            layer.reserve(B, L + T)
-            if ids.device.type == "cuda":  # a captured graph replays on these addresses
+            layer.reserve(rows, L + T)
+            if fixed and dev.type == "cuda":  # a captured graph replays on these addresses
                 for buffer in layer.buffers():
                     torch._dynamo.mark_static_address(buffer)
-        # columns attention reads: the capacity on CUDA (fixed addresses and shapes for the graphs);
-        # on CPU the filled part rounded up to SPAN_STEP (dynamic shapes: fewer wasted columns)
-        C = mine[0].capacity[1]
-        if ids.device.type != "cuda":
-            C = min(C, -(-(L + T) // SPAN_STEP) * SPAN_STEP)
-        dev = self.mask.device
-        allowed = torch.zeros(B, T, C, dtype=torch.bool, device=dev)  # [B, T, C]
-        allowed[:, :, :L] = self.mask[:, None, :]
-        allowed[:, :, L : L + T] = block
+        C = mine[0].capacity[1] if fixed else min(mine[0].capacity[1], -(-(L + T) // SPAN_STEP) * SPAN_STEP)
+        allowed = torch.zeros(rows, T, C, dtype=torch.bool, device=dev)  # [rows, T, C]
+        allowed[:B, :, :L] = self.mask[:, None, :]
+        allowed[:, :, L : L + T] = block  # (padding rows see their own tokens: no all-masked row)
         dtype = next(model.parameters()).dtype
-        mask4 = torch.zeros(B, 1, T, C, dtype=dtype, device=dev)
-        mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, T, C] additive
+        mask4 = torch.zeros(rows, 1, T, C, dtype=dtype, device=dev)
+        mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [rows, 1, T, C] additive
+        if rows > B:  # padding rows repeat the last row's tokens; their keys go to spare buffer rows
+            ids = torch.cat([ids, ids[-1:].expand(rows - B, T)])
+            pos = torch.cat([pos, pos[-1:].expand(rows - B, T)])
         self.cache.write_at = torch.arange(L, L + T, device=dev)
         self.cache.span = torch.empty(C, dtype=torch.bool, device=dev)
         try:
-            out = self.compiled(ids, pos, mask4, self.cache, hidden)
+            logits, h = self.compiled(ids, pos, mask4, self.cache, hidden)
         except CompileFailed:
             return None
         finally:
             self.cache.write_at = None
         for layer in mine:
             layer.filled(L + T)
-        return out
+        return logits[:B], h[:B] if h is not None else None
 
     def forward_tree(
         self, model: PreTrainedModel, ids: torch.Tensor, tree: Tree

@@ -57,9 +57,71 @@ def test_compiled_matches_eager(tiny, heads, prompts, plain, method, draft, batc
     )
     results = engine.generate(prompts, _sampling(), SpecParams(method, 3))
     assert [r.token_ids for r in results] == plain
+    _assert_ran_compiled(engine, method)
+    if draft == "target":  # a perfect draft: everything accepted, compiled or not
+        assert all(r.stats.acceptance_rate == 1.0 for r in results)
+
+
+@pytest.mark.parametrize("method", ["draft", "medusa"])
+def test_fixed_shapes_match_eager(tiny, heads, prompts, plain, method):
+    """The layout CUDA graphs get (rows padded to a power of two, the buffers' whole capacity),
+    run here on the CPU: 3 slots for 6 requests, so 3 rows pad to 4 and rows come and go."""
+    engine = Engine(
+        tiny["target"].model,
+        tiny["draft"].model if method == "draft" else None,
+        medusa=heads if method == "medusa" else None,
+        eos_token_ids=tiny["target"].eos_token_ids,
+        max_batch_size=3,
+        compile="on",
+    )
+    for c in engine.compiled.values():
+        c.fixed_shapes = True
+    results = engine.generate(prompts, _sampling(), SpecParams(method, 3))
+    assert [r.token_ids for r in results] == plain
+    _assert_ran_compiled(engine, method)
+
+
+def _assert_ran_compiled(engine: Engine, method: str) -> None:
     assert engine.compiled["target"].calls > 0  # the decode steps really ran compiled ...
     assert all(c.enabled for c in engine.compiled.values())  # ... to the end, no eager fallback
     if method == "draft":
         assert engine.compiled["draft"].calls > 0
-        if draft == "target":  # a perfect draft: everything accepted, compiled or not
-            assert all(r.stats.acceptance_rate == 1.0 for r in results)
+
+
+def _family(name: str):
+    """A tiny float64 model of another family (random weights, a sharp lm_head)."""
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    torch.manual_seed(9)
+    common = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)  # fmt: skip
+    if name == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
+    elif name == "mistral":  # no sliding window: full attention
+        model = MistralForCausalLM(MistralConfig(**common, sliding_window=None))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=96, n_embd=32, n_layer=2, n_head=4, n_positions=128))
+    model = model.double().eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(4.0)
+    return model
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "gpt2"])
+def test_other_families_compile_and_match(family):
+    model = _family(family)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (4, 9, 6)]
+    sampling = [SamplingParams(max_new_tokens=n) for n in (20, 12, 16)]
+    plain = Engine(model).generate(prompts, sampling, SpecParams())
+    engine = Engine(model, max_batch_size=2, compile="on")
+    results = engine.generate(prompts, sampling, SpecParams("ngram", 3))
+    assert [r.token_ids for r in results] == [r.token_ids for r in plain]
+    _assert_ran_compiled(engine, "ngram")
