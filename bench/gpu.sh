@@ -15,10 +15,13 @@ DEVICE=${DEVICE:-cuda}
 DTYPE=${DTYPE:-float32}
 QUICK=${QUICK:-0}
 PY=${PY:-python3}
+COMPILE=(${COMPILE:-on off})  # the modes bench decode compares (COMPILE=off: plumbing only)
+SERVE_COMPILE=${SERVE_COMPILE:-auto}
+WHEELS=${WHEELS:-.whl}
 mkdir -p "$OUT" /tmp/specserve-path
 ln -sfn "$PWD" /tmp/specserve-path/specserve
-if compgen -G ".whl/*.whl" >/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+if compgen -G "$WHEELS/*.whl" >/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=/tmp/specserve-path${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -33,14 +36,14 @@ fi
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/device.txt"
 
 # 1. in-process: eager and compiled in one interleaved run, every method, MBU per batch size
-"$PY" -m specserve bench decode "${MODELS[@]}" --device "$DEVICE" --dtype "$DTYPE" --compile on off \
+"$PY" -m specserve bench decode "${MODELS[@]}" --device "$DEVICE" --dtype "$DTYPE" --compile "${COMPILE[@]}" \
   --methods "${METHODS[@]}" --k 3 --batch-sizes "${BATCHES[@]}" --max-new-tokens "$TOKENS" \
   --repeats "$REPEATS" --no-hf --out "$OUT/decode.json" 2>&1 | tail -n 60
 
 # 2. over HTTP: a server on this machine (compiled where its warm-up finds it faster)
 PORT=${PORT:-8765}
 "$PY" -m specserve serve "${MODELS[@]}" --device "$DEVICE" --dtype "$DTYPE" --port "$PORT" \
-  --log-level WARNING > "$OUT/server.log" 2>&1 &
+  --compile "$SERVE_COMPILE" --log-level WARNING > "$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
