@@ -40,7 +40,11 @@ async def require_key(state: Loaded, authorization: Annotated[str | None, Header
     check_api_key(key.get_secret_value() if key else None, authorization)
 
 
-def check_model(state: ServerState, name: str) -> None:
+def check_model(state: ServerState, name: str | None) -> str:
+    """The model name to answer with: the served one when the request names none; 404 for a name
+    this server does not serve."""
+    if name is None:
+        return state.settings.model_name
     known = {state.settings.model_name, str(state.settings.target), state.target.local_path}
     if name not in known:
         raise APIError(
@@ -49,6 +53,7 @@ def check_model(state: ServerState, name: str) -> None:
             "model",
             "model_not_found",
         )
+    return name
 
 
 def encode_prompt(state: ServerState, prompt: str | list[str] | list[int]) -> list[int]:

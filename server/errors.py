@@ -39,6 +39,18 @@ class APIError(Exception):
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
 
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready: ordinary client behaviour, so one INFO
+    line, not an ASGI traceback (uvicorn logs any exception that escapes a handler as an ERROR)."""
+
+    def __init__(self, request_id: str, generated: int) -> None:
+        super().__init__(request_id)
+        self.request_id, self.generated = request_id, generated
+
+
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the access log shows it
+
+
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
     return {
         "error": {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}
@@ -59,6 +71,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api(_: Request, e: APIError) -> JSONResponse:
         return error_response(e.status, e.message, e.param, e.code, e.headers)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, e: ClientGone) -> JSONResponse:
+        log.info("request %s cancelled: client disconnected after %d tokens", e.request_id, e.generated)
+        return error_response(CLIENT_CLOSED, "client disconnected")
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, e: RequestValidationError) -> JSONResponse:

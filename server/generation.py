@@ -12,13 +12,11 @@ from fastapi import Request
 
 from specserve.decoding import SamplingParams, SpecParams
 from specserve.decoding.row import Row
-from specserve.server.errors import APIError
+from specserve.server.errors import APIError, ClientGone
 from specserve.server.schemas import SamplingFields
 from specserve.server.service import EngineService, Event, QueueFull, ShuttingDown
 from specserve.server.state import ServerState
 from specserve.server.text import TextStream
-
-DISCONNECT_POLL_S = 0.25  # how often a non-streaming request checks that its client is still there
 
 
 @dataclass
@@ -102,21 +100,33 @@ def _close_stats(row: Row) -> None:
         row.stats.e2e_s = time.perf_counter() - row.arrival
 
 
+GONE = Event([])  # put on a request's queue by its disconnect watcher
+
+
+async def _watch_disconnect(request: Request, q: asyncio.Queue) -> None:
+    """The request body is read by now, so the next ASGI message is `http.disconnect`: when the
+    client goes (or once the response is sent). Wakes the waiting handler at once, even while the
+    row emits every step."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    q.put_nowait(GONE)
+
+
 async def run_to_end(request: Request, service: EngineService, row: Row, stream: TextStream) -> Outcome:
-    """Non-streaming: wait for the row, aborting it if the client goes away."""
+    """Non-streaming: wait for the row; if the client goes away, abort it (its slot frees at the
+    next step) and raise ClientGone."""
     q = submit(service, row)
+    watcher = asyncio.create_task(_watch_disconnect(request, q))
     try:
         while True:
-            try:
-                event: Event = await asyncio.wait_for(q.get(), DISCONNECT_POLL_S)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    raise asyncio.CancelledError() from None
-                continue
+            event: Event = await q.get()
+            if event is GONE:
+                raise ClientGone(row.request_id, row.num_generated)
             stream.push(event.tokens)
             if stream.stopped or event.row is not None:
                 break
     finally:
+        watcher.cancel()
         if row.finish_reason is None or stream.stopped:
             service.abort(row.request_id, "stop" if stream.stopped else "abort")
     stream.finish()

@@ -65,7 +65,7 @@ class SamplingFields(BaseModel):
 
 
 class CompletionRequest(SamplingFields):
-    model: str
+    model: str | None = None  # the served model when absent (as vLLM, TGI and llama.cpp)
     prompt: str | list[str] | list[int]
     _prompt_text = field_validator("prompt")(_encodable)
     max_tokens: int | None = Field(16, ge=1)
@@ -80,7 +80,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatRequest(SamplingFields):
-    model: str
+    model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)

@@ -109,7 +109,7 @@ async def _respond(kind: str, body, prompt_ids: list[int], max_tokens: int | Non
 
 @router.post("/completions")
 async def completions(body: CompletionRequest, request: Request, state: State):
-    check_model(state, body.model)
+    body.model = check_model(state, body.model)
     if body.echo:
         raise APIError(400, "echo is not supported", "echo")
     prompt = encode_prompt(state, body.prompt)
@@ -118,7 +118,7 @@ async def completions(body: CompletionRequest, request: Request, state: State):
 
 @router.post("/chat/completions")
 async def chat(body: ChatRequest, request: Request, state: State):
-    check_model(state, body.model)
+    body.model = check_model(state, body.model)
     prompt = _chat_prompt(state, body)
     return await _respond(
         "chat.completion", body, prompt, body.max_completion_tokens or body.max_tokens, request, state

@@ -47,7 +47,7 @@ C, CH, G = "/v1/completions", "/v1/chat/completions", "/generate"
 MALFORMED: list[tuple[str, Any, str | None, str]] = [
     (C, [], None, ""),
     (C, "a string", None, ""),
-    (C, {"prompt": "x"}, "model", "field required"),
+    (C, {"max_tokens": 4}, "prompt", "field required"),
     (C, {"model": MODEL}, "prompt", "field required"),
     (C, cmpl(prompt=5), None, ""),
     (C, cmpl(prompt=[]), None, "prompt is empty"),
@@ -207,6 +207,19 @@ def test_unknown_model_is_a_404(client: httpx.Client):
     for path, body in ((C, cmpl(model="gpt-17")), (CH, chat(model="gpt-17"))):
         err = check_error(client.post(path, json=body), 404, "model", "'gpt-17' does not exist")
         assert err["code"] == "model_not_found" and err["type"] == "not_found_error"
+
+
+def test_model_may_be_omitted_as_in_vllm_and_tgi(client: httpx.Client):
+    unnamed = [(C, cmpl()), (CH, chat())]
+    for _, body in unnamed:
+        del body["model"]
+    for path, body in [*unnamed, (C, cmpl(model=None)), (CH, chat(model=None))]:
+        r = client.post(path, json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == MODEL  # answered as the served model
+    with client.stream("POST", C, json={"prompt": "x", "max_tokens": 2, "stream": True}) as r:
+        frames = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert frames and all(f["model"] == MODEL for f in frames)
 
 
 @pytest.mark.parametrize("method,path", [("GET", "/nope"), ("POST", "/v1/nope"), ("GET", "/v1/models/x/y")])
