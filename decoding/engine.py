@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 from transformers import PreTrainedModel
@@ -26,7 +26,7 @@ from specserve.decoding.kv import KVState
 from specserve.decoding.medusa import medusa_setup
 from specserve.decoding.params import METHODS, SamplingParams, SpecParams
 from specserve.decoding.prefix_cache import PrefixCache
-from specserve.decoding.row import Row
+from specserve.decoding.row import Row, TokenLogprob
 from specserve.decoding.stats import RequestStats, StepStats
 from specserve.decoding.step import decode_step, prefill
 from specserve.decoding.tree import Tree
@@ -40,6 +40,7 @@ class GenerationResult:
     token_ids: list[int]  # generated tokens only (a final EOS/stop token included)
     finish_reason: str
     stats: RequestStats
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per token, when sampling.logprobs is set
 
 
 OnTokens = Callable[[Row, list[int]], None]
@@ -284,7 +285,8 @@ class Engine:
         while self.has_work():
             self.step()
         return [
-            GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats) for r in rows
+            GenerationResult(r.request_id, r.generated, r.finish_reason or "abort", r.stats, r.logprobs)
+            for r in rows
         ]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 METHODS = ("none", "draft", "ngram", "medusa")
 MAX_SPECULATIVE_TOKENS = 16  # beyond this the verify forward costs more than any acceptance repays
 AUTO_MAX_TOKENS = 6  # "auto" chooses K in 0..this each step
+MAX_TOP_LOGPROBS = 20  # most alternatives a token's logprobs may list (OpenAI's top_logprobs limit)
 AUTO_SEEDED_DRAFT_K = 4  # seeded draft sampling follows K, so under "auto" it keeps this fixed K
 
 
@@ -21,8 +22,11 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: none; n: each emitted token's logprob and the n most likely
 
     def __post_init__(self) -> None:
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise ValueError(f"logprobs must be in 0..{MAX_TOP_LOGPROBS}, got {self.logprobs}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:

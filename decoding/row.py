@@ -14,6 +14,15 @@ from specserve.decoding.stats import RequestStats
 
 
 @dataclass
+class TokenLogprob:
+    """An emitted token's log-probability and its row's `logprobs` most likely alternatives."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]  # (token, logprob), most likely first
+
+
+@dataclass
 class Row:
     request_id: str
     tokens: list[int]  # prompt + generated; the last one is pending (not yet in the target's cache)
@@ -30,6 +39,7 @@ class Row:
     plain_end: int = 0  # engine step at which plain decoding would finish it (decoding/lockstep.py)
     deadline: float | None = None  # perf_counter time after which the request is dropped ("timeout")
     finish_reason: str | None = None  # "stop", "length", "abort", "timeout", "error"
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per generated token, if asked
 
     @classmethod
     def start(
@@ -75,8 +85,9 @@ class Row:
         left = self.sampling.max_new_tokens - self.num_generated
         return max(0, min(k, left - 1, self.max_len - len(self.tokens)))
 
-    def emit(self, new: list[int]) -> list[int]:
-        """Append tokens until a stop: EOS/stop id (kept, then stop), max_new_tokens or context full."""
+    def emit(self, new: list[int], logprobs: list[TokenLogprob] | None = None) -> list[int]:
+        """Append tokens until a stop: EOS/stop id (kept, then stop), max_new_tokens or context full
+        (with their logprobs, when the row asked for them)."""
         out: list[int] = []
         for t in new:
             self.tokens.append(t)
@@ -88,4 +99,6 @@ class Row:
             if self.finish_reason:
                 break  # tokens after a stop inside an accepted run are discarded
         self.stats.completion_tokens += len(out)
+        if logprobs is not None:
+            self.logprobs += logprobs[: len(out)]
         return out

@@ -18,6 +18,7 @@ from specserve.decoding.acceptance import (
     verify_rejection,
 )
 from specserve.decoding.batch import SubBatch
+from specserve.decoding.logprobs import token_logprobs
 from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Emit, Proposal
 from specserve.decoding.row import Row
@@ -45,17 +46,19 @@ def prefill(
     if not bool(warp.greedy.all()):
         u = position_uniforms([r.stream for r in new], [0] * len(new), 1, logits.device)[:, 0]  # [B_new]
         first = torch.where(warp.greedy, first, sample(warp_probs(logits[:, None], warp)[:, 0], u))
+    firsts = first.tolist()
+    lps = token_logprobs(logits[:, None], new, warp, [[t] for t in firsts], None)
     batch.kv.extend(kv)
     batch.proposer.admit(new, hidden)
     batch.join(new)
     now = time.perf_counter()
-    for row, tok, c in zip(new, first.tolist(), cached, strict=True):
+    for row, tok, c, lp in zip(new, firsts, cached, lps, strict=True):
         row.stats.cached_tokens = c
         row.admitted = row.admitted or t0
         row.stats.queue_time_s = row.admitted - row.arrival
         row.stats.target_forwards += 1
         row.stats.batch_size_sum += len(new)
-        emit(row, row.emit([tok]))
+        emit(row, row.emit([tok], lp))
         row.stats.ttft_s = now - row.arrival
     stats = StepStats(
         batch.method, "prefill", len(new), tokens_verified=sum(r.prompt_len for r in new) - sum(cached),
@@ -196,7 +199,8 @@ def decode_step(
     stats.forwards = prop.forwards + batch.drain_forwards()
     emitted = [c[:a] + [tok] for c, a, tok in zip(cand, n, nxt, strict=True)]
     verified = [T] * B if tree is not None else [1 + c for c in caps]
-    record_step(stats, rows, caps, accepted, verified, emitted, emit, kept=n)
+    lps = token_logprobs(logits, rows, warp, emitted, verdict.path if tree is not None else None)
+    record_step(stats, rows, caps, accepted, verified, emitted, emit, kept=n, logprobs=lps)
     return stats
 
 
@@ -218,12 +222,14 @@ def record_step(
     emitted: list[list[int]],
     emit: Emit,
     kept: list[int] | None = None,
+    logprobs: list | None = None,
 ) -> None:
     """Per-position and per-request counters of a decode step, then each row's tokens out.
 
     Per row: candidates it could accept, how many the target accepted, tokens the target verified
     for it, the tokens it emits (accepted + recovered/bonus; stops may cut them), and how many of
-    the accepted it kept (a lockstep clip drops the rest; None: all)."""
+    the accepted it kept (a lockstep clip drops the rest; None: all), and the emitted tokens'
+    logprobs (None for rows that did not ask)."""
     K = stats.k
     stats.drafted_per_position = [sum(d > j for d in drafted) for j in range(K)]
     stats.accepted_per_position = [sum(a > j for a in accepted) for j in range(K)]
@@ -231,7 +237,10 @@ def record_step(
         sum(d > j and a >= j for d, a in zip(drafted, accepted, strict=True)) for j in range(K)
     ]
     kept = accepted if kept is None else kept
-    for row, d, a, k, v, toks in zip(rows, drafted, accepted, kept, verified, emitted, strict=True):
+    logprobs = logprobs or [None] * len(rows)
+    for row, d, a, k, v, toks, lp in zip(
+        rows, drafted, accepted, kept, verified, emitted, logprobs, strict=True
+    ):
         row.stats.target_forwards += 1
         row.stats.batch_size_sum += len(rows)
         row.stats.decode_steps += 1
@@ -243,6 +252,6 @@ def record_step(
         stats.accepted_tokens += a
         row.stats.dropped_tokens += a - k
         stats.dropped_tokens += a - k
-        out = row.emit(toks)
+        out = row.emit(toks, lp)
         stats.emitted_tokens += len(out)
         emit(row, out)
