@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from specserve.decoding.params import MAX_SPECULATIVE_TOKENS
+from specserve.decoding.params import MAX_SPECULATIVE_TOKENS, MAX_TOP_LOGPROBS
 
+MAX_N = 16  # choices per request (each is a row of the batch)
+TopN = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
 Method = Literal["none", "draft", "ngram", "medusa"]
 SpecK = Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"]  # K, or chosen per step
 
@@ -30,6 +32,10 @@ class Speculation(BaseModel):
     model_config = ConfigDict(extra="forbid")
     method: Method | None = None
     num_speculative_tokens: SpecK | None = None
+    logprobs: TopN | None = None  # each token's logprob and this many alternatives, by token id
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 class StreamOptions(BaseModel):
@@ -47,11 +53,14 @@ class SamplingFields(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=MAX_N)  # choices: n rows of one request
     ignore_eos: bool = False
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    logprobs: int | bool | None = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no logprobs; else how many alternatives per token (each route names it its way)."""
+        return None
 
     @field_validator("stop")
     @classmethod
@@ -70,7 +79,12 @@ class CompletionRequest(SamplingFields):
     _prompt_text = field_validator("prompt")(_encodable)
     max_tokens: int | None = Field(16, ge=1)
     echo: bool = False
+    logprobs: TopN | None = None  # legacy: the chosen token's logprob and this many alternatives
+    best_of: int | None = Field(None, ge=1)
     speculation: Speculation | None = None
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
 
 
 class ChatMessage(BaseModel):
@@ -84,7 +98,18 @@ class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: TopN | None = None  # alternatives per token; needs logprobs: true
     speculation: Speculation | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class GenerateRequest(SamplingFields):
@@ -97,3 +122,7 @@ class GenerateRequest(SamplingFields):
     max_tokens: int = Field(64, ge=1)
     method: Method | None = None
     num_speculative_tokens: SpecK | None = None
+    logprobs: TopN | None = None  # each token's logprob and this many alternatives, by token id
+
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs

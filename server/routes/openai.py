@@ -10,19 +10,22 @@ from fastapi import APIRouter, Depends, Request
 from specserve.decoding.row import Row
 from specserve.server.deps import State, check_model, encode_prompt, require_key, sse
 from specserve.server.errors import APIError, error_body
-from specserve.server.generation import build_row, new_id, run_to_end, stream_deltas, submit
+from specserve.server.generation import build_rows, new_id, run_to_end, stream_choices, submit
+from specserve.server.logprobs import TokenText, chat_logprobs, completion_logprobs
 from specserve.server.schemas import ChatRequest, CompletionRequest, Speculation
 from specserve.server.text import TextStream
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
 
 
-def usage(row: Row) -> dict:
-    s = row.stats
+def usage(rows: list[Row]) -> dict:
+    """Prompt tokens once, completion tokens over every choice (as OpenAI counts n > 1)."""
+    s = rows[0].stats
+    completion = sum(r.stats.completion_tokens for r in rows)
     return {
         "prompt_tokens": s.prompt_tokens,
-        "completion_tokens": s.completion_tokens,
-        "total_tokens": s.prompt_tokens + s.completion_tokens,
+        "completion_tokens": completion,
+        "total_tokens": s.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": s.cached_tokens},  # OpenAI's (and vLLM's) field
     }
 
@@ -43,67 +46,92 @@ def _chat_prompt(state, body: ChatRequest) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
-async def _stream(kind: str, cid: str, created: int, model: str, body, state, row: Row, text: TextStream):
-    """Chunks in OpenAI's format for `kind` "text_completion" or "chat.completion"."""
-    q = submit(state.service, row)  # before the 200: a full queue is still a plain 429
-    obj = f"{kind}.chunk" if kind == "chat.completion" else kind
+class Logprobs:
+    """Each choice's logprobs, in the route's format, for the tokens it has emitted since the last call."""
 
-    def chunk(delta: str | None, finish: str | None, first: bool = False) -> dict:
+    def __init__(self, kind: str, rows: list[Row], tokenizer) -> None:
+        self.kind, self.rows, self.text = kind, rows, TokenText(tokenizer)
+        self.seen = [0] * len(rows)  # tokens already reported, per choice
+        self.offset = [0] * len(rows)  # characters before them (completions' text_offset)
+
+    def next(self, i: int, n_tokens: int) -> dict | None:
+        row = self.rows[i]
+        if row.sampling.logprobs is None:
+            return None
+        entries = row.logprobs[self.seen[i] : self.seen[i] + n_tokens]
+        self.seen[i] += len(entries)
+        if self.kind == "chat.completion":
+            return chat_logprobs(self.text, entries)
+        out = completion_logprobs(self.text, entries, self.offset[i])
+        self.offset[i] += sum(len(t) for t in out["tokens"])
+        return out
+
+
+async def _stream(kind: str, cid: str, created: int, model: str, body, state, rows: list[Row], streams):
+    """Chunks in OpenAI's format for `kind` "text_completion" or "chat.completion", one choice per
+    chunk (tagged by `index` when n > 1)."""
+    queues = submit(state.service, rows)  # before the 200: a full queue is still a plain 429
+    obj = f"{kind}.chunk" if kind == "chat.completion" else kind
+    logprobs = Logprobs(kind, rows, state.target.tokenizer)
+
+    def chunk(i: int, delta: str | None, finish: str | None, lp: dict | None, first: bool = False) -> dict:
         if kind == "chat.completion":
             d = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
-            choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+            choice = {"index": i, "delta": d, "finish_reason": finish, "logprobs": lp}
         else:
-            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+            choice = {"index": i, "text": delta or "", "finish_reason": finish, "logprobs": lp}
         return {"id": cid, "object": obj, "created": created, "model": model, "choices": [choice]}
 
     async def events() -> AsyncIterator[dict]:
         if kind == "chat.completion":
-            yield chunk(None, None, first=True)
-        async for delta, _, finish in stream_deltas(state.service, row, text, q):
+            for i in range(len(rows)):
+                yield chunk(i, None, None, None, first=True)
+        async for i, delta, tokens, finish in stream_choices(state.service, rows, streams, queues):
             if finish in ("timeout", "error"):
                 status = 504 if finish == "timeout" else 500
                 yield error_body(status, f"generation ended early: {finish}")
                 return
-            if delta or finish:
-                out = chunk(delta, finish)
+            lp = logprobs.next(i, len(tokens))
+            if delta or finish or lp:
+                out = chunk(i, delta, finish, lp)
                 if finish:
-                    out["speculation"] = row.stats.to_dict()
+                    out["speculation"] = rows[i].stats.to_dict()
                 yield out
         if body.stream_options and body.stream_options.include_usage:
-            yield {
-                "id": cid,
-                "object": obj,
-                "created": created,
-                "model": model,
-                "choices": [],
-                "usage": usage(row),
-            }
+            yield {"id": cid, "object": obj, "created": created, "model": model, "choices": [],
+                   "usage": usage(rows)}  # fmt: skip
 
     return sse(events())
 
 
 async def _respond(kind: str, body, prompt_ids: list[int], max_tokens: int | None, request: Request, state):
-    """Shared by both routes: build the row, then stream it or answer with the whole choice."""
+    """Shared by both routes: build a row per choice, then stream them or answer with every choice."""
     spec = body.speculation or Speculation()
-    row = build_row(state, request, prompt_ids, body, max_tokens, spec.method, spec.num_speculative_tokens)
-    text = TextStream(state.target.tokenizer, body.stop)
+    rows = build_rows(state, request, prompt_ids, body, max_tokens, spec.method, spec.num_speculative_tokens)
+    streams = [TextStream(state.target.tokenizer, body.stop) for _ in rows]
     cid, created = new_id("chatcmpl" if kind == "chat.completion" else "cmpl"), int(time.time())
     if body.stream:
-        return await _stream(kind, cid, created, body.model, body, state, row, text)
-    out = await run_to_end(request, state.service, row, text)
-    if kind == "chat.completion":
-        choice = {"index": 0, "message": {"role": "assistant", "content": out.text}}
-    else:
-        choice = {"index": 0, "text": out.text}
-    choice |= {"finish_reason": out.finish_reason, "logprobs": None}
+        return await _stream(kind, cid, created, body.model, body, state, rows, streams)
+    outs = await run_to_end(request, state.service, rows, streams)
+    logprobs = Logprobs(kind, rows, state.target.tokenizer)
+    choices = []
+    for i, out in enumerate(outs):
+        if kind == "chat.completion":
+            choice = {"index": i, "message": {"role": "assistant", "content": out.text}}
+        else:
+            choice = {"index": i, "text": out.text}
+        choice |= {"finish_reason": out.finish_reason, "logprobs": logprobs.next(i, len(out.row.logprobs))}
+        if len(outs) > 1:
+            choice["speculation"] = out.row.stats.to_dict()
+        choices.append(choice)
     return {
         "id": cid,
         "object": kind,
         "created": created,
         "model": body.model,
-        "choices": [choice],
-        "usage": usage(row),
-        "speculation": row.stats.to_dict(),
+        "choices": choices,
+        "usage": usage(rows),
+        "speculation": rows[0].stats.to_dict(),  # the first choice's (each choice carries its own when n > 1)
     }
 
 

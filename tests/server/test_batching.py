@@ -187,3 +187,14 @@ def test_non_streaming_client_that_gives_up_frees_its_slot(
         assert finished[0].finish_reason == "abort" and finished[0].num_generated < 150
     finally:
         small.state.service.finish_listeners.remove(finished.append)
+
+
+def test_n_choices_are_queued_all_or_none(small: LiveServer, small_client: httpx.Client):
+    """Room for two rows (one slot, one waiting place): n=3 is a 429 and leaves nothing behind;
+    n=2 runs both choices."""
+    body = {"model": MODEL, "prompt": "x", "max_tokens": 3, "temperature": 0.8, "seed": 1}
+    r = small_client.post("/v1/completions", json=body | {"n": 3})
+    assert r.status_code == 429, r.text
+    wait_until(lambda: not small.state.engine.has_work() and not small.state.service.queues, "nothing left")
+    r = small_client.post("/v1/completions", json=body | {"n": 2})
+    assert r.status_code == 200 and [c["index"] for c in r.json()["choices"]] == [0, 1]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import openai
 import pytest
+import torch
 from live_harness import API_KEY, MODEL, LiveServer
 
 PROMPT = "def add(a, b):"
@@ -145,8 +146,10 @@ def test_seeded_sampling_repeats(oai: openai.OpenAI):
 
 def test_bad_request_error(oai: openai.OpenAI):
     with pytest.raises(openai.BadRequestError) as e:
-        oai.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, n=2)
-    assert e.value.status_code == 400 and e.value.param == "n" and e.value.type == "invalid_request_error"
+        oai.completions.create(model=MODEL, prompt=PROMPT, max_tokens=4, n=2, best_of=3)
+    assert (
+        e.value.status_code == 400 and e.value.param == "best_of" and e.value.type == "invalid_request_error"
+    )
     with pytest.raises(openai.BadRequestError, match="exceeds the model context of 192") as e:
         oai.completions.create(model=MODEL, prompt=PROMPT, max_tokens=500)
     assert e.value.param == "max_tokens"
@@ -175,3 +178,86 @@ def test_authentication_error(live: LiveServer):
         bad.completions.create(model=MODEL, prompt=PROMPT, max_tokens=2)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+
+
+def _direct_logprobs(live: LiveServer, prompt_ids: list[int], generated: list[int]) -> torch.Tensor:
+    """[n, V] the target's log-softmax at each generated position, from one forward."""
+    model = live.state.target.model
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + generated])).logits[0, len(prompt_ids) - 1 : -1]
+    return logits.log_softmax(-1)
+
+
+@pytest.mark.parametrize("method", ["none", "draft", "ngram"])
+def test_completion_logprobs_are_the_targets_whatever_the_method(
+    oai, live: LiveServer, tokenizer, reference, method
+):
+    ids = tokenizer.encode(PROMPT)
+    resp = oai.completions.create(model=MODEL, prompt=PROMPT, max_tokens=10, temperature=0, logprobs=3,
+                                  extra_body={"speculation": {"method": method}})  # fmt: skip
+    (choice,) = resp.choices
+    lp = choice.logprobs
+    generated, _ = reference(ids, 10)  # plain greedy token ids (the text may not re-encode to them)
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 10
+    assert lp.tokens == [tokenizer.decode([t]) for t in generated]
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:j]) for j in range(10)]
+    want = _direct_logprobs(live, ids, generated)
+    for j, (tok, got, top) in enumerate(zip(generated, lp.token_logprobs, lp.top_logprobs, strict=True)):
+        assert got == pytest.approx(want[j, tok].item(), abs=1e-9)
+        assert max(top.values()) == pytest.approx(got, abs=1e-9)  # greedy: the chosen is the best
+        best3 = {tokenizer.decode([t]) for t in want[j].topk(3).indices.tolist()}
+        assert set(top) == best3  # (keyed by text, as OpenAI's format: tokens that print alike merge)
+
+
+def test_chat_logprobs_and_top_logprobs_streamed_and_whole(oai):
+    kw = {"model": MODEL, "messages": MESSAGES, "max_tokens": 8, "temperature": 0, "logprobs": True,
+          "top_logprobs": 2}  # fmt: skip
+    whole = oai.chat.completions.create(**kw).choices[0]
+    content = whole.logprobs.content
+    assert len(content) == 8
+    for c in content:
+        assert len(c.top_logprobs) == 2 and c.top_logprobs[0].logprob == pytest.approx(c.logprob)
+        assert bytes(c.bytes) == c.token.encode()
+    parts = [ch.choices[0].logprobs for ch in oai.chat.completions.create(**kw, stream=True)
+             if ch.choices and ch.choices[0].logprobs]  # fmt: skip
+    streamed = [c for p in parts for c in p.content]
+    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    plain = oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == whole.message.content
+
+
+def test_sampled_logprobs_are_after_temperature_and_top_k(oai, live: LiveServer, tokenizer):
+    kw = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0.5, "seed": 3, "top_k": 3}
+    resp = oai.completions.create(model=MODEL, logprobs=1, **{k: v for k, v in kw.items() if k != "top_k"},
+                                  extra_body={"top_k": 3, "speculation": {"method": "ngram"}})  # fmt: skip
+    lp = resp.choices[0].logprobs
+    with live.http() as http:  # the same seeded request natively: its token ids and logprobs
+        native = http.post("/generate", json=kw | {"method": "none", "logprobs": 0}).json()
+    generated = native["token_ids"]
+    assert lp.token_logprobs == pytest.approx([e["logprob"] for e in native["logprobs"]], abs=1e-9)
+    assert [e["token_id"] for e in native["logprobs"]] == generated
+    logits = _direct_logprobs(live, tokenizer.encode(PROMPT), generated) / 0.5  # (log-softmax + const)
+    top3 = logits.topk(3, dim=-1)
+    for j, tok in enumerate(generated):
+        kept = top3.values[j]
+        want = (logits[j, tok] - kept.logsumexp(-1)).item()  # renormalised over the 3 kept tokens
+        assert tok in top3.indices[j].tolist() and lp.token_logprobs[j] == pytest.approx(want, abs=1e-9)
+
+
+def test_n_choices_seeded_and_greedy(oai):
+    kw = {"model": MODEL, "prompt": PROMPT, "max_tokens": 12, "temperature": 0.9, "seed": 77}
+    two = oai.completions.create(**kw, n=2)
+    assert [c.index for c in two.choices] == [0, 1]
+    one = oai.completions.create(**kw)
+    assert two.choices[0].text == one.choices[0].text  # choice 0 keeps the seed
+    assert two.choices[1].text != two.choices[0].text  # choice 1 derives its own
+    assert two.usage.completion_tokens == 24 and two.usage.prompt_tokens == one.usage.prompt_tokens
+    again = oai.completions.create(**kw, n=2)
+    assert [c.text for c in again.choices] == [c.text for c in two.choices]
+    greedy = oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=6, temperature=0, n=3)
+    assert len({c.message.content for c in greedy.choices}) == 1 and len(greedy.choices) == 3
+    streamed: dict[int, str] = {}
+    for ch in oai.completions.create(**kw, n=2, stream=True):
+        for c in ch.choices:
+            streamed[c.index] = streamed.get(c.index, "") + c.text
+    assert streamed == {0: two.choices[0].text, 1: two.choices[1].text}
