@@ -75,6 +75,13 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     quiet_transformers()
+    from specserve.models.loading import preflight
+
+    try:  # one clear line for a model the engine cannot serve, not a traceback from the lifespan
+        for path in filter(None, (str(settings.target), settings.draft)):
+            preflight(path, settings.trust_remote_code)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
     # uvicorn drains on SIGTERM (stop accepting, let requests in flight finish, then the lifespan
     # stops the engine) and then re-raises the signal; answering that with exit 0 marks the
     # shutdown as the clean one it was

@@ -147,15 +147,16 @@ class GrowingLayer(DynamicLayer):
 
 
 class GrowingCache(DynamicCache):
-    """DynamicCache with GrowingLayer layers; refuses models whose layers are not full attention."""
+    """DynamicCache with GrowingLayer layers. Sliding-window layers keep every column too: the
+    masks (decoding/attention.py) hide what lies outside a window; other kinds are refused."""
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config=config)
         kinds = {type(layer).__name__ for layer in self.layers}
-        if kinds - {"DynamicLayer"}:
+        if kinds - {"DynamicLayer", "DynamicSlidingWindowLayer"}:
             raise ValueError(
                 f"{config.model_type} uses cache layers {sorted(kinds)}; the batched cache supports "
-                "full-attention layers only (sliding-window and hybrid models are not supported yet)"
+                "full-attention and sliding-window layers"
             )
         self.layers = [GrowingLayer() for _ in self.layers] if self.layers else []
         if not self.layers:  # layers created lazily, one per update of a new layer index

@@ -30,6 +30,8 @@ import logging
 import os
 import statistics
 import time
+import types
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +79,9 @@ def _kind(rows: int, tokens_per_row: int, hidden: bool) -> Kind:
     return rows.bit_length(), tokens_per_row == 1, hidden
 
 
+_CODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its forward's code object
+
+
 class CompiledForward:
     """One model's compiled forward. Call with ids / position ids [B, T], an additive mask
     [B, 1, T, C] over the cache's C columns, the cache (its `write_at` set) and whether the last
@@ -100,7 +105,13 @@ class CompiledForward:
         # (kv.py); default: on CUDA only
         self.fixed_shapes = cuda if fixed_shapes is None else fixed_shapes
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
-        self.fn = torch.compile(self._forward, dynamic=True, mode="reduce-overhead" if cuda else None)
+        # dynamo keeps graphs (and counts recompiles) per code object: each model gets its own
+        # copy of `_forward`'s, or every model in the process would share one recompile limit
+        # (engines over the same model share it: their graphs are the same)
+        if model not in _CODES:
+            _CODES[model] = CompiledForward._forward.__code__.replace(co_name=f"forward_{len(_CODES)}")
+        own = types.MethodType(types.FunctionType(_CODES[model], CompiledForward._forward.__globals__), self)
+        self.fn = torch.compile(own, dynamic=True, mode="reduce-overhead" if cuda else None)
         self.enabled = True
         self.graphs: dict[tuple[bool, bool, bool], float] = {}  # (one row, one token, hidden) -> seconds
         self.calls = 0  # compiled forwards run

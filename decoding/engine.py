@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from specserve.decoding import lockstep
 from specserve.decoding.adaptive import KController
+from specserve.decoding.attention import AttentionLayout
 from specserve.decoding.batch import SubBatch, make_proposer
 from specserve.decoding.compiled import COMPILE_MODES, CompiledForward
 from specserve.decoding.kv import KVState
@@ -66,6 +67,8 @@ class Engine:
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        for model in filter(None, (target, draft)):
+            AttentionLayout.of(model.config)  # UnsupportedModel now, not at the first request
         self.target, self.draft = target, draft
         self.medusa = medusa_setup(medusa, tree, target.device) if medusa is not None else None
         self.eos_token_ids = tuple(eos_token_ids)
@@ -80,6 +83,7 @@ class Engine:
         self.batches: dict[str, SubBatch] = {}
         self.controllers: dict[str, KController] = {}  # adaptive K per method
         self._aborts: dict[str, str] = {}  # request id -> finish reason to record
+        self._joining: list[Row] = []  # admitted this step, not yet in a sub-batch
         self._lock = threading.Lock()  # guards waiting and _aborts against other threads
         self._ids = itertools.count()
         self._steps = 0  # engine steps so far (lockstep groups: the step plain decoding ends a row)
@@ -203,24 +207,48 @@ class Engine:
         self.on_step(stats)
 
     def fail_all(self) -> list[Row]:
-        """Fail every waiting and running request and start afresh (after an unexpected error)."""
+        """Fail every waiting, joining and running request and start afresh (after an unexpected
+        error outside the contained stages): none is left without an answer."""
         with self._lock:
             rows = list(self.waiting)
             self.waiting.clear()
+        rows += [r for r in self._joining if r.finish_reason is None]
         rows += [r for b in self.batches.values() for r in b.rows]
+        self._joining = []
         self.batches.clear()
-        return _fail(rows)
+        return _fail(list({id(r): r for r in rows}.values()))
 
     def _admit(self) -> list[Row]:
         with self._lock:
             free = self.max_batch_size - self.num_running
-            return [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+            self._joining = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+            return self._joining
+
+    def _join(self, method: str, rows: list[Row]) -> list[Row]:
+        """Set up, prefill and merge one method's joining rows; returns the rows that failed (all
+        of them when any stage raises, and the method's running rows too if the merge did)."""
+        try:
+            joining = self._new_batch(method)
+            self.on_plan("prefill", method, 0, len(rows))
+            stats = prefill(self.target, joining, rows, self.on_tokens, self.prefix.get("target"))
+            self._report(stats, rows)
+        except Exception:
+            log.exception("prefill failed for %d %s request(s)", len(rows), method)
+            return _fail(rows)
+        try:
+            self._batch(method).merge(joining)
+        except Exception:
+            log.exception("joining %d %s request(s) to the batch failed", len(rows), method)
+            running = self.batches.pop(method, None)
+            return _fail(rows + [r for r in (running.rows if running else []) if r not in rows])
+        return []
 
     def step(self) -> list[Row]:
         """Admit, decode one step for each sub-batch, retire. Returns the rows that finished.
 
-        A failure is contained: a prefill that raises fails only the joining rows (they are
-        prefilled apart, then merged); a decode step that raises fails the rows of its sub-batch.
+        A failure is contained: a set-up or prefill that raises fails only the joining rows (they
+        are prefilled apart, then merged); a decode step that raises fails the rows of its
+        sub-batch. Anything else raises to the caller, whose `fail_all` answers every row held.
         """
         finished = self._apply_aborts()
         admitted = self._admit()
@@ -232,16 +260,8 @@ class Engine:
             r.plain_end = self._steps + r.left  # the same for rows plain decoding keeps in lockstep
             by_method.setdefault(r.spec.method, []).append(r)
         for method, rows in by_method.items():
-            joining = self._new_batch(method)
-            self.on_plan("prefill", method, 0, len(rows))
-            try:
-                stats = prefill(self.target, joining, rows, self.on_tokens, self.prefix.get("target"))
-                self._report(stats, rows)
-            except Exception:
-                log.exception("prefill failed for %d %s request(s)", len(rows), method)
-                finished += _fail(rows)
-                continue
-            self._batch(method).merge(joining)
+            finished += self._join(method, rows)
+        self._joining = []
         for method, batch in list(self.batches.items()):
             finished += batch.retire()  # rows done at prefill, or aborted
             if not batch.rows:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from specserve.decoding.attention import AttentionLayout, column_positions
 from specserve.decoding.cache import GrowingCache, GrowingLayer
 from specserve.decoding.compiled import CompiledForward, CompileFailed
 from specserve.decoding.stats import Forward
@@ -47,6 +48,7 @@ class KVState:
     role: str = "target"  # which model's cache ("target" or "draft"), for the forward records
     forwards: list[Forward] = field(default_factory=list)  # since the last drain
     compiled: CompiledForward | None = None  # the model's compiled forward, for decode steps
+    layout: AttentionLayout = AttentionLayout(None, False)  # full attention, or sliding windows too
 
     def drain(self) -> list[Forward]:
         out, self.forwards = self.forwards, []
@@ -67,6 +69,7 @@ class KVState:
             torch.zeros(batch_size, dtype=torch.long, device=dev),
             role=role,
             compiled=compiled,
+            layout=AttentionLayout.of(model.config),
         )
 
     @property
@@ -119,7 +122,13 @@ class KVState:
             keep: int | torch.Tensor = 1 if logits == "last" and lens is None else 0
             if logits == "last" and lens is not None:
                 keep = torch.unique(lens - 1)  # only the positions some row needs
-            out, h = _run(model, ids, None if self.dense else attn.long(), pos, self.cache, keep, hidden)
+            mask = None if self.dense else attn.long()
+            if self.layout.window is not None:  # sliding layers: the masks say which columns, per query
+                block = valid[:, None, :] & torch.ones(T, T, dtype=torch.bool, device=dev).tril()  # [B, T, T]
+                allowed = torch.cat([self.mask[:, None, :].expand(B, T, -1), block], dim=2)  # [B, T, L + T]
+                kv_pos = torch.cat([column_positions(self.mask), pos], dim=1)  # [B, L + T]
+                mask = self.layout.masks(allowed, pos, kv_pos, next(model.parameters()).dtype)
+            out, h = _run(model, ids, mask, pos, self.cache, keep, hidden)
         if self.compiled is not None:
             self.compiled.timed(B, T, hidden, static is not None, time.perf_counter() - t0)
         self.forwards.append(Forward(self.role, [T] * B if lens is None else n, self.num_columns))
@@ -167,12 +176,13 @@ class KVState:
         allowed = torch.zeros(rows, T, C, dtype=torch.bool, device=dev)  # [rows, T, C]
         allowed[:B, :, :L] = self.mask[:, None, :]
         allowed[:, :, L : L + T] = block  # (padding rows see their own tokens: no all-masked row)
-        dtype = next(model.parameters()).dtype
-        mask4 = torch.zeros(rows, 1, T, C, dtype=dtype, device=dev)
-        mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [rows, 1, T, C] additive
         if rows > B:  # padding rows repeat the last row's tokens; their keys go to spare buffer rows
             ids = torch.cat([ids, ids[-1:].expand(rows - B, T)])
             pos = torch.cat([pos, pos[-1:].expand(rows - B, T)])
+        kv_pos = torch.zeros(rows, C, dtype=torch.long, device=dev)  # [rows, C]
+        kv_pos[:B, :L] = column_positions(self.mask)
+        kv_pos[:, L : L + T] = pos
+        mask4 = self.layout.masks(allowed, pos, kv_pos, next(model.parameters()).dtype)
         self.cache.write_at = torch.arange(L, L + T, device=dev)
         self.cache.span = torch.empty(C, dtype=torch.bool, device=dev)
         try:
@@ -204,11 +214,10 @@ class KVState:
         else:
             allowed = torch.cat(
                 [self.mask[:, None, :].expand(B, N, L), tree.ancestors[None].expand(B, N, N)], dim=2
-            )
-            dtype = next(model.parameters()).dtype
-            mask4 = torch.zeros(B, 1, N, L + N, dtype=dtype, device=ids.device)
-            mask4.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # [B, 1, N, L + N] additive
-            logits, h = _run(model, ids, mask4, pos, self.cache, 0, True)
+            )  # [B, N, L + N]
+            kv_pos = torch.cat([column_positions(self.mask), pos], dim=1)  # [B, L + N]
+            mask = self.layout.masks(allowed, pos, kv_pos, next(model.parameters()).dtype)
+            logits, h = _run(model, ids, mask, pos, self.cache, 0, True)
         if self.compiled is not None:
             self.compiled.timed(B, N, True, static is not None, time.perf_counter() - t0)
         self.forwards.append(Forward(self.role, [N] * B, L))

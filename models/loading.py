@@ -8,7 +8,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,7 @@ def load_model(
     else:
         target_device = resolve_device(device)
     try:
+        check_servable(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), path)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
@@ -137,6 +145,26 @@ def load_model(
         ctx,
     )
     return loaded
+
+
+def check_servable(config: PretrainedConfig, path: str) -> None:
+    """Refuse, before any weights load, a model whose attention the engine cannot batch."""
+    from specserve.decoding.attention import AttentionLayout, UnsupportedModel
+
+    try:
+        AttentionLayout.of(config)
+    except UnsupportedModel as e:
+        raise ValueError(f"cannot serve {path!r}: {e}") from None
+
+
+def preflight(path: str, trust_remote_code: bool = False) -> None:
+    """What `serve` checks before it starts: the model's config is one the engine can serve. A
+    config that cannot be read here (a Hub id offline) is left to the load to report."""
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return
+    check_servable(config, path)
 
 
 def check_draft_compatible(target: LoadedModel, draft: LoadedModel) -> None:

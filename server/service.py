@@ -136,7 +136,10 @@ class EngineService:
                 self._post(row.request_id, Event([], row))
                 self.queues.pop(row.request_id, None)
                 for listener in self.finish_listeners:
-                    listener(row)
+                    try:  # (metrics) never at the cost of the engine thread
+                        listener(row)
+                    except Exception:
+                        log.exception("a finish listener failed for request %s", row.request_id)
             self._flush()
 
 

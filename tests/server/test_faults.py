@@ -88,3 +88,52 @@ def test_draft_works_again_once_the_fault_is_gone(client: httpx.Client, referenc
     r = _generate(client, "draft", 20)
     assert r.status_code == 200 and r.json()["token_ids"] == reference(PROMPT_IDS, 20)[0]
     assert r.json()["stats"]["draft_tokens"] > 0
+
+
+def _fail_in(where: str, live: LiveServer, monkeypatch) -> None:
+    """Make one engine stage raise on every call (undone by monkeypatch after the test)."""
+    from specserve.decoding.batch import SubBatch
+
+    def boom(*args, **kwargs):
+        raise Boom(f"injected failure in {where}")
+
+    engine = live.state.engine
+    if where == "set-up":  # a sub-batch for joining rows (the cache, the proposer)
+        monkeypatch.setattr(engine, "_new_batch", boom)
+    elif where == "merge":  # joining rows into the running sub-batch
+        monkeypatch.setattr(SubBatch, "merge", boom)
+    elif where == "retire":  # outside every contained stage: the service fails everything held
+        monkeypatch.setattr(SubBatch, "retire", boom)
+    elif where == "step-listener":  # metrics on a step's stats
+        monkeypatch.setattr(live.state.service, "step_listeners", [boom])
+
+
+@pytest.mark.parametrize("where", ["set-up", "merge", "retire", "step-listener"])
+def test_every_request_held_is_answered_whatever_stage_fails(
+    where: str, live: LiveServer, client: httpx.Client, gate_factory, monkeypatch, reference
+):
+    gate = gate_factory(live)  # all three join in one step
+    _fail_in(where, live, monkeypatch)
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(_generate, client, m, 12) for m in ("none", "draft", "ngram")]
+        wait_until(lambda: live.state.service.num_waiting == 3, "three requests to queue")
+        gate.open()
+        answers = [f.result(timeout=WAIT_S) for f in futures]  # none is left waiting
+    for r in answers:
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error", r.text
+    wait_until(lambda: not live.state.engine.has_work() and not live.state.service.queues, "nothing held")
+    monkeypatch.undo()
+    r = _generate(client, "draft", 12)  # the server serves again once the fault is gone
+    assert r.status_code == 200 and r.json()["token_ids"] == reference(PROMPT_IDS, 12)[0]
+
+
+def test_a_failing_finish_listener_costs_no_answer(
+    live: LiveServer, client: httpx.Client, monkeypatch, reference
+):
+    def boom(row):
+        raise Boom("injected failure in a finish listener")
+
+    monkeypatch.setattr(live.state.service, "finish_listeners", [boom])
+    for _ in range(2):  # the engine thread survives it
+        r = _generate(client, "none", 6)
+        assert r.status_code == 200 and r.json()["token_ids"] == reference(PROMPT_IDS, 6)[0]
