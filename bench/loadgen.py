@@ -32,6 +32,7 @@ class LoadConfig:
     api_key: str | None = None
     seed: int = 0  # Poisson arrivals and output lengths
     range_ratio: float = 0.0  # output lengths uniform in [L(1 - r), L(1 + r)] (0: all L)
+    slos: dict[str, float] | None = None  # --goodput: the report's SLOs in seconds (ttft, tpot, e2e)
 
 
 @dataclass

@@ -5,7 +5,10 @@
 - latency_vs_throughput.png: p50 e2e and p50 TTFT against output tok/s, one line per method and mode;
 - speedup_vs_concurrency.png: each method's output tok/s over `none`'s at the same concurrency
   (only when `none` ran);
-- mbu_mfu_vs_batch_size.png: MBU and MFU against the mean decode batch size (when /metrics gave them).
+- mbu_mfu_vs_batch_size.png: MBU and MFU against the mean decode batch size (when /metrics gave them);
+- pareto_user_vs_total.png: tokens/s per user (1 / TPOT) against output tokens/s in all, one curve
+  per method, each point labelled with its concurrency or request rate: the batch-size trade-off
+  in one picture (as `vllm bench sweep plot_pareto`).
 
 `decode_speedup_plot` draws a `bench decode` run: each specserve method's tok/s over `none`'s against
 the batch size (per compile mode when the run had several); `decode_compile_plot` each method's
@@ -166,6 +169,24 @@ def _utilization(levels: list[LevelResult], path: Path) -> Path | None:
     return _two_panels(usable, lambda r: r.mean_batch_size, "mean decode batch size", panels, path)
 
 
+def _pareto(levels: list[LevelResult], path: Path) -> Path | None:
+    usable = [r for r in levels if r.tokens_per_s_per_user and r.output_tokens_per_s]
+    if not usable:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for (method, mode), rs in sorted(_groups(usable).items()):
+        rs = sorted(rs, key=_load)
+        x, y = [r.tokens_per_s_per_user for r in rs], [r.output_tokens_per_s for r in rs]
+        ax.plot(x, y, label=f"{method} ({mode})", **_style(method, mode))
+        for r, xi, yi in zip(rs, x, y, strict=True):
+            ax.annotate(r.load.split("=")[1], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel="tokens/s per user (1 / TPOT)", ylabel="output tokens/s in all",
+           title="Per-user speed vs total throughput (labels: concurrency or request rate)")  # fmt: skip
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def write_plots(levels: list[LevelResult], out_dir: Path) -> list[Path]:
     """Write every plot the levels allow; returns the files written."""
     written = [
@@ -186,6 +207,7 @@ def write_plots(levels: list[LevelResult], out_dir: Path) -> list[Path]:
         _latency(levels, out_dir / "latency_vs_throughput.png") if levels else None,
         _speedup(levels, out_dir / "speedup_vs_concurrency.png"),
         _utilization(levels, out_dir / "mbu_mfu_vs_batch_size.png"),
+        _pareto(levels, out_dir / "pareto_user_vs_total.png"),
     ]
     return [p for p in written if p is not None]
 

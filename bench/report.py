@@ -5,6 +5,11 @@ between a request's successive token events (a speculative step may bring severa
 event); TPOT per request = (e2e - TTFT) / (tokens - 1); e2e = send to the stream's end. Each is
 reported as mean, p50, p90, p99 over the completed requests (ITL over all their gaps), with
 numpy's default (linear) percentile interpolation.
+
+Goodput (as `vllm bench serve --goodput`): completed requests per second that met every SLO given
+(TTFT, TPOT and e2e, each in ms, compared per request). Tokens per second per user: the mean over
+completed requests of (tokens - 1) / (e2e - TTFT) = 1 / TPOT, the speed a reader sees once the
+answer starts; its trade against output tokens per second is the Pareto plot's.
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ class LevelResult:
     mfu: float | None
     request_mean_batch_size: float | None  # mean of the per-request stats
     request_acceptance_rate: float | None
+    tokens_per_s_per_user: float | None = None  # mean of 1 / TPOT over completed requests
+    goodput_requests_per_s: float | None = None  # completed requests meeting every SLO, per second
+    slo_met: int | None = None  # how many did (None: no --goodput)
     runs_output_tokens_per_s: list[float] = field(default_factory=list)  # every repeat, in run order
     errors: list[str] = field(default_factory=list)  # distinct messages, at most 5
     server: ServerDelta | None = None
@@ -83,13 +91,32 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _tpot(s) -> float | None:
+    return (s.e2e_s - s.ttft_s) / (s.tokens - 1) if s.tokens > 1 and s.ttft_s is not None else None
+
+
+def meets(s, slos: dict[str, float]) -> bool:
+    """Whether a completed request met every SLO (seconds); a one-token answer has no TPOT to miss."""
+    got = {"ttft": s.ttft_s, "tpot": _tpot(s), "e2e": s.e2e_s}
+    if got["tpot"] is None and s.tokens <= 1:
+        got["tpot"] = 0.0
+    return all(got[k] is not None and got[k] <= limit for k, limit in slos.items())
+
+
 def summarize(
-    mode: str, method: str, load: float, num_requests: int, run: LevelRun, server: ServerDelta | None
+    mode: str,
+    method: str,
+    load: float,
+    num_requests: int,
+    run: LevelRun,
+    server: ServerDelta | None,
+    slos: dict[str, float] | None = None,
 ) -> LevelResult:
     ok = [s for s in run.samples if s.ok]
     tokens = sum(s.tokens for s in ok)
     wall = run.wall_s
-    tpot = [(s.e2e_s - s.ttft_s) / (s.tokens - 1) for s in ok if s.tokens > 1]
+    tpot = [t for t in map(_tpot, ok) if t is not None]
+    met = sum(meets(s, slos) for s in ok) if slos else None
     return LevelResult(
         mode=mode,
         method=method,
@@ -119,6 +146,9 @@ def summarize(
         request_acceptance_rate=_mean(
             [s.stats["acceptance_rate"] for s in ok if s.stats.get("draft_tokens")]
         ),
+        tokens_per_s_per_user=_mean([1 / t for t in tpot if t > 0]),
+        goodput_requests_per_s=(met / wall if wall else 0.0) if met is not None else None,
+        slo_met=met,
         errors=sorted({s.error for s in run.samples if not s.ok})[:5],
         server=server,
         requests=[
@@ -190,6 +220,8 @@ def format_table(levels: list[LevelResult]) -> str:
         f"{'ttft p50':>10}{'tpot p50':>10}{'itl p50':>9}{'e2e p50':>9}{'e2e p99':>9}"
         f"{'batch':>7}{'accept':>8}{'acc len':>8}{'mbu':>10}{'mfu':>10}"
     )
+    goodput = any(r.goodput_requests_per_s is not None for r in levels)
+    head += f"{'tok/s/user':>11}" + (f"{'goodput':>9}{'met':>6}" if goodput else "")
     lines = [head, "-" * len(head)]
     for r in levels:
         lines.append(
@@ -198,6 +230,7 @@ def format_table(levels: list[LevelResult]) -> str:
             f"{_f(r.ttft_s.p50, '.4f'):>10}{_f(r.tpot_s.p50, '.4f'):>10}{_f(r.itl_s.p50, '.4f'):>9}"
             f"{_f(r.e2e_s.p50, '.3f'):>9}{_f(r.e2e_s.p99, '.3f'):>9}{_f(r.mean_batch_size, '.2f'):>7}"
             f"{_f(r.acceptance_rate, '.2f'):>8}{_f(r.mean_accepted_length, '.2f'):>8}"
-            f"{_f(r.mbu, '.2e'):>10}{_f(r.mfu, '.2e'):>10}"
+            f"{_f(r.mbu, '.2e'):>10}{_f(r.mfu, '.2e'):>10}{_f(r.tokens_per_s_per_user, '.1f'):>11}"
+            + (f"{_f(r.goodput_requests_per_s, '.2f'):>9}{_f(r.slo_met, 'd'):>6}" if goodput else "")
         )
     return "\n".join(lines)

@@ -102,7 +102,7 @@ def run_level(
         base = loadgen.split_variant(method)[0]  # the server labels its metrics by method only
         after = scrape.settled(http, before, base, finished, SETTLE_S)
         delta = scrape.server_delta(before, after, base, result.wall_s)
-    return report.summarize(mode, method, load, n, result, delta)
+    return report.summarize(mode, method, load, n, result, delta, cfg.slos)
 
 
 def run_repeats(
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace, texts: list[str], load: Callable[[str], Any]) 
         api_key=args.api_key,
         seed=args.seed,
         range_ratio=args.random_range_ratio,
+        slos=dict(args.goodput) if args.goodput else None,
     )
     prompts = texts or CODE_PROMPTS
     levels = levels_of(args)

@@ -63,3 +63,20 @@ def _variant(text: str) -> str:
     if k and k != "auto" and not (k.isdigit() and 1 <= int(k) <= MAX_SPECULATIVE_TOKENS):
         raise argparse.ArgumentTypeError(f"K in {text!r} must be 1..{MAX_SPECULATIVE_TOKENS} or auto")
     return text
+
+
+SLO_KEYS = ("ttft", "tpot", "e2e")
+
+
+def _slo(text: str) -> tuple[str, float]:
+    """KEY:MS (ttft, tpot or e2e, in milliseconds) -> (KEY, seconds)."""
+    key, _, ms = text.partition(":")
+    if key not in SLO_KEYS:
+        raise argparse.ArgumentTypeError(f"SLO {text!r}: the key must be one of {', '.join(SLO_KEYS)}")
+    try:
+        value = float(ms)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"SLO {text!r}: expected KEY:MS with MS > 0, e.g. ttft:500")
+    return key, value / 1000

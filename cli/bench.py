@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from specserve.cli.argtypes import _count, _duration, _k, _positive, _rate, _ratio, _seconds, _variant
+from specserve.cli.argtypes import _count, _duration, _k, _positive, _rate, _ratio, _seconds, _slo, _variant
 from specserve.cli.options import add_compile_args, add_model_args, add_prompt_args, load_models, read_prompts
 from specserve.decoding.params import METHODS
 
@@ -106,6 +106,15 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "report the run with the median tok/s; every run's tok/s is in the JSON and CSV",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals and output lengths")
+    p.add_argument(
+        "--goodput",
+        nargs="+",
+        type=_slo,
+        default=None,
+        metavar="KEY:MS",
+        help="SLOs (ttft, tpot, e2e in ms, as vllm bench serve): report goodput, the completed requests "
+        "per second that met every one",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--inprocess", action="store_true", help="also decode in-process at batch 1 (model flags)")
     p.add_argument(

@@ -26,7 +26,9 @@ PLOTS = [
     "latency_vs_throughput.png",
     "speedup_vs_concurrency.png",
     "mbu_mfu_vs_batch_size.png",
+    "pareto_user_vs_total.png",
 ]
+SLOS = {"ttft": 0.05, "tpot": 0.004, "e2e": 0.2}  # seconds (given in ms on the command line)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,8 @@ def test_bench_serve_against_a_live_server(live, tmp_path, capsys):
     argv = ["bench", "serve", "--url", live.url, "--api-key", API_KEY, "--methods", "none", "draft",
             "--k", "2", "--mode", "both", "--concurrency", "1", "2", "--request-rates", "50",
             "--num-requests", str(PER_LEVEL), "--max-tokens", str(MAX_TOKENS), "--warmup", "1",
-            "--timeout-s", "60", "--out-dir", str(out)]  # fmt: skip
+            "--timeout-s", "60", "--out-dir", str(out),
+            "--goodput", *(f"{k}:{v * 1000:g}" for k, v in SLOS.items())]  # fmt: skip
     assert main(argv) == 0
     wait_until(lambda: not live.state.engine.has_work(), "the engine to go idle")
     after = scrape(c)
@@ -115,6 +118,12 @@ def test_bench_serve_against_a_live_server(live, tmp_path, capsys):
             assert r[name]["n"] == len(xs) and r[name]["mean"] == pytest.approx(sum(xs) / len(xs))
             for p in (50, 90, 99):
                 assert r[name][f"p{p}"] == pytest.approx(hand_percentile(xs, p)), (name, p)
+        # goodput and per-user speed, by hand from the same samples
+        met = [q["ttft_s"] <= SLOS["ttft"] and t <= SLOS["tpot"] and q["e2e_s"] <= SLOS["e2e"]
+               for q, t in zip(ok, samples["tpot_s"], strict=True)]  # fmt: skip
+        assert r["slo_met"] == sum(met)
+        assert r["goodput_requests_per_s"] == pytest.approx(sum(met) / r["wall_s"])
+        assert r["tokens_per_s_per_user"] == pytest.approx(sum(1 / t for t in samples["tpot_s"]) / len(ok))
 
     # overall: every token the tool saw (warm-up included) is the server's counter delta, and no more
     warmup = 2 * MAX_TOKENS
@@ -129,12 +138,15 @@ def test_bench_serve_against_a_live_server(live, tmp_path, capsys):
         assert row["method"] == r["method"] and int(row["output_tokens"]) == r["output_tokens"]
         assert float(row["e2e_p99_s"]) == pytest.approx(r["e2e_s"]["p99"])
         assert float(row["server_generation_tokens"]) == r["server_output_tokens"]
-    assert {"ttft_p50_s", "tpot_p90_s", "itl_p99_s", "acceptance_rate", "mbu", "mfu"} <= set(rows[0])
+    wanted = {"ttft_p50_s", "tpot_p90_s", "itl_p99_s", "acceptance_rate", "mbu", "mfu", "slo_met",
+              "goodput_requests_per_s", "tokens_per_s_per_user"}  # fmt: skip
+    assert wanted <= set(rows[0])
     assert report["config"]["max_tokens"] == MAX_TOKENS and report["server"]["methods"]
     for name in PLOTS:
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 1000, name
-    assert "tok/s" in capsys.readouterr().out
+    table = capsys.readouterr().out
+    assert "tok/s" in table and "goodput" in table and "tok/s/user" in table
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
@@ -297,3 +309,22 @@ def test_repeats_rotate_which_method_runs_first(monkeypatch):
     got = serve.run_repeats(None, None, [], ("closed", 1, 1), args, None)
     assert calls == ["none", "draft", "ngram", "draft", "ngram", "none", "ngram", "none", "draft"]
     assert got == [["none"] * 3, ["draft"] * 3, ["ngram"] * 3]
+
+
+def test_goodput_counts_requests_meeting_every_slo():
+    from specserve.bench.loadgen import Sample
+    from specserve.bench.report import meets
+
+    fast = Sample("none", ok=True, ttft_s=0.1, e2e_s=0.5, tokens=5)  # TPOT 0.1
+    slow_start = Sample("none", ok=True, ttft_s=0.6, e2e_s=1.0, tokens=5)
+    one_token = Sample("none", ok=True, ttft_s=0.1, e2e_s=0.1, tokens=1)  # no TPOT to miss
+    slos = {"ttft": 0.5, "tpot": 0.1}
+    assert [meets(s, slos) for s in (fast, slow_start, one_token)] == [True, False, True]
+    assert not meets(fast, {"tpot": 0.09}) and meets(fast, {"e2e": 0.5}) and not meets(fast, {"e2e": 0.49})
+
+
+@pytest.mark.parametrize("bad", ["ttft", "ttft:0", "itl:5", "tpot:x", "e2e:-1", "ttft:inf"])
+def test_goodput_flag_rejects_what_it_cannot_read(bad, capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "serve", "--goodput", bad])
+    assert "SLO" in capsys.readouterr().err
