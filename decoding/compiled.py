@@ -79,6 +79,7 @@ def _kind(rows: int, tokens_per_row: int, hidden: bool) -> Kind:
     return rows.bit_length(), tokens_per_row == 1, hidden
 
 
+RECOMPILE_LIMIT = 32  # graphs per model: 4 kinds x the thread counts the tuner tries (a guard), x2
 _CODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its forward's code object
 
 
@@ -104,14 +105,15 @@ class CompiledForward:
         # CUDA graphs replay recorded shapes: rows padded to a power of two, the whole capacity
         # (kv.py); default: on CUDA only
         self.fixed_shapes = cuda if fixed_shapes is None else fixed_shapes
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         # dynamo keeps graphs (and counts recompiles) per code object: each model gets its own
         # copy of `_forward`'s, or every model in the process would share one recompile limit
-        # (engines over the same model share it: their graphs are the same)
+        # (engines over the same model share it: their graphs are the same). The limit goes to
+        # torch.compile itself: dynamo's config is per thread, and the engine steps in its own.
         if model not in _CODES:
             _CODES[model] = CompiledForward._forward.__code__.replace(co_name=f"forward_{len(_CODES)}")
         own = types.MethodType(types.FunctionType(_CODES[model], CompiledForward._forward.__globals__), self)
-        self.fn = torch.compile(own, dynamic=True, mode="reduce-overhead" if cuda else None)
+        mode = "reduce-overhead" if cuda else None
+        self.fn = torch.compile(own, dynamic=True, mode=mode, recompile_limit=RECOMPILE_LIMIT)
         self.enabled = True
         self.graphs: dict[tuple[bool, bool, bool], float] = {}  # (one row, one token, hidden) -> seconds
         self.calls = 0  # compiled forwards run

@@ -4,6 +4,8 @@ new column capacity). One set of tiny models for the whole file: dynamo's graphs
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from tiny_models import random_heads
@@ -125,3 +127,33 @@ def test_other_families_compile_and_match(family):
     results = engine.generate(prompts, sampling, SpecParams("ngram", 3))
     assert [r.token_ids for r in results] == [r.token_ids for r in plain]
     _assert_ran_compiled(engine, "ngram")
+
+
+def test_the_engine_thread_gets_the_recompile_limit(tiny, caplog):
+    """dynamo's config is per thread: a limit set where the engine is built would not hold on the
+    engine thread, where each torch thread count the tuner tries is a guard (a recompile). Ten
+    graphs, past dynamo's default limit of 8, from another thread: none falls back to eager."""
+    import threading
+
+    from specserve.decoding.compiled import CompiledForward
+    from specserve.decoding.kv import KVState
+
+    model = tiny["target"].model
+    compiled = CompiledForward(model, "target")
+    before = torch.get_num_threads()
+
+    def run() -> None:
+        kv = KVState.empty(model, 1, compiled=compiled)
+        kv.forward(model, [[5, 6, 7, 8]], logits="last")
+        for threads in range(1, 6):
+            torch.set_num_threads(threads)
+            for width in (1, 3):
+                kv.forward(model, [[9] * width])
+
+    caplog.set_level(logging.WARNING, logger="torch._dynamo")
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(600)
+    torch.set_num_threads(before)
+    assert compiled.enabled and compiled.calls == 10
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
