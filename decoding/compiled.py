@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class CompiledForward:
         self.enabled = True
         self.graphs: dict[tuple[bool, bool, bool], float] = {}  # (one row, one token, hidden) -> seconds
         self.calls = 0  # compiled forwards run
+        self.compiles = 0  # graphs compiled, recompiles included
         self.judged: dict[Kind, _Judgement] = {}
         self.compiled_now = False  # the last call compiled a graph (its time is not a step's)
 
@@ -182,6 +184,7 @@ class CompiledForward:
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache, hidden: bool):
         key = (ids.shape[0] == 1, ids.shape[1] == 1, hidden)
         self.compiled_now = key not in self.graphs
+        graphs = counters["stats"]["unique_graphs"]  # dynamo's count: recompiles show here too
         t0 = time.perf_counter()
         try:
             out = None
@@ -196,6 +199,12 @@ class CompiledForward:
             )
             raise CompileFailed from e
         self.calls += 1
+        if counters["stats"]["unique_graphs"] != graphs:
+            self.compiles += 1
+            if not self.compiled_now:  # a guard failed: another thread count, grad mode, a size
+                log.info("compiled another graph of the %s's (%d threads) in %.1f s", self.role,
+                         torch.get_num_threads(), time.perf_counter() - t0)  # fmt: skip
+            self.compiled_now = True
         if key not in self.graphs:
             self.graphs[key] = time.perf_counter() - t0
             log.info(

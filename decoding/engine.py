@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -191,15 +192,23 @@ class Engine:
         ctl, B = self._controller(batch), len(batch.rows)
         if ctl is None:
             self.on_plan("decode", batch.method, batch.fixed_k, B)
-            return decode_step(self.target, batch, self.on_tokens)
+            compiles = self._compiles()
+            stats = decode_step(self.target, batch, self.on_tokens)
+            stats.compiled = self._compiles() > compiles
+            return stats
         ids = lockstep.groups(batch.rows)
         lone = (batch.rows[0].request_id, batch.rows[0].arrival) if B == 1 else None
         k = ctl.choose(B, lockstep.group_sizes(ids), lone)
         trial = self.on_plan("decode", batch.method, k, B) is True
+        compiles = self._compiles()
         stats = decode_step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
-        stats.trial_settings = trial
+        stats.compiled = self._compiles() > compiles
+        stats.trial_settings = trial or stats.compiled
         ctl.observe(stats)
         return stats
+
+    def _compiles(self) -> int:
+        return sum(c.compiles for c in self.compiled.values())
 
     def _report(self, stats: StepStats, rows: list[Row]) -> None:
         if self.charge is not None:
@@ -243,6 +252,7 @@ class Engine:
             return _fail(rows + [r for r in (running.rows if running else []) if r not in rows])
         return []
 
+    @torch.no_grad()  # (grad mode is per thread and a dynamo guard: the warm-up's graphs run too)
     def step(self) -> list[Row]:
         """Admit, decode one step for each sub-batch, retire. Returns the rows that finished.
 

@@ -36,6 +36,7 @@ class StepStats:
     k: int = 0  # speculative tokens asked for this step
     lockstep: bool = False  # acceptance clipped per lockstep group (decoding/lockstep.py)
     trial_settings: bool = False  # ran on settings under trial (a thread count being timed)
+    compiled: bool = False  # a graph compiled during the step: its time is not the step's
     dropped_tokens: int = 0  # of accepted_tokens: dropped by that clip to keep rows in step
     forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran
     bytes_read: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> weights/kv -> bytes

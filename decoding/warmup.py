@@ -2,9 +2,14 @@
 
 Before the first request, each model the methods use runs the forwards a lone request runs — one
 token a row (plain steps, a draft's proposals) and several (verification, a draft catching up;
-with hidden states where Medusa reads them) — on a scratch cache, so their graphs are compiled and,
-under `auto`, judged against eager (decoding/compiled.py). Graphs for batches of several rows
-compile when first needed, logged; inductor keeps every graph on disk, so a restart finds them.
+with hidden states where Medusa reads them) — on a scratch cache, under each thread count the
+engine may step with (inductor builds kernels for one count; dynamo guards on it), so their graphs
+are compiled and, under `auto`, judged against eager (decoding/compiled.py). Graphs for batches
+of several rows compile when first needed (logged; the thread tuner and adaptive K ignore that
+step's time), as do the graphs dynamo makes once a cache outgrows 64 columns (it keeps the first
+column count static): compiling all of them here measured 68 s of warm-up with a warm cache,
+223 s cold, against a start-up target of 15 s and 60 s.
+Inductor keeps every graph on disk, so a restart finds them.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ class WarmUp:
     verdicts: dict[str, str] = field(default_factory=dict)  # "role rows, tokens a row" -> compiled/eager
 
 
-def warm_up(engine: Engine, mode: str, methods: list[str]) -> WarmUp:
-    """Compile (and under `auto`, judge) the lone-request forwards of the models `methods` use."""
+def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, ...] = ()) -> WarmUp:
+    """Compile (and under `auto`, judge) the lone-request forwards of the models `methods` use,
+    under each torch thread count in `threads` the engine may step with (inductor's kernels are
+    built for one count, and dynamo guards on it; none: the current count)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode == "off" or not engine.compiled:
@@ -46,9 +53,14 @@ def warm_up(engine: Engine, mode: str, methods: list[str]) -> WarmUp:
         runs.append(("target", engine.target, True))
     if "draft" in methods and "draft" in engine.compiled:
         runs.append(("draft", engine.draft, False))
-    for role, model, hidden in runs:
-        log.info("warm-up: the %s's decode forwards%s", role, " with hidden states" if hidden else "")
-        _forwards(model, engine.compiled[role], hidden)
+    before = torch.get_num_threads()
+    for n in threads or (before,):
+        torch.set_num_threads(n)
+        for role, model, hidden in runs:
+            log.info("warm-up: the %s's decode forwards%s, %d threads", role,
+                     " with hidden states" if hidden else "", n)  # fmt: skip
+            _forwards(model, engine.compiled[role], hidden)
+    torch.set_num_threads(before)
     report = WarmUp(mode, compiled=any(c.enabled for c in engine.compiled.values()))
     report.seconds = time.perf_counter() - t0
     report.graphs = sum(len(c.graphs) for c in engine.compiled.values())
@@ -66,14 +78,14 @@ def warm_up(engine: Engine, mode: str, methods: list[str]) -> WarmUp:
 
 
 @torch.no_grad()
-def _forwards(model, compiled, hidden: bool) -> None:
-    """One row's forwards of one token and of WIDE tokens, enough of each to compile the graph
+def _forwards(model, compiled, hidden: bool, rows: int = 1) -> None:
+    """`rows` rows' forwards of one token and of WIDE tokens, enough of each to compile the graph
     and time it both ways; each forward's tokens are rolled back, so the cache stays small."""
     vocab = model.get_output_embeddings().weight.shape[0]
     tokens = torch.randint(0, vocab, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(0)).tolist()
-    kv = KVState.empty(model, 1, compiled=compiled)
-    kv.forward(model, [tokens], logits="last")  # the prefill: eager
+    kv = KVState.empty(model, rows, compiled=compiled)
+    kv.forward(model, [tokens] * rows, logits="last")  # the prefill: eager
     for width in (1, WIDE):
         for _ in range(2 * TRIALS + 1):  # the first compiles; then both ways, TRIALS each
-            kv.forward(model, [tokens[:width]], hidden=hidden)
-            kv.rollback(torch.zeros(1, width, dtype=torch.bool, device=kv.mask.device))
+            kv.forward(model, [tokens[:width]] * rows, hidden=hidden)
+            kv.rollback(torch.zeros(rows, width, dtype=torch.bool, device=kv.mask.device))

@@ -88,7 +88,7 @@ def warm_and_start(state: ServerState) -> None:
     server already listens: /health and the generation routes answer 503 until it is done."""
     settings, engine = state.settings, state.engine
     try:
-        warm_up(engine, settings.compile, [settings.method])
+        warm_up(engine, settings.compile, [settings.method], state.service.tuner.candidates)
     except Exception:  # a compile failure is handled inside; anything else must not keep us down
         log.exception("warm-up failed; serving with what it left")
     finally:

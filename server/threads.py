@@ -90,6 +90,8 @@ class ThreadTuner:
         if self._trial is None:
             return
         (key, threads), self._trial = self._trial, None
+        if stats.compiled:  # its time was a compile's: the trial is run again
+            return
         tokens = sum(sum(f.tokens) for f in stats.forwards)
         seconds = stats.prefill_s + stats.propose_s + stats.verify_s
         if tokens <= 0 or seconds <= 0:

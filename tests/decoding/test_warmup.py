@@ -71,3 +71,27 @@ def test_a_model_that_does_not_compile_runs_eagerly(tiny, monkeypatch, caplog):
     out = engine.generate(prompts, SamplingParams(max_new_tokens=10), SpecParams("draft", 3))
     plain = Engine(tiny["target"].model).generate(prompts, SamplingParams(max_new_tokens=10), SpecParams())
     assert [r.token_ids for r in out] == [r.token_ids for r in plain]
+
+
+def test_engine_steps_on_another_thread_reuse_the_warm_up_graphs(tiny):
+    """Grad mode and the thread count are per thread and dynamo guards on both: steps on the
+    engine thread, at either thread count warmed, compile nothing more."""
+    import threading
+
+    import torch
+
+    engine = Engine(tiny["target"].model, eos_token_ids=tiny["target"].eos_token_ids, compile="on")
+    warm_up(engine, "on", ["none"], threads=(1, 2))
+    compiled = engine.compiled["target"]
+    warmed, calls, before = compiled.compiles, compiled.calls, torch.get_num_threads()
+
+    def serve() -> None:  # as the engine thread does: default grad mode, the tuner's threads
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            engine.generate([[5, 6, 7]], SamplingParams(max_new_tokens=6, ignore_eos=True), SpecParams())
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    worker.join(300)
+    torch.set_num_threads(before)
+    assert compiled.calls > calls and compiled.compiles == warmed

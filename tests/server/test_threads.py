@@ -126,3 +126,12 @@ def test_the_engine_plans_each_sub_batch_step(tiny, set_threads):
     arms = service.tuner.arms
     assert [len(x) for x in arms[("prefill", "none", 0, 2)].samples.values()] == [1, 0]  # one trial
     assert arms[("decode", "none", 0, 2)].choice in (1, 2)  # two decode steps: a trial on each
+
+
+def test_a_step_that_compiled_is_not_a_sample(set_threads):
+    tuner = ThreadTuner((1, 2), trials=1)
+    for _ in range(6):  # every step compiles a graph: no sample, so no choice is ever made
+        tuner.plan("decode", "none", 0, 1)
+        tuner.observe(StepStats("none", "decode", 1, verify_s=1.0, compiled=True,
+                                forwards=[Forward("target", [1], 10)]))  # fmt: skip
+    assert all(arm.choice is None and not any(arm.samples.values()) for arm in tuner.arms.values())
