@@ -15,8 +15,8 @@ def test_503_until_warm(tiny_paths, monkeypatch):
     release, entered = threading.Event(), threading.Event()
     seen = {}
 
-    def slow_warm_up(engine, mode, methods):
-        seen.update(mode=mode, methods=methods)
+    def slow_warm_up(engine, mode, methods, threads):
+        seen.update(mode=mode, methods=methods, threads=threads)
         entered.set()
         release.wait(30)
 
@@ -26,7 +26,7 @@ def test_503_until_warm(tiny_paths, monkeypatch):
     live = start_server(settings, wait_ready=False)
     try:
         assert entered.wait(30)
-        assert seen == {"mode": "on", "methods": ["none"]}
+        assert seen == {"mode": "on", "methods": ["none"], "threads": (1,)}  # the tuner's counts: --threads 1
         with live.http() as http:
             assert http.get("/health").status_code == 503
             r = http.post("/generate", json={"prompt": "def f():", "max_tokens": 4})
