@@ -188,11 +188,12 @@ class Engine:
 
     def _decode(self, batch: SubBatch) -> StepStats:
         """A decode step of a sub-batch: K (Medusa: the tree's depth) from its controller, if
-        adaptive (which also says whether to clip by lockstep group), and the outcome back to it."""
+        adaptive (which also says whether to clip by lockstep group), and the outcome back to it.
+        A step during which a graph compiled is marked: its time is not what the step costs."""
         ctl, B = self._controller(batch), len(batch.rows)
+        compiles = self._compiles()
         if ctl is None:
             self.on_plan("decode", batch.method, batch.fixed_k, B)
-            compiles = self._compiles()
             stats = decode_step(self.target, batch, self.on_tokens)
             stats.compiled = self._compiles() > compiles
             return stats
@@ -200,7 +201,6 @@ class Engine:
         lone = (batch.rows[0].request_id, batch.rows[0].arrival) if B == 1 else None
         k = ctl.choose(B, lockstep.group_sizes(ids), lone)
         trial = self.on_plan("decode", batch.method, k, B) is True
-        compiles = self._compiles()
         stats = decode_step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
         stats.compiled = self._compiles() > compiles
         stats.trial_settings = trial or stats.compiled

@@ -78,14 +78,14 @@ def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, .
 
 
 @torch.no_grad()
-def _forwards(model, compiled, hidden: bool, rows: int = 1) -> None:
-    """`rows` rows' forwards of one token and of WIDE tokens, enough of each to compile the graph
+def _forwards(model, compiled, hidden: bool) -> None:
+    """One row's forwards of one token and of WIDE tokens, enough of each to compile the graph
     and time it both ways; each forward's tokens are rolled back, so the cache stays small."""
     vocab = model.get_output_embeddings().weight.shape[0]
     tokens = torch.randint(0, vocab, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(0)).tolist()
-    kv = KVState.empty(model, rows, compiled=compiled)
-    kv.forward(model, [tokens] * rows, logits="last")  # the prefill: eager
+    kv = KVState.empty(model, 1, compiled=compiled)
+    kv.forward(model, [tokens], logits="last")  # the prefill: eager
     for width in (1, WIDE):
         for _ in range(2 * TRIALS + 1):  # the first compiles; then both ways, TRIALS each
-            kv.forward(model, [tokens[:width]] * rows, hidden=hidden)
-            kv.rollback(torch.zeros(rows, width, dtype=torch.bool, device=kv.mask.device))
+            kv.forward(model, [tokens[:width]], hidden=hidden)
+            kv.rollback(torch.zeros(1, width, dtype=torch.bool, device=kv.mask.device))
