@@ -48,13 +48,15 @@ class DraftProposer:
         self.kv.add_rows(len(rows))  # prefilled only when a step first speculates (`_sync_fresh`)
         self._joined = True
 
-    def _sync_fresh(self, rows: list[Row]) -> bool:
-        """Prefill, in a batch of their own, the rows the draft has consumed nothing of (all but their
-        pending token), then splice them into their places. Looks only when rows have joined."""
+    def _sync_fresh(self, rows: list[Row], ks: list[int]) -> bool:
+        """Prefill, in a batch of their own, the rows about to be drafted for that the draft has
+        consumed nothing of (all but their pending token), then splice them into their places.
+        Looks only when rows have joined (or a fresh row was left for a later step)."""
         if not self._joined:
             return False
-        self._joined = False
-        fresh = [i for i, s in enumerate(self.kv.seen.tolist()) if s == 0 and len(rows[i].tokens) > 1]
+        seen = self.kv.seen.tolist()
+        self._joined = any(s == 0 and not k for s, k in zip(seen, ks, strict=True))
+        fresh = [i for i, s in enumerate(seen) if s == 0 and ks[i] and len(rows[i].tokens) > 1]
         if not fresh:
             return False
         new, _, _ = prefill_kv(self.model, [rows[i].tokens[:-1] for i in fresh], self.prefix, role="draft")
@@ -74,10 +76,11 @@ class DraftProposer:
         if K == 0:
             return Proposal([[] for _ in rows])
         t0 = time.perf_counter()
-        synced = self._sync_fresh(rows)
+        synced = self._sync_fresh(rows, ks)
         t1 = time.perf_counter()
         sampled = not bool(warp.greedy.all())
-        unseen = [r.tokens[s:] for r, s in zip(rows, self.kv.seen.tolist(), strict=True)]
+        # rows at K = 0 are not fed (holes): they catch up at their next speculative step
+        unseen = [r.tokens[s:] if k else [] for r, s, k in zip(rows, self.kv.seen.tolist(), ks, strict=True)]
         before = self.kv.num_columns
         logits = self.kv.forward(self.model, unseen, logits="last")  # [B, V]
         self._catchup = self.kv.num_columns - before
@@ -96,7 +99,10 @@ class DraftProposer:
                 qs.append(q)
             cands.append(c)
             if j < K - 1:  # the K-th candidate is never fed: the target verifies it
-                logits = self.kv.forward(self.model, c[:, None], logits="last")
+                fed = c[:, None]  # [B, 1]; rows that have all their candidates get holes
+                if min(ks) <= j + 1:
+                    fed = [[t] if k > j + 1 else [] for t, k in zip(c.tolist(), ks, strict=True)]
+                logits = self.kv.forward(self.model, fed, logits="last")
         self._cands_fed = K - 1
         tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
         q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]

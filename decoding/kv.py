@@ -110,7 +110,8 @@ class KVState:
         else:
             valid = offs < lens[:, None]  # [B, T]
             # padding repeats the last real position (models with learned positions stay in range)
-            pos = self.seen[:, None] + torch.minimum(offs, (lens - 1)[:, None])
+            last = (lens - 1).clamp(min=0)  # [B] (a row fed nothing: its output is unused)
+            pos = self.seen[:, None] + torch.minimum(offs, last[:, None])
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
         self.dense = self.dense and lens is None  # no holes, no padding: SDPA's causal fast path
         t0 = time.perf_counter()
@@ -121,7 +122,7 @@ class KVState:
         else:
             keep: int | torch.Tensor = 1 if logits == "last" and lens is None else 0
             if logits == "last" and lens is not None:
-                keep = torch.unique(lens - 1)  # only the positions some row needs
+                keep = torch.unique(last)  # only the positions some row needs
             mask = None if self.dense else attn.long()
             if self.layout.window is not None:  # sliding layers: the masks say which columns, per query
                 block = valid[:, None, :] & torch.ones(T, T, dtype=torch.bool, device=dev).tril()  # [B, T, T]
@@ -139,7 +140,7 @@ class KVState:
         if lens is None:
             sel = (out[:, -1], h[:, -1] if hidden else None)  # [B, V], [B, H]
         else:
-            where = torch.searchsorted(keep, lens - 1)  # [B] index into the kept positions
+            where = torch.searchsorted(keep, last)  # [B] index into the kept positions
             rows = torch.arange(B, device=dev)
             sel = (out[rows, where], h[rows, where] if hidden else None)
         return sel if hidden else sel[0]

@@ -20,8 +20,8 @@ distribution given the ones before it (and under greedy it is the argmax, as bef
 The price is the accepted tokens dropped, and the controller prices it in: a group of g rows
 advances past candidate j only when all g accept it, about (a_0 ... a_j)^g of the time, so large
 groups make speculation pointless and the controller steps plainly, keeping the lockstep.
-Seeded draft sampling and fixed-K rows are never clipped (their outputs must not depend on other
-requests, and a fixed K is the caller's choice).
+Fixed-K rows are never clipped (a fixed K is the caller's choice). A seeded row's tokens do not
+depend on the clip: each is its position's draw from p (decoding/step.py `_couple`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def groups(rows: list[Row], window: int = LOCK_WINDOW) -> list[int]:
     out = list(range(len(rows)))
     by_gain: dict[int, list[int]] = {}
     for i, r in enumerate(rows):
-        if r.spec.adaptive and not (r.spec.method == "draft" and r.sampling.seed is not None):
+        if r.spec.adaptive:
             by_gain.setdefault(r.plain_end - r.left, []).append(i)
     for idx in by_gain.values():
         idx.sort(key=lambda i: rows[i].plain_end)

@@ -8,7 +8,6 @@ METHODS = ("none", "draft", "ngram", "medusa")
 MAX_SPECULATIVE_TOKENS = 16  # beyond this the verify forward costs more than any acceptance repays
 AUTO_MAX_TOKENS = 6  # "auto" chooses K in 0..this each step
 MAX_TOP_LOGPROBS = 20  # most alternatives a token's logprobs may list (OpenAI's top_logprobs limit)
-AUTO_SEEDED_DRAFT_K = 4  # seeded draft sampling follows K, so under "auto" it keeps this fixed K
 
 
 @dataclass(frozen=True)
@@ -74,11 +73,8 @@ class SpecParams:
     def k(self) -> int:
         return 0 if self.method == "none" else self.num_speculative_tokens
 
-    def step_k(self, k_auto: int | None, seeded: bool) -> int:
-        """K for one step: the controller's choice for adaptive rows, except seeded draft sampling,
-        whose sample path depends on K (the other methods' does not: uniforms go by position)."""
+    def step_k(self, k_auto: int | None) -> int:
+        """K for one step: the policy's choice for adaptive rows, else the request's own K."""
         if not self.adaptive:
             return self.k
-        if self.method == "draft" and seeded:
-            return min(AUTO_SEEDED_DRAFT_K, self.num_speculative_tokens)
         return self.k if k_auto is None else k_auto

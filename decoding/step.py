@@ -89,11 +89,32 @@ def _tree_ids(rows: list[Row], prop: Proposal, dev: torch.device) -> torch.Tenso
     return torch.cat([pending, torch.tensor(prop.tokens, device=dev).view(len(rows), -1)], dim=1)
 
 
+def _couple(rows: list[Row], u: torch.Tensor, K: int, dev: torch.device) -> torch.Tensor | None:
+    """Seeded rows of a draft: candidate j is drawn from q with the uniform the target draws
+    generated position j with (in place: u [B, 2K], its first K columns), and accepted only where
+    p's draw with it equals it (`verify_match`): every emitted token is then the one plain decoding
+    samples with that seed, whatever K, batch or draft. (Rejection sampling accepts more, but its
+    output depends on K and on q.) Returns [B] bool, the coupled rows, or None when none is."""
+    seeded = [r.sampling.seed is not None and not r.sampling.greedy for r in rows]
+    if not any(seeded):
+        return None
+    mask = torch.tensor(seeded, device=dev)  # [B]
+    u_pos = position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], K, dev)  # [B, K]
+    u[:, :K] = torch.where(mask[:, None], u_pos, u[:, :K])
+    return mask
+
+
 def _accept_chain(
-    logits: torch.Tensor, prop: Proposal, warp: Warp, u: torch.Tensor | None, u_pos: torch.Tensor | None
+    logits: torch.Tensor,
+    prop: Proposal,
+    warp: Warp,
+    u: torch.Tensor | None,
+    u_pos: torch.Tensor | None,
+    coupled: torch.Tensor | None = None,
 ) -> Verdict:
     """logits [B, T, V]; u [B, K] acceptance uniforms, u_pos [B, T] uniforms of the positions the
-    step may emit (both None when every row is greedy)."""
+    step may emit (both None when every row is greedy); coupled [B]: rows whose draft candidates
+    were drawn with u_pos (`_couple`), verified by matching."""
     dev = logits.device
     K = logits.shape[1] - 1
     if K == 0 and u_pos is None:  # plain greedy step
@@ -108,10 +129,14 @@ def _accept_chain(
     s = (~warp.greedy).nonzero().squeeze(1)  # sampling rows
     if len(s):
         p = warp_probs(logits[s], warp.select(s))  # [S, T, V]
-        if prop.q is not None:
-            v = verify_rejection(p, prop.q[s, :K], cand[s], n_cand[s], u[s, :K], u_pos[s, : K + 1])
-        else:
+        if prop.q is None:
             v = verify_match(p, cand[s], n_cand[s], u_pos[s, : K + 1])
+        else:
+            v = verify_rejection(p, prop.q[s, :K], cand[s], n_cand[s], u[s, :K], u_pos[s, : K + 1])
+            if coupled is not None and bool((c := coupled[s]).any()):
+                m = verify_match(p, cand[s], n_cand[s], u_pos[s, : K + 1])
+                v.num_accepted = torch.where(c, m.num_accepted, v.num_accepted)
+                v.next_token = torch.where(c, m.next_token, v.next_token)
         verdict.num_accepted[s] = v.num_accepted
         verdict.next_token[s] = v.next_token
     return verdict
@@ -151,12 +176,16 @@ def decode_step(
     acceptance by, or None."""
     rows, proposer = batch.rows, batch.proposer
     B, dev = len(rows), batch.kv.mask.device
-    ks = [r.budget(r.spec.step_k(k_auto, r.sampling.seed is not None)) for r in rows]
+    ks = [r.budget(r.spec.step_k(k_auto)) for r in rows]
     K = max(ks)
     warp = batch.warp
     sampled = not bool(warp.greedy.all())
-    # draft sampling [B, K] and acceptance [B, K] uniforms, from each row's own generator
-    u = draw_uniforms([r.generator for r in rows], 2 * K, dev) if sampled and proposer.draws_from_q else None
+    # draft sampling [B, K] and acceptance [B, K] uniforms, from each row's own generator; a
+    # seeded row's draft samples with its position uniforms instead (`_couple`)
+    u = coupled = None
+    if sampled and proposer.draws_from_q:
+        u = draw_uniforms([r.generator for r in rows], 2 * K, dev)
+        coupled = _couple(rows, u, K, dev)
     # 1. propose
     t0 = time.perf_counter()
     prop = proposer.propose(rows, ks, warp, u[:, :K] if u is not None else None)
@@ -172,7 +201,7 @@ def decode_step(
         u_pos = position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], depth + 1, dev)
     if tree is None:
         caps, cand = [len(c) for c in prop.tokens], prop.tokens
-        verdict = _accept_chain(logits, prop, warp, u[:, K:] if u is not None else None, u_pos)
+        verdict = _accept_chain(logits, prop, warp, u[:, K:] if u is not None else None, u_pos, coupled)
     else:
         ids = _tree_ids(rows, prop, dev)  # [B, N]
         caps = [min(k, depth) for k in ks]

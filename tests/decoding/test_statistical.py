@@ -128,7 +128,8 @@ def test_compiled_sampling_matches_target(pair, heads, method):
 def test_lockstep_clipped_sampling_matches_target(pair, heads, method, monkeypatch):
     """Rows in lockstep groups (equal tokens left: max_new_tokens cycles over 3 values, so the
     24 slots hold groups of about 8 rows) clipped to their group's least accepted count still sample
-    the target's joint. Unseeded rows (a seeded draft row is never clipped), made repeatable."""
+    the target's joint. Unseeded rows (a seeded draft row is matched, not rejection-sampled), made
+    repeatable."""
     target, draft = pair
     seeds = iter(range(1, 10**6))
     monkeypatch.setattr(row_module.secrets, "randbits", lambda bits: next(seeds))

@@ -1,0 +1,104 @@
+"""The draft proposer: seeded rows sample in step with the target (their tokens are plain
+sampling's whatever K), and rows at K = 0 in a speculating batch are not drafted for."""
+
+from __future__ import annotations
+
+import pytest
+
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.draft import DraftProposer
+from specserve.decoding.step_cost import StepCosts
+
+PROMPTS = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11, 9, 10], [12, 13, 14], [3, 4, 3, 4, 3, 4, 3, 4]]
+
+
+def _draft(tiny, kind: str):
+    return {"same": tiny["target"].model, "random": tiny["draft"].model}[kind]
+
+
+@pytest.mark.parametrize("kind", ["same", "random"])
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_seeded_draft_sampling_equals_plain_sampling_whatever_k(tiny, kind, batch_size):
+    """A seeded row's draft draws candidate j with the uniform the target draws position j with, and
+    the target keeps it only where its own draw equals it: every token is plain sampling's. So the
+    output does not depend on K, on the draft, or on an unseeded neighbour (which keeps rejection
+    sampling)."""
+    t = tiny["target"].model
+    seeded = [SamplingParams(max_new_tokens=24, temperature=0.9, top_k=20, seed=s) for s in (3, 4, 5)]
+    sampling = seeded + [SamplingParams(max_new_tokens=24, temperature=0.9)]  # unseeded neighbour
+    plain = [r.token_ids for r in Engine(t).generate(PROMPTS[:3], seeded, SpecParams())]
+    for k in (1, 3, 5):
+        engine = Engine(t, _draft(tiny, kind), max_batch_size=batch_size)
+        out = engine.generate(PROMPTS, sampling, SpecParams("draft", k))
+        assert [r.token_ids for r in out[:3]] == plain, k
+        if kind == "same":  # a draft that is the target: its coupled draws are always matched
+            assert all(r.stats.accepted_tokens == r.stats.draft_tokens for r in out[:3])
+
+
+def test_seeded_draft_rows_are_not_pinned_to_a_k(tiny):
+    """Under "auto" a seeded draft row takes the K the step chose, like any other row."""
+    t, d = tiny["target"].model, tiny["draft"].model
+    sampling = SamplingParams(max_new_tokens=8, temperature=0.9, seed=1)
+    spec = SpecParams.parse("draft", "auto")
+    assert spec.step_k(0) == 0 and spec.step_k(2) == 2
+    engine = Engine(t, d)
+    row = engine.make_row(PROMPTS[0], sampling, spec)
+    assert row.spec.step_k(1) == 1
+
+
+@pytest.mark.parametrize("kind", ["same", "random"])
+def test_rows_at_k0_are_not_fed_to_the_draft_and_catch_up_later(tiny, kind):
+    """In a batch where one row speculates and the others run at K = 0, the draft feeds only the
+    speculating row; the others lag and catch up when they next speculate. Greedy output stays
+    plain decoding's (float64)."""
+    t = tiny["target"].model
+    sampling = SamplingParams(max_new_tokens=20)
+    plain = [r.token_ids for r in Engine(t).generate(PROMPTS, sampling, SpecParams())]
+    fixed = [SpecParams("draft", 4)] + [SpecParams("draft", 4, adaptive=True)] * 3
+    engine = Engine(t, _draft(tiny, kind), max_batch_size=4)
+    fed: list[list[int]] = []
+    forward = DraftProposer.__dict__["propose"]
+
+    def spy(self, rows, ks, warp, u):
+        before = self.kv.seen.clone()
+        prop = forward(self, rows, ks, warp, u)
+        if max(ks):
+            fed.append([int(x) for x in (self.kv.seen - before).tolist()])
+        return prop
+
+    DraftProposer.propose = spy
+    try:
+        # the adaptive rows are told K = 0 for 6 steps, then K = 2: the fixed row always drafts 4
+        steps = iter([0] * 6)
+        engine.controllers["draft"] = _Fixed(lambda: next(steps, 2))
+        out = engine.generate(PROMPTS, sampling, fixed)
+    finally:
+        DraftProposer.propose = forward
+    assert [r.token_ids for r in out] == plain
+    early = fed[1]  # a steady step while the others sit at K = 0: only row 0 moved in the draft
+    assert early[0] > 0 and early[1:] == [0, 0, 0]
+    assert any(all(x > 0 for x in f) for f in fed[6:])  # later they speculate: caught up, fed
+
+
+class _Fixed:
+    """A stand-in controller: K from a function, nothing learned."""
+
+    def __init__(self, next_k) -> None:
+        self.next_k, self.k_max, self.lock = next_k, 16, False
+        self.costs = StepCosts()
+
+    def choose(self, batch_size, sizes=None, request=None) -> int:
+        return self.next_k()
+
+    def observe(self, stats) -> None:
+        pass
+
+
+def test_a_batch_where_no_row_drafts_skips_the_draft(tiny):
+    t, d = tiny["target"].model, tiny["draft"].model
+    roles: list[str] = []
+    engine = Engine(t, d, on_step=lambda stats: roles.extend(f.model for f in stats.forwards))
+    engine.controllers["draft"] = _Fixed(lambda: 0)
+    out = engine.generate(PROMPTS[:2], SamplingParams(max_new_tokens=6), SpecParams.parse("draft", "auto"))
+    assert all(r.stats.draft_tokens == 0 for r in out)
+    assert "target" in roles and "draft" not in roles  # not even the rows' draft prefill ran
