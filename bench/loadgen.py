@@ -33,6 +33,11 @@ class LoadConfig:
     seed: int = 0  # Poisson arrivals and output lengths
     range_ratio: float = 0.0  # output lengths uniform in [L(1 - r), L(1 + r)] (0: all L)
     slos: dict[str, float] | None = None  # --goodput: the report's SLOs in seconds (ttft, tpot, e2e)
+    workload: str = "realistic"  # or "equal": bench/prompts.py WORKLOADS
+
+
+SAMPLE_EVERY = 3  # realistic: requests i with i % 3 == 2 sample ...
+TEMPERATURE = 0.7  # ... at this temperature, seeded by their index
 
 
 @dataclass
@@ -75,15 +80,20 @@ def output_lengths(cfg: LoadConfig, n: int) -> list[int]:
     return rng.integers(max(1, round(L * (1 - r))), round(L * (1 + r)) + 1, n).tolist()
 
 
-def request_body(prompt: str, variant: str, cfg: LoadConfig, max_tokens: int | None = None) -> dict:
+def request_body(
+    prompt: str, variant: str, cfg: LoadConfig, max_tokens: int | None = None, index: int = 0
+) -> dict:
+    """The /generate body of request `index` of a level (the same for every method)."""
     method, k = split_variant(variant)
     body = {
         "prompt": prompt,
         "max_tokens": max_tokens or cfg.max_tokens,
         "method": method,
         "stream": True,
-        "ignore_eos": True,
+        "ignore_eos": cfg.workload == "equal",
     }
+    if cfg.workload == "realistic" and index % SAMPLE_EVERY == SAMPLE_EVERY - 1:
+        body |= {"temperature": TEMPERATURE, "seed": cfg.seed * 1_000_003 + index}
     k = k or cfg.k
     if k is not None and method != "none":
         body["num_speculative_tokens"] = k if k == "auto" else int(k)
@@ -182,7 +192,7 @@ async def closed_loop(
                     return
                 s = Sample(method, start_s=time.perf_counter() - t0)
                 samples.append(s)
-                body = request_body(prompts[i % len(prompts)], method, cfg, lengths[i])
+                body = request_body(prompts[i % len(prompts)], method, cfg, lengths[i], i)
                 await one_request(client, body, s)
                 on_done()
 
@@ -227,6 +237,6 @@ async def open_loop(
                 await asyncio.sleep(delay)
             s = Sample(method, start_s=time.perf_counter() - t0)
             samples.append(s)
-            body = request_body(prompts[i % len(prompts)], method, cfg, lengths[i])
+            body = request_body(prompts[i % len(prompts)], method, cfg, lengths[i], i)
             tasks.append(asyncio.create_task(send(s, body)))
         return await _finish(tasks, samples, t0, cfg)

@@ -166,6 +166,42 @@ def median_run(runs: list[LevelResult]) -> LevelResult:
     return chosen
 
 
+T95 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23]  # t(0.975) for 1..10 d.o.f.
+
+
+def paired_ratio(a: list[float], b: list[float]) -> dict[str, float] | None:
+    """a / b over paired repeats (repeat i of each ran back to back): the geometric mean of the
+    per-repeat ratios with its 95% t-interval (None below two pairs)."""
+    logs = [math.log(x / y) for x, y in zip(a, b, strict=False) if x > 0 and y > 0]
+    if len(logs) < 2:
+        return None
+    n, mean = len(logs), statistics.fmean(logs)
+    half = (T95[n - 2] if n - 1 <= len(T95) else 1.96) * statistics.stdev(logs) / math.sqrt(n)
+    return {"ratio": math.exp(mean), "lo": math.exp(mean - half), "hi": math.exp(mean + half), "pairs": n}
+
+
+def ratios(levels: list[LevelResult], base: str = "none") -> list[dict]:
+    """Every method's output tok/s over `base`'s at each level, with a confidence interval."""
+    out = []
+    bases = {(r.mode, r.load): r for r in levels if r.method == base}
+    for r in levels:
+        ref = bases.get((r.mode, r.load))
+        if r.method == base or ref is None:
+            continue
+        ci = paired_ratio(r.runs_output_tokens_per_s, ref.runs_output_tokens_per_s)
+        if ci is not None:
+            out.append({"mode": r.mode, "load": r.load, "method": r.method, "vs": base} | ci)
+    return out
+
+
+def format_ratios(rows: list[dict]) -> str:
+    return "\n".join(
+        f"{r['mode']} {r['load']:>6} {r['method']:<12} {r['ratio']:.2f}x {r['vs']} "
+        f"[{r['lo']:.2f}, {r['hi']:.2f}] ({r['pairs']} repeats)"
+        for r in rows
+    )
+
+
 def jsonable(obj):
     """JSON without NaN / Infinity (not JSON): inf becomes the string "inf", NaN null."""
     if is_dataclass(obj) and not isinstance(obj, type):

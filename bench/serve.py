@@ -27,7 +27,7 @@ import httpx
 from tqdm import tqdm
 
 from specserve.bench import loadgen, plots, report, scrape
-from specserve.bench.prompts import CODE_PROMPTS
+from specserve.bench.prompts import CODE_PROMPTS, mixed_prompts
 
 log = logging.getLogger(__name__)
 SETTLE_S = 30.0  # how long to wait after a level for the server to count its requests and go idle
@@ -147,8 +147,9 @@ def run(args: argparse.Namespace, texts: list[str], load: Callable[[str], Any]) 
         seed=args.seed,
         range_ratio=args.random_range_ratio,
         slos=dict(args.goodput) if args.goodput else None,
+        workload=args.workload,
     )
-    prompts = texts or CODE_PROMPTS
+    prompts = texts or (mixed_prompts() if args.workload == "realistic" else CODE_PROMPTS)
     levels = levels_of(args)
     with httpx.Client(base_url=cfg.url, headers=headers, timeout=10.0) as http:
         card = check_server(args, http)
@@ -166,10 +167,13 @@ def run(args: argparse.Namespace, texts: list[str], load: Callable[[str], Any]) 
     if args.inprocess:
         out["inprocess"] = {m: inprocess_compare(args, prompts, m, results, load) for m in args.methods}
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    out["ratios"] = report.ratios(results)  # every method over none, per level, with a 95% CI
     report.write_json(args.out_dir / "serve.json", out, results)
     report.write_csv(args.out_dir / "serve.csv", results)
     written = [] if args.no_plots else plots.write_plots(results, args.out_dir)
     sys.stdout.write(report.format_table(results) + "\n")
+    if out["ratios"]:
+        sys.stdout.write(report.format_ratios(out["ratios"]) + "\n")
     for m, base in out.get("inprocess", {}).items():
         sys.stdout.write(f"in-process {m}: {json.dumps(report.jsonable(base))}\n")
     names = ", ".join(p.name for p in written)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from specserve.bench.prompts import WORKLOADS
 from specserve.cli.argtypes import _count, _duration, _k, _positive, _rate, _ratio, _seconds, _slo, _variant
 from specserve.cli.options import add_compile_args, add_model_args, add_prompt_args, load_models, read_prompts
 from specserve.decoding.params import METHODS
@@ -80,7 +81,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         default=4,
         help="N in the default requests per level: longer levels, less noise",
     )
-    p.add_argument("--max-tokens", type=_positive, default=64)
+    p.add_argument(
+        "--workload",
+        choices=list(WORKLOADS),
+        default="realistic",
+        help="; ".join(f"{k}: {v}" for k, v in WORKLOADS.items()),
+    )
+    p.add_argument("--max-tokens", type=_positive, default=None, help="per request (default: the workload's)")
     p.add_argument(
         "--duration-s",
         type=_duration,
@@ -163,6 +170,9 @@ def _decode(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from specserve.bench import serve
+    from specserve.bench.prompts import MAX_TOKENS
+
+    args.max_tokens = args.max_tokens or MAX_TOKENS[args.workload]
 
     def load(method: str):  # --inprocess only: the server's models, in this process
         return load_models(args, need_draft=method == "draft", need_medusa=method == "medusa")
