@@ -117,6 +117,8 @@ def run_repeats(
     method always runs first (on a machine that drifts, that would bias the ratios)."""
     methods = args.methods
     runs: dict[str, list[report.LevelResult]] = {m: [] for m in methods}
+    for m in methods if args.warmup_levels else []:  # unmeasured: graphs compile at a new batch size
+        run_level(cfg, http, prompts, level, m, bar)
     for rep in range(args.repeats):
         for m in methods[rep % len(methods) :] + methods[: rep % len(methods)]:
             runs[m].append(run_level(cfg, http, prompts, level, m, bar))
@@ -159,7 +161,7 @@ def run(args: argparse.Namespace, texts: list[str], load: Callable[[str], Any]) 
             )
         warm_up(cfg, prompts, args.methods, args.warmup)
         t0 = time.perf_counter()
-        total = sum(n for *_, n in levels) * len(args.methods) * args.repeats
+        total = sum(n for *_, n in levels) * len(args.methods) * (args.repeats + args.warmup_levels)
         with tqdm(total=total, desc="bench serve", file=sys.stderr) as bar:
             results = [r for lv in levels for r in run_repeats(cfg, http, prompts, lv, args, bar)]
     config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}

@@ -99,6 +99,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--warmup", type=_count, default=1, help="unmeasured requests per method before the sweep")
     p.add_argument(
+        "--warmup-levels",
+        action="store_true",
+        help="run every method once at each level, unmeasured, before its repeats (a fresh server "
+        "compiles graphs and times its steps at each new batch size)",
+    )
+    p.add_argument(
         "--random-range-ratio",
         type=_ratio,
         default=0.0,

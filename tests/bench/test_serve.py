@@ -305,7 +305,7 @@ def test_repeats_rotate_which_method_runs_first(monkeypatch):
     calls = []
     monkeypatch.setattr(serve, "run_level", lambda cfg, http, prompts, lv, m, bar: calls.append(m) or m)
     monkeypatch.setattr(serve.report, "median_run", lambda runs: runs)
-    args = argparse.Namespace(methods=["none", "draft", "ngram"], repeats=3)
+    args = argparse.Namespace(methods=["none", "draft", "ngram"], repeats=3, warmup_levels=False)
     got = serve.run_repeats(None, None, [], ("closed", 1, 1), args, None)
     assert calls == ["none", "draft", "ngram", "draft", "ngram", "none", "ngram", "none", "draft"]
     assert got == [["none"] * 3, ["draft"] * 3, ["ngram"] * 3]
@@ -328,3 +328,21 @@ def test_goodput_flag_rejects_what_it_cannot_read(bad, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "serve", "--goodput", bad])
     assert "SLO" in capsys.readouterr().err
+
+
+def test_warmup_levels_run_each_level_once_unmeasured(live, tmp_path):
+    """--warmup-levels: every method runs each level once before its repeats, and none of it is
+    reported; the same requests (greedy here), so the server generated twice what was measured."""
+    out, c = tmp_path / "serve", live.http()
+    before = scrape(c)
+    argv = ["bench", "serve", "--url", live.url, "--api-key", API_KEY, "--methods", "none",
+            "--concurrency", "1", "--num-requests", "2", "--max-tokens", str(MAX_TOKENS), "--warmup", "0",
+            "--warmup-levels", "--no-plots", "--out-dir", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    wait_until(lambda: not live.state.engine.has_work(), "the engine to go idle")
+    levels = json.loads((out / "serve.json").read_text())["levels"]
+    assert len(levels) == 1 and levels[0]["completed"] == 2
+    delta = total(scrape(c), "specserve_generation_tokens_total") - total(
+        before, "specserve_generation_tokens_total"
+    )
+    assert delta == 2 * levels[0]["output_tokens"]
