@@ -53,7 +53,6 @@ class ServerDelta:
     drafts: float
     draft_tokens: float
     accepted_tokens: float
-    dropped_tokens: float  # of accepted_tokens: dropped to keep rows in lockstep
     decode_steps: float
     decode_rows: float
     bytes_read: float
@@ -87,7 +86,6 @@ def server_delta(before: Snapshot, after: Snapshot, method: str, wall_s: float) 
         drafts=d("spec_decode_num_drafts_total", **m),
         draft_tokens=d("spec_decode_num_draft_tokens_total", **m),
         accepted_tokens=d("spec_decode_num_accepted_tokens_total", **m),
-        dropped_tokens=d("spec_decode_num_lockstep_dropped_tokens_total", **m),
         decode_steps=d("step_batch_size_count", **dec),
         decode_rows=d("step_batch_size_sum", **dec),
         bytes_read=d("model_bytes_read_total"),
@@ -99,8 +97,7 @@ def server_delta(before: Snapshot, after: Snapshot, method: str, wall_s: float) 
     )
     out.prefix_cache_hit_rate = _ratio(out.prefix_cache_hits, out.prefix_cache_queries)
     out.acceptance_rate = _ratio(out.accepted_tokens, out.draft_tokens)
-    kept = out.accepted_tokens - out.dropped_tokens
-    out.mean_accepted_length = 1.0 + kept / out.drafts if out.drafts else None
+    out.mean_accepted_length = 1.0 + out.accepted_tokens / out.drafts if out.drafts else None
     out.mean_batch_size = _ratio(out.decode_rows, out.decode_steps)
     if wall_s > 0:
         out.bandwidth_bytes_per_s = out.bytes_read / wall_s

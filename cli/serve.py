@@ -18,6 +18,8 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "medusa": "Medusa heads folder for method 'medusa' (default: the bundled suite's heads)",
     "method": "default method: none, draft, ngram or medusa (per request: the `speculation` field)",
     "num_speculative_tokens": "candidates per step (1..16), or auto (default: chosen each step)",
+    "speculation_schedule": 'K for "auto" by method and batch size, JSON or a JSON file, e.g. '
+    '{"draft": {"1": 3, "9": 0}} ("*": every method; default: measured)',
     "max_batch_size": "rows decoded together",
     "max_waiting": "queued requests beyond this get 429",
     "prefix_cache_mb": "MiB of prompt keys/values kept per model for prompts that start alike (256; 0: off)",

@@ -14,19 +14,20 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from specserve.decoding import lockstep
-from specserve.decoding.adaptive import KController
 from specserve.decoding.attention import AttentionLayout
 from specserve.decoding.batch import SubBatch, make_proposer
+from specserve.decoding.calibrate import step_costs
 from specserve.decoding.compiled import COMPILE_MODES, CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.medusa import medusa_setup
 from specserve.decoding.params import METHODS, SamplingParams, SpecParams
+from specserve.decoding.policy import Schedule, SchedulePolicy
 from specserve.decoding.prefix_cache import PrefixCache
 from specserve.decoding.row import Row, TokenLogprob
 from specserve.decoding.stats import RequestStats, StepStats
@@ -65,6 +66,7 @@ class Engine:
         charge: Charge | None = None,
         prefix_cache_bytes: int = 0,  # prompt keys/values kept per model for reuse (0: off)
         compile: str = "off",  # compiled decode steps: off, on, auto (decoding/compiled.py)
+        schedule: Schedule | None = None,  # K by method and batch size for "auto" rows (None: measured)
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -77,17 +79,15 @@ class Engine:
         self.on_tokens = on_tokens or (lambda row, toks: None)
         self.on_step = on_step or (lambda stats: None)
         self.charge = charge
-        self.on_plan: Callable[[str, str, int, int], bool | None] = lambda phase, method, k, rows: None
-        # ^ (phase, method, K, rows) before each prefill or decode of a sub-batch: a thread tuner;
-        # true when the step runs on settings under trial (adaptive K does not learn its cost)
+        self.on_plan: Callable[[str, str, int, int], None] = lambda phase, method, k, rows: None
+        # ^ (phase, method, K, rows) before each prefill or decode of a sub-batch: a thread tuner
         self.waiting: deque[Row] = deque()
         self.batches: dict[str, SubBatch] = {}
-        self.controllers: dict[str, KController] = {}  # adaptive K per method
+        self.policy = SchedulePolicy(partial(step_costs, self), schedule or {})  # K for "auto" rows
         self._aborts: dict[str, str] = {}  # request id -> finish reason to record
         self._joining: list[Row] = []  # admitted this step, not yet in a sub-batch
         self._lock = threading.Lock()  # guards waiting and _aborts against other threads
         self._ids = itertools.count()
-        self._steps = 0  # engine steps so far (lockstep groups: the step plain decoding ends a row)
         self.prefix = {m: PrefixCache(prefix_cache_bytes) for m in ("target", "draft") if prefix_cache_bytes}
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
@@ -148,15 +148,15 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.waiting) or self.num_running > 0
 
-    def _new_batch(self, method: str) -> SubBatch:
-        proposer = make_proposer(
-            method, self.draft, self.medusa, self.prefix.get("draft"), self.compiled.get("draft")
-        )
+    def new_batch(self, method: str, scratch: bool = False) -> SubBatch:
+        """An empty sub-batch of `method`; scratch: kept out of the prefix cache (calibration)."""
+        prefix = None if scratch else self.prefix.get("draft")
+        proposer = make_proposer(method, self.draft, self.medusa, prefix, self.compiled.get("draft"))
         return SubBatch(method, KVState.empty(self.target, 0, compiled=self.compiled.get("target")), proposer)
 
     def _batch(self, method: str) -> SubBatch:
         if method not in self.batches:
-            self.batches[method] = self._new_batch(method)
+            self.batches[method] = self.new_batch(method)
         return self.batches[method]
 
     def _apply_aborts(self) -> list[Row]:
@@ -174,40 +174,29 @@ class Engine:
             dropped += batch.retire()
         return dropped
 
-    def _controller(self, batch: SubBatch) -> KController | None:
-        """The method's adaptive-K controller when any of its rows asked for "auto"."""
+    def _k_max(self, batch: SubBatch) -> int:
+        """The most K the sub-batch's "auto" rows allow (Medusa: its tree's depth); 0: none is."""
         k_max = max((r.spec.num_speculative_tokens for r in batch.rows if r.spec.adaptive), default=0)
-        if not k_max or batch.method == "none":
-            return None
-        if batch.method == "medusa":  # K is the depth of the fitted tree, at most
+        if batch.method == "medusa":
             k_max = min(k_max, batch.proposer.tree.max_depth)
-        ctl = self.controllers.get(batch.method)
-        if ctl is None or ctl.k_max < k_max:
-            ctl = self.controllers[batch.method] = KController(k_max)
-        return ctl
+        return 0 if batch.method == "none" else k_max
 
     def _decode(self, batch: SubBatch) -> StepStats:
-        """A decode step of a sub-batch: K (Medusa: the tree's depth) from its controller, if
-        adaptive (which also says whether to clip by lockstep group), and the outcome back to it.
-        A step during which a graph compiled is marked: its time is not what the step costs."""
-        ctl, B = self._controller(batch), len(batch.rows)
-        compiles = self._compiles()
-        if ctl is None:
-            self.on_plan("decode", batch.method, batch.fixed_k, B)
-            stats = decode_step(self.target, batch, self.on_tokens)
-            stats.compiled = self._compiles() > compiles
-            return stats
-        ids = lockstep.groups(batch.rows)
-        lone = (batch.rows[0].request_id, batch.rows[0].arrival) if B == 1 else None
-        k = ctl.choose(B, lockstep.group_sizes(ids), lone)
-        trial = self.on_plan("decode", batch.method, k, B) is True
-        stats = decode_step(self.target, batch, self.on_tokens, k, ids if ctl.lock else None)
-        stats.compiled = self._compiles() > compiles
-        stats.trial_settings = trial or stats.compiled
-        ctl.observe(stats)
+        """A decode step of a sub-batch, "auto" rows at the policy's K (Medusa: the tree's depth),
+        and the outcome back to the policy. A step during which a graph compiled is marked: its
+        time is not what the step costs."""
+        B, k_max = len(batch.rows), self._k_max(batch)
+        k = self.policy.choose(batch.method, B, k_max) if k_max else None
+        self.on_plan("decode", batch.method, batch.fixed_k if k is None else k, B)
+        compiles, t0 = self.compiles(), time.perf_counter()
+        stats = decode_step(self.target, batch, self.on_tokens, k)
+        stats.compiled = self.compiles() > compiles
+        if k is not None:
+            self.policy.observe(stats, time.perf_counter() - t0)
         return stats
 
-    def _compiles(self) -> int:
+    def compiles(self) -> int:
+        """Graphs compiled so far (a step that compiled one: its time is not the step's)."""
         return sum(c.compiles for c in self.compiled.values())
 
     def _report(self, stats: StepStats, rows: list[Row]) -> None:
@@ -237,7 +226,7 @@ class Engine:
         """Set up, prefill and merge one method's joining rows; returns the rows that failed (all
         of them when any stage raises, and the method's running rows too if the merge did)."""
         try:
-            joining = self._new_batch(method)
+            joining = self.new_batch(method)
             self.on_plan("prefill", method, 0, len(rows))
             stats = prefill(self.target, joining, rows, self.on_tokens, self.prefix.get("target"))
             self._report(stats, rows)
@@ -264,10 +253,8 @@ class Engine:
         admitted = self._admit()
         now = time.perf_counter()
         by_method: dict[str, list[Row]] = {}
-        self._steps += 1
         for r in admitted:
             r.admitted = now
-            r.plain_end = self._steps + r.left  # the same for rows plain decoding keeps in lockstep
             by_method.setdefault(r.spec.method, []).append(r)
         for method, rows in by_method.items():
             finished += self._join(method, rows)
@@ -277,12 +264,8 @@ class Engine:
             if not batch.rows:
                 continue
             try:
-                t0 = time.perf_counter()
                 stats = self._decode(batch)
                 self._report(stats, list(batch.rows))
-                ctl = self.controllers.get(method)
-                if ctl is not None and not stats.trial_settings:  # bookkeeping, hand-off, metrics
-                    ctl.costs.add_overhead(time.perf_counter() - t0 - stats.propose_s - stats.verify_s)
             except Exception:
                 log.exception("decode step failed for %d %s request(s)", len(batch.rows), method)
                 finished += _fail(batch.rows)

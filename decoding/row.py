@@ -36,7 +36,6 @@ class Row:
     stats: RequestStats
     arrival: float = field(default_factory=time.perf_counter)
     admitted: float = 0.0
-    plain_end: int = 0  # engine step at which plain decoding would finish it (decoding/lockstep.py)
     deadline: float | None = None  # perf_counter time after which the request is dropped ("timeout")
     finish_reason: str | None = None  # "stop", "length", "abort", "timeout", "error"
     logprobs: list[TokenLogprob] = field(default_factory=list)  # per generated token, if asked

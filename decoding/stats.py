@@ -24,7 +24,7 @@ class StepStats:
     tokens_verified: int = 0  # tokens fed to the target (prefill: prompt tokens not found cached)
     cached_tokens: int = 0  # prefill: prompt tokens whose keys/values came from the prefix cache
     draft_tokens: int = 0  # candidates proposed over all rows
-    accepted_tokens: int = 0  # candidates the target accepted over all rows (see dropped_tokens)
+    accepted_tokens: int = 0  # candidates the target accepted over all rows
     emitted_tokens: int = 0  # tokens appended to outputs (accepted + recovered/bonus, after stops)
     accepted_per_position: list[int] = field(default_factory=list)  # [K] rows accepting position j
     reached_per_position: list[int] = field(default_factory=list)  # [K] rows that tested position j
@@ -34,10 +34,7 @@ class StepStats:
     verify_s: float = 0.0
     sync_s: float = 0.0  # of propose_s: a draft prefilling rows that joined during plain steps
     k: int = 0  # speculative tokens asked for this step
-    lockstep: bool = False  # acceptance clipped per lockstep group (decoding/lockstep.py)
-    trial_settings: bool = False  # ran on settings under trial (a thread count being timed)
     compiled: bool = False  # a graph compiled during the step: its time is not the step's
-    dropped_tokens: int = 0  # of accepted_tokens: dropped by that clip to keep rows in step
     forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran
     bytes_read: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> weights/kv -> bytes
     flops: dict[str, float] = field(default_factory=dict)  # model -> FLOPs (filled by an accountant)
@@ -61,7 +58,6 @@ class RequestStats:
     target_forwards: int = 0
     draft_tokens: int = 0
     accepted_tokens: int = 0
-    dropped_tokens: int = 0  # of accepted_tokens: dropped to keep rows finishing together in lockstep
     cached_tokens: int = 0  # of prompt_tokens: found in the prefix cache, not computed
     batch_size_sum: int = 0  # sum over the forwards this request took part in
     k_sum: int = 0  # speculative tokens asked for, summed over its decode steps (adaptive: chosen per step)

@@ -8,7 +8,6 @@ import time
 import torch
 from transformers import PreTrainedModel
 
-from specserve.decoding import lockstep
 from specserve.decoding.acceptance import (
     Verdict,
     tree_greedy,
@@ -162,18 +161,11 @@ def _accept_tree(
     return verdict
 
 
-def decode_step(
-    target: PreTrainedModel,
-    batch: SubBatch,
-    emit: Emit,
-    k_auto: int | None = None,
-    lock: list[int] | None = None,
-) -> StepStats:
+def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: int | None = None) -> StepStats:
     """propose -> verify -> accept -> commit for every row of the sub-batch, a chain or a tree.
 
-    k_auto: the K an adaptive controller chose for this step (rows with spec.adaptive use it; a tree
-    is cut to that depth); lock: lockstep group ids ([B], from `lockstep.groups`) to clip
-    acceptance by, or None."""
+    k_auto: the K the policy chose for this step (rows with spec.adaptive use it; a tree is cut to
+    that depth)."""
     rows, proposer = batch.rows, batch.proposer
     B, dev = len(rows), batch.kv.mask.device
     ks = [r.budget(r.spec.step_k(k_auto)) for r in rows]
@@ -207,11 +199,8 @@ def decode_step(
         caps = [min(k, depth) for k in ks]
         verdict = _accept_tree(logits, ids, prop, caps, warp, u_pos)
         cand = ids.gather(1, verdict.path.clamp(min=0))[:, 1:].tolist()  # [B, D] tokens along the path
-    accepted = verdict.num_accepted.tolist()  # the target's verdict, before any lockstep clip
-    n_t, nxt_t = verdict.num_accepted, verdict.next_token
-    if lock is not None and depth:
-        n_t, nxt_t, _ = lockstep.clip(n_t, nxt_t, cand, lock)
-    n, nxt = n_t.tolist(), nxt_t.tolist()
+    n_t = verdict.num_accepted
+    n, nxt = n_t.tolist(), verdict.next_token.tolist()
     # 4. commit: the target's cache keeps each row's path, and the proposer hears what was kept
     if tree is None:
         batch.kv.rollback(torch.arange(T, device=dev)[None, :] <= n_t.to(dev)[:, None])  # [B, T]
@@ -223,13 +212,12 @@ def decode_step(
     t2 = time.perf_counter()
     stats = StepStats(
         batch.method, "decode", B, propose_s=t1 - t0, verify_s=t2 - t1, sync_s=prop.sync_s, k=depth,
-        lockstep=lock is not None and bool(k_auto),
     )  # fmt: skip
     stats.forwards = prop.forwards + batch.drain_forwards()
     emitted = [c[:a] + [tok] for c, a, tok in zip(cand, n, nxt, strict=True)]
     verified = [T] * B if tree is not None else [1 + c for c in caps]
     lps = token_logprobs(logits, rows, warp, emitted, verdict.path if tree is not None else None)
-    record_step(stats, rows, caps, accepted, verified, emitted, emit, kept=n, logprobs=lps)
+    record_step(stats, rows, caps, n, verified, emitted, emit, logprobs=lps)
     return stats
 
 
@@ -250,26 +238,21 @@ def record_step(
     verified: list[int],
     emitted: list[list[int]],
     emit: Emit,
-    kept: list[int] | None = None,
     logprobs: list | None = None,
 ) -> None:
     """Per-position and per-request counters of a decode step, then each row's tokens out.
 
     Per row: candidates it could accept, how many the target accepted, tokens the target verified
-    for it, the tokens it emits (accepted + recovered/bonus; stops may cut them), and how many of
-    the accepted it kept (a lockstep clip drops the rest; None: all), and the emitted tokens'
-    logprobs (None for rows that did not ask)."""
+    for it, the tokens it emits (accepted + recovered/bonus; stops may cut them), and the emitted
+    tokens' logprobs (None for rows that did not ask)."""
     K = stats.k
     stats.drafted_per_position = [sum(d > j for d in drafted) for j in range(K)]
     stats.accepted_per_position = [sum(a > j for a in accepted) for j in range(K)]
     stats.reached_per_position = [
         sum(d > j and a >= j for d, a in zip(drafted, accepted, strict=True)) for j in range(K)
     ]
-    kept = accepted if kept is None else kept
     logprobs = logprobs or [None] * len(rows)
-    for row, d, a, k, v, toks, lp in zip(
-        rows, drafted, accepted, kept, verified, emitted, logprobs, strict=True
-    ):
+    for row, d, a, v, toks, lp in zip(rows, drafted, accepted, verified, emitted, logprobs, strict=True):
         row.stats.target_forwards += 1
         row.stats.batch_size_sum += len(rows)
         row.stats.decode_steps += 1
@@ -279,8 +262,6 @@ def record_step(
         stats.tokens_verified += v
         stats.draft_tokens += d
         stats.accepted_tokens += a
-        row.stats.dropped_tokens += a - k
-        stats.dropped_tokens += a - k
         out = row.emit(toks, lp)
         stats.emitted_tokens += len(out)
         emit(row, out)

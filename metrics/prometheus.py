@@ -5,8 +5,7 @@ PromQL (what the dashboard plots):
 - generated tokens/s:   sum(rate(specserve_generation_tokens_total[1m]))
 - acceptance rate:      sum(rate(specserve_spec_decode_num_accepted_tokens_total[1m]))
                         / sum(rate(specserve_spec_decode_num_draft_tokens_total[1m]))
-- mean accepted length (tokens per verification): 1 + (sum(rate(..._num_accepted_tokens_total[1m]))
-                        - sum(rate(..._num_lockstep_dropped_tokens_total[1m])))
+- mean accepted length (tokens per verification): 1 + sum(rate(..._num_accepted_tokens_total[1m]))
                         / sum(rate(specserve_spec_decode_num_drafts_total[1m]))
 - achieved bandwidth:   sum(rate(specserve_model_bytes_read_total[1m]))
 - MBU:                  sum(rate(specserve_model_bytes_read_total[1m]))
@@ -77,12 +76,6 @@ class ServerMetrics:
         self.accepted = Counter(
             p + "spec_decode_num_accepted_tokens", "Candidates accepted.", ["method"], **r
         )
-        self.dropped = Counter(
-            p + "spec_decode_num_lockstep_dropped_tokens",
-            "Accepted candidates dropped to keep rows in lockstep (decoding/lockstep.py).",
-            ["method"],
-            **r,
-        )
         self.accepted_pos = Counter(
             p + "spec_decode_num_accepted_tokens_per_pos",
             "Candidates accepted at each draft position.",
@@ -124,7 +117,6 @@ class ServerMetrics:
             self.drafts.labels(s.method).inc(s.drafted_per_position[0])  # rows that proposed anything
             self.draft_tokens.labels(s.method).inc(s.draft_tokens)
             self.accepted.labels(s.method).inc(s.accepted_tokens)
-            self.dropped.labels(s.method).inc(s.dropped_tokens)  # series beside accepted's, for PromQL
             for pos, n in enumerate(s.accepted_per_position):
                 self.accepted_pos.labels(s.method, str(pos)).inc(n)
         for model, kinds in s.bytes_read.items():

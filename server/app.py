@@ -14,7 +14,9 @@ from prometheus_client import CollectorRegistry
 
 from specserve import __version__
 from specserve.decoding import Engine
+from specserve.decoding.calibrate import calibrate
 from specserve.decoding.compiled import use_compile_cache
+from specserve.decoding.policy import parse_schedule
 from specserve.decoding.warmup import warm_up
 from specserve.metrics.accounting import build_accountant
 from specserve.metrics.peaks import device_peaks
@@ -48,6 +50,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         max_batch_size=settings.max_batch_size,
         prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20),
         compile=settings.compile,
+        schedule=parse_schedule(settings.speculation_schedule) if settings.speculation_schedule else None,
     )
     service = EngineService(engine, settings.max_waiting, tuner)
     metrics = ServerMetrics(registry or CollectorRegistry())
@@ -89,6 +92,9 @@ def warm_and_start(state: ServerState) -> None:
     settings, engine = state.settings, state.engine
     try:
         warm_up(engine, settings.compile, [settings.method], state.service.tuner.candidates)
+        t0 = time.perf_counter()
+        calibrate(engine, (settings.method,))  # the K policy's step costs (other methods: when first run)
+        log.info("step costs for choosing K measured in %.1f s", time.perf_counter() - t0)
     except Exception:  # a compile failure is handled inside; anything else must not keep us down
         log.exception("warm-up failed; serving with what it left")
     finally:

@@ -53,12 +53,7 @@ class EngineService:
         self._thread = threading.Thread(target=self._run, name="specserve-engine", daemon=True)
         engine.on_tokens = self._on_tokens
         engine.on_step = self._on_step
-        engine.on_plan = self._plan  # threads per sub-batch step, timed by its stats
-
-    def _plan(self, phase: str, method: str, k: int, rows: int) -> bool:
-        """Set the threads for a sub-batch step; true while its thread count is under trial."""
-        self.tuner.plan(phase, method, k, rows)
-        return self.tuner.trying
+        engine.on_plan = self.tuner.plan  # threads per sub-batch step, timed by its stats
 
     def start(self) -> None:
         self._thread.start()

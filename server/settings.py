@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from specserve.decoding.params import MAX_SPECULATIVE_TOKENS
+from specserve.decoding.policy import parse_schedule
 from specserve.models.suite_paths import default_suite
 
 
@@ -22,6 +23,11 @@ class Settings(BaseSettings):
     )
     num_speculative_tokens: Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"] = Field(
         "auto", description="K per step, or auto: chosen per step"
+    )
+    speculation_schedule: str | None = Field(
+        None,
+        description='K for "auto" by method and batch size, JSON or a JSON file: {"draft": {"1": 3, "9": 0}} '
+        '("*": every method); default: measured (decoding/policy.py)',
     )
     max_batch_size: int = Field(32, ge=1, le=512)
     max_waiting: int = Field(64, ge=0, le=100_000, description="queued requests beyond this get 429")
@@ -51,6 +57,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1 << 20, ge=1024)
     request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this is dropped")
     shutdown_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: time given to requests in flight")
+
+    @field_validator("speculation_schedule")
+    @classmethod
+    def _schedule(cls, text: str | None) -> str | None:
+        if text is not None:
+            parse_schedule(text)  # a ValueError names what is wrong
+        return text
 
     @model_validator(mode="after")
     def _resolve_models(self) -> Settings:

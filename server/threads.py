@@ -4,9 +4,9 @@ More threads pay only where a step is compute-bound. A small model at batch 1 is
 per-op overhead and memory, and extra OpenMP threads add a barrier to every op; at large batches
 the matmuls dominate and split well, and a verify of several tokens a row is compute-bound sooner
 than a plain step. Over HTTP the other cores are also the event loop's and the clients'. No fixed
-rule holds across models and machines, so each kind of step at each batch-size bucket (1, 2-3,
-4-7, 8-15, ...) times its candidate thread counts on interleaved steps and keeps the fastest per
-token fed, re-checking now and then as batches and caches change (docs/batch-tradeoffs.md has the
+rule holds across models and machines, so each kind of step at each batch-size bucket (1, 2, 3-4,
+5-8, ...: the K policy's) times its candidate thread counts on interleaved steps and keeps the
+fastest per token fed, re-checking now and then as batches and caches change (docs/batch-tradeoffs.md has the
 measurements). Only the engine thread calls `plan`: torch's OpenMP thread count is per calling
 thread.
 """
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from specserve.decoding.policy import bucket
 from specserve.decoding.stats import StepStats
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class ThreadTuner:
         """Threads for the step about to run; sets them (call on the engine thread)."""
         if not self.candidates:
             return torch.get_num_threads()
-        key = (phase, method, k, max(rows, 1).bit_length())
+        key = (phase, method, k, bucket(rows))
         arm = self.arms.get(key)
         if arm is None:  # (not setdefault: that would build an arm on every step)
             arm = self.arms[key] = _Arm({c: [] for c in self.candidates})
@@ -79,11 +80,6 @@ class ThreadTuner:
             torch.set_num_threads(threads)
             self.current = threads
         return threads
-
-    @property
-    def trying(self) -> bool:
-        """The step just planned runs a thread count under trial: its time is not the steady one."""
-        return self._trial is not None
 
     def observe(self, stats: StepStats) -> None:
         """The step just planned ran: its time per token fed, if it was a trial."""
@@ -106,7 +102,7 @@ class ThreadTuner:
             timing = ", ".join(
                 f"{c}: {statistics.median(x) * 1e6:.0f} us/token" for c, x in arm.samples.items()
             )
-            rows = f"{2 ** (b - 1)}-{2**b - 1}"
+            rows = f"{b // 2 + 1}-{b}" if b > 1 else "1"
             log.info(
                 "engine threads for %s %s K=%d at %s rows: %d (%s)", phase, method, k, rows, best, timing
             )

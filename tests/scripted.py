@@ -1,26 +1,21 @@
-"""Controllers with scripted choices, to drive the engine through exact speculation patterns."""
+"""Scripted K policies, to drive the engine through exact speculation patterns."""
 
 from __future__ import annotations
 
-from specserve.decoding.adaptive import KController
 from specserve.decoding.stats import StepStats
 
 
-class Always(KController):
-    """Speculates at k_max every step; clips by lockstep group as the real controller does."""
+class Always:
+    """Speculates at the most K the rows allow (or at `k`, if less) every step."""
 
-    lock_groups = True
+    def __init__(self, k: int | None = None) -> None:
+        self.k, self.seen = k, []  # seen: the StepStats of every step it chose K for
 
-    def choose(self, batch_size: int, sizes: list[int] | None = None, request: object = None) -> int:
-        self.sizes = sizes if self.lock_groups and sizes and max(sizes) > 1 else None
-        self.last = self.k_max
-        return self.last
+    def choose(self, method: str, batch_size: int, k_max: int) -> int:
+        return k_max if self.k is None else min(self.k, k_max)
 
-
-class Unclipped(Always):
-    """Always, but never clips: rows in lockstep drift apart as their acceptance differs."""
-
-    lock_groups = False
+    def observe(self, stats: StepStats, seconds: float) -> None:
+        self.seen.append(stats)
 
 
 class Cycle(Always):
@@ -28,11 +23,13 @@ class Cycle(Always):
 
     script = (0, 0, 3, 0, 0, 0, 0, 2, 4, 0, 1, 0, 0, 0, 4)
 
-    def choose(self, batch_size: int, sizes: list[int] | None = None, request: object = None) -> int:
-        super().choose(batch_size, sizes)
-        self.last = self.script[self.steps % len(self.script)]
+    def __init__(self, script: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.script, self.steps = script or self.script, 0
+
+    def choose(self, method: str, batch_size: int, k_max: int) -> int:
         self.steps += 1
-        return self.last
+        return min(self.script[(self.steps - 1) % len(self.script)], k_max)
 
 
 def spec_step(k: int, accepted: int, batch: int = 1, seconds: float = 0.014) -> StepStats:

@@ -43,6 +43,8 @@ def test_flags_override_environment(monkeypatch, tiny_paths):
     monkeypatch.setenv("SPECSERVE_MAX_BATCH_SIZE", "3")
     assert settings_from_args(_serve_args()).max_batch_size == 3
     assert settings_from_args(_serve_args("--max-batch-size", "5")).max_batch_size == 5
+    sched = '{"draft": {"1": 3, "9": 0}}'
+    assert settings_from_args(_serve_args("--speculation-schedule", sched)).speculation_schedule == sched
 
 
 @pytest.mark.parametrize(
@@ -53,6 +55,10 @@ def test_flags_override_environment(monkeypatch, tiny_paths):
         (["--method", "draft"], "method 'draft' needs a draft model: pass --draft"),
         (["--dtype", "float8"], "error: dtype: Input should be 'float32', 'float64', 'bfloat16' or"),
         (["--port", "http"], "error: port: Input should be a valid integer"),
+        (
+            ["--speculation-schedule", '{"draft": {"2": 3}}'],
+            "error: speculation_schedule: .*start at batch size 1",
+        ),
         (
             ["--max-body-bytes", "10", "--max-waiting", "-1"],
             "max_waiting: .*; max_body_bytes: ",

@@ -4,10 +4,12 @@ sampling's whatever K), and rows at K = 0 in a speculating batch are not drafted
 from __future__ import annotations
 
 import pytest
+from scripted import Always, Cycle
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding.draft import DraftProposer
-from specserve.decoding.step_cost import StepCosts
+from specserve.metrics.accounting import build_accountant
+from specserve.metrics.peaks import Peaks
 
 PROMPTS = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11, 9, 10], [12, 13, 14], [3, 4, 3, 4, 3, 4, 3, 4]]
 
@@ -69,8 +71,7 @@ def test_rows_at_k0_are_not_fed_to_the_draft_and_catch_up_later(tiny, kind):
     DraftProposer.propose = spy
     try:
         # the adaptive rows are told K = 0 for 6 steps, then K = 2: the fixed row always drafts 4
-        steps = iter([0] * 6)
-        engine.controllers["draft"] = _Fixed(lambda: next(steps, 2))
+        engine.policy = Cycle((0,) * 6 + (2,) * 100)
         out = engine.generate(PROMPTS, sampling, fixed)
     finally:
         DraftProposer.propose = forward
@@ -80,25 +81,38 @@ def test_rows_at_k0_are_not_fed_to_the_draft_and_catch_up_later(tiny, kind):
     assert any(all(x > 0 for x in f) for f in fed[6:])  # later they speculate: caught up, fed
 
 
-class _Fixed:
-    """A stand-in controller: K from a function, nothing learned."""
-
-    def __init__(self, next_k) -> None:
-        self.next_k, self.k_max, self.lock = next_k, 16, False
-        self.costs = StepCosts()
-
-    def choose(self, batch_size, sizes=None, request=None) -> int:
-        return self.next_k()
-
-    def observe(self, stats) -> None:
-        pass
-
-
 def test_a_batch_where_no_row_drafts_skips_the_draft(tiny):
     t, d = tiny["target"].model, tiny["draft"].model
     roles: list[str] = []
     engine = Engine(t, d, on_step=lambda stats: roles.extend(f.model for f in stats.forwards))
-    engine.controllers["draft"] = _Fixed(lambda: 0)
+    engine.policy = Always(0)
     out = engine.generate(PROMPTS[:2], SamplingParams(max_new_tokens=6), SpecParams.parse("draft", "auto"))
     assert all(r.stats.draft_tokens == 0 for r in out)
     assert "target" in roles and "draft" not in roles  # not even the rows' draft prefill ran
+
+
+@pytest.mark.parametrize("draft_kind", ["same", "random"])
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_draft_syncs_lazily_across_plain_steps(tiny, draft_kind, batch_size):
+    """Plain steps never feed the draft and joining rows are prefilled in it only when a step
+    speculates; the output stays token-identical to plain decoding."""
+    t = tiny["target"].model
+    draft = {"same": tiny["target"], "random": tiny["draft"]}[draft_kind]
+    prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11], [12, 13, 14, 15, 16], [3, 4], [8, 8, 8, 8, 8, 8]]
+    sampling = [SamplingParams(max_new_tokens=n) for n in (20, 9, 30, 14, 25)]  # rows leave and join
+    plain = Engine(t).generate(prompts, sampling, SpecParams())
+    acct = build_accountant(tiny["target"], draft, peaks=Peaks(1e9, 1e10, "flag"))
+    engine = Engine(t, draft.model, max_batch_size=batch_size, charge=acct)
+    engine.policy = Cycle()
+    seen = []
+    engine.on_step = seen.append
+    res = engine.generate(prompts, sampling, SpecParams("draft", 4, adaptive=True))
+    assert [r.token_ids for r in res] == [r.token_ids for r in plain]
+    plain_steps = [s for s in seen if s.phase == "decode" and s.k == 0]
+    assert plain_steps and all(f.model == "target" for s in plain_steps for f in s.forwards)
+    assert all(f.model == "target" for s in seen if s.phase == "prefill" for f in s.forwards)
+    # the draft's prefill of joining rows is charged to them alone; shares still add up exactly
+    total = sum(sum(k.values()) for s in seen for k in s.bytes_read.values())
+    assert sum(r.stats.bytes_read for r in res) == pytest.approx(total)
+    if draft_kind == "same":
+        assert sum(r.stats.accepted_tokens for r in res) == sum(r.stats.draft_tokens for r in res)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from scripted import Always, Cycle, Unclipped
+from scripted import Cycle
 from tiny_models import V, random_heads, small_model
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
@@ -90,10 +90,10 @@ def test_mixed_with_other_methods_and_rows_joining(setup):
     assert [r.token_ids for r in res] == [r.token_ids for r in plain]
 
 
-def _adaptive_run(model, heads, controller, prompts, max_new: list[int], batch_size: int):
-    """Decode with `auto` Medusa under a scripted controller: tokens, finishing step, Ks, dropped."""
+def _adaptive_run(model, heads, policy, prompts, max_new: list[int], batch_size: int):
+    """Decode with `auto` Medusa under a scripted policy: tokens, finishing step, Ks, rows."""
     engine = Engine(model, medusa=heads, max_batch_size=batch_size)
-    engine.controllers["medusa"] = controller
+    engine.policy = policy
     ks: list[int] = []
     engine.on_step = lambda s: ks.append(s.k) if s.phase == "decode" else None
     rows = [
@@ -117,25 +117,10 @@ def test_adaptive_depth_matches_plain(setup, batch_size):
     prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 9, 5, 14)]
     max_new = [30, 12, 25, 20]
     plain = Engine(model).generate(prompts, [SamplingParams(max_new_tokens=n) for n in max_new], SpecParams())
-    out, _, ks, rows = _adaptive_run(model, heads, Cycle(k_max=3), prompts, max_new, batch_size)
+    out, _, ks, rows = _adaptive_run(model, heads, Cycle(), prompts, max_new, batch_size)
     assert out == [r.token_ids for r in plain]
     assert {0, 1, 2, 3} <= set(ks)  # plain steps and every depth of the tree
     assert sum(r.stats.accepted_tokens for r in rows) > 0
-
-
-def test_lockstep_clip_keeps_medusa_rows_together(setup):
-    model, heads = setup
-    g = torch.Generator().manual_seed(7)
-    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (4, 10, 6, 8)]
-    max_new = [24, 24, 24, 17]
-    plain = Engine(model).generate(prompts, [SamplingParams(max_new_tokens=n) for n in max_new], SpecParams())
-    out, steps, _, rows = _adaptive_run(model, heads, Always(k_max=3), prompts, max_new, 4)
-    assert out == [r.token_ids for r in plain]
-    assert steps[0] == steps[1] == steps[2]
-    assert sum(r.stats.dropped_tokens for r in rows) > 0
-    out, steps, _, rows = _adaptive_run(model, heads, Unclipped(k_max=3), prompts, max_new, 4)
-    assert out == [r.token_ids for r in plain]
-    assert len(set(steps[:3])) > 1  # without the clip they drift apart
 
 
 def test_heads_save_load_round_trip(setup, tmp_path):

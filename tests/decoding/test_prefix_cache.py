@@ -57,8 +57,8 @@ def test_same_tokens_as_without_the_cache(setup, spec, batch_size):
     assert sum(hits) > 0 and hits[0] == 0 and hits[4] == 0  # first sight of a prompt: nothing cached
     if batch_size == 1:  # each prompt prefilled after the ones before it finished
         assert hits == [0, 0, 3, 2 * BLOCK, 0, len(LONG) - 1]
-    if spec.method == "draft":  # the draft's lazy prefill found the prompts too
-        assert engine.prefix["draft"].entries
+    if spec.method == "draft" and sum(r.stats.draft_tokens for r in cached):  # (auto may not draft)
+        assert engine.prefix["draft"].entries  # the draft's lazy prefill found the prompts too
 
 
 def test_sampled_rows_draw_the_same_with_and_without(setup):

@@ -38,7 +38,10 @@ def break_draft(live: LiveServer, monkeypatch) -> Iterator[Callable[[int], None]
 
 
 def _generate(client: httpx.Client, method: str, n: int = 10) -> httpx.Response:
-    return client.post("/generate", json={"prompt_token_ids": PROMPT_IDS, "max_tokens": n, "method": method})
+    """A request of `method`, at a fixed K where it speculates (auto may choose plain steps, and a
+    broken draft is only found when something drafts)."""
+    body = {"prompt_token_ids": PROMPT_IDS, "max_tokens": n, "method": method}
+    return client.post("/generate", json=body | ({"num_speculative_tokens": 2} if method != "none" else {}))
 
 
 def test_failing_draft_prefill_fails_only_draft_requests(
@@ -51,17 +54,21 @@ def test_failing_draft_prefill_fails_only_draft_requests(
     assert err["type"] == "server_error" and "decoding failed" in err["message"]
     with pytest.raises(openai.InternalServerError):
         live.openai().completions.create(
-            model=MODEL, prompt=PROMPT_IDS, max_tokens=4, extra_body={"speculation": {"method": "draft"}}
+            model=MODEL,
+            prompt=PROMPT_IDS,
+            max_tokens=4,
+            extra_body={"speculation": {"method": "draft", "num_speculative_tokens": 2}},
         )
     with client.stream("POST", "/generate", json={"prompt_token_ids": PROMPT_IDS, "max_tokens": 10,
-                                                  "method": "draft", "stream": True}) as resp:  # fmt: skip
+                                                  "method": "draft", "num_speculative_tokens": 2,
+                                                  "stream": True}) as resp:  # fmt: skip
         assert resp.status_code == 200  # the stream had begun: the failure arrives as an error event
         *events, done = list(sse_data(resp.iter_lines()))
     assert done == "[DONE]" and events[-1]["error"]["type"] == "server_error"
     with pytest.raises(openai.APIError, match="generation ended early"):
         list(live.openai().chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True,
-            extra_body={"speculation": {"method": "draft"}}))  # fmt: skip
+            extra_body={"speculation": {"method": "draft", "num_speculative_tokens": 2}}))  # fmt: skip
     for method in ("none", "ngram"):  # the other methods never noticed
         r = _generate(client, method)
         assert r.status_code == 200 and r.json()["token_ids"] == reference(PROMPT_IDS, 10)[0]
@@ -99,7 +106,7 @@ def _fail_in(where: str, live: LiveServer, monkeypatch) -> None:
 
     engine = live.state.engine
     if where == "set-up":  # a sub-batch for joining rows (the cache, the proposer)
-        monkeypatch.setattr(engine, "_new_batch", boom)
+        monkeypatch.setattr(engine, "new_batch", boom)
     elif where == "merge":  # joining rows into the running sub-batch
         monkeypatch.setattr(SubBatch, "merge", boom)
     elif where == "retire":  # outside every contained stage: the service fails everything held

@@ -39,3 +39,23 @@ def test_503_until_warm(tiny_paths, monkeypatch):
     finally:
         release.set()
         live.stop()
+
+
+def test_start_up_measures_the_k_policys_step_costs_unless_a_schedule_is_given(tiny_paths):
+    base = {"target": tiny_paths["target"], "draft": tiny_paths["draft"], "dtype": "float64", "threads": 1,
+            "compile": "off", "max_batch_size": 4}  # fmt: skip
+    live = start_server(Settings(**base))
+    try:
+        costs = live.state.engine.policy.costs  # the default method's, at start-up; others when run
+        assert {b for (m, b) in costs if m == "draft"} == {1, 2, 4} and {m for m, _ in costs} == {"draft"}
+    finally:
+        live.stop()
+    live = start_server(Settings(**base, speculation_schedule='{"*": {"1": 2, "3": 0}}'))
+    try:
+        policy = live.state.engine.policy
+        assert policy.schedule == {"*": {1: 2, 3: 0}} and not policy.costs
+        with live.http() as http:
+            r = http.post("/generate", json={"prompt": "def f(x):", "max_tokens": 8, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["stats"]["draft_tokens"] > 0  # K = 2 at batch 1
+    finally:
+        live.stop()

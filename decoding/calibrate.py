@@ -1,0 +1,110 @@
+"""Step costs for the K policy (decoding/policy.py): real decode steps on scratch rows, timed.
+
+A scratch sub-batch of `rows` rows (a repeating prompt; prompt lookup's misses filled from it, so
+every method offers all K candidates) runs one unmeasured pass over K = 0..k_max
+(graphs compile, caches settle), then REPS timed passes, the Ks interleaved; a K's cost is its
+fastest step that compiled nothing (the least disturbed by other work on the machine).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import PreTrainedModel
+
+from specserve.decoding.batch import SubBatch
+from specserve.decoding.ngram import NgramProposer
+from specserve.decoding.params import AUTO_MAX_TOKENS, SamplingParams, SpecParams
+from specserve.decoding.policy import bucket
+from specserve.decoding.proposer import Proposal
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import Warp
+from specserve.decoding.step import decode_step, prefill
+
+if TYPE_CHECKING:
+    from specserve.decoding.engine import Engine
+
+REPS = 3
+EXTRA = 3  # more passes for a K whose every timed step compiled a graph
+PROMPT_TOKENS = 128  # cached tokens a row holds while timed (at most a third of the context)
+PERIOD = 16  # the scratch prompt repeats this many random tokens
+
+
+@torch.no_grad()
+def time_steps(
+    target: PreTrainedModel,
+    batch: SubBatch,
+    rows: int,
+    k_max: int,
+    plan: Callable[[int], object] = lambda k: None,
+    compiles: Callable[[], int] = lambda: 0,
+) -> list[float]:
+    """[k_max + 1] seconds per decode step of `rows` scratch rows in `batch` (empty, its method's
+    proposer) at K = 0..k_max; plan(K) runs before each step (the engine sets its threads);
+    compiles() counts graphs compiled so far: a step that compiled one is timed again."""
+    ctx = int(target.config.max_position_embeddings)
+    vocab = target.get_output_embeddings().weight.shape[0]
+    n = min(PROMPT_TOKENS, ctx // 3)
+    period = torch.randint(2, vocab, (PERIOD,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = (period * (n // PERIOD + 1))[:n]
+    sampling = SamplingParams(max_new_tokens=ctx - n, ignore_eos=True)
+    spec = SpecParams(batch.method, max(k_max, 1), adaptive=True)
+    new = [Row.start(f"calibrate-{i}", prompt, sampling, spec, (), max_len=ctx) for i in range(rows)]
+    prefill(target, batch, new, _drop)
+    if batch.method == "ngram":  # a random model seldom repeats the prompt: fill what lookup misses
+        batch.proposer = _Filled(batch.proposer, period)
+    best = [float("inf")] * (k_max + 1)
+    for rep in range(REPS + 1 + EXTRA):
+        todo = range(k_max + 1) if rep <= REPS else [k for k, t in enumerate(best) if t == float("inf")]
+        for k in todo:
+            plan(k)
+            before, t0 = compiles(), time.perf_counter()
+            decode_step(target, batch, _drop, k)
+            seconds = time.perf_counter() - t0
+            if rep and (compiles() == before or rep == REPS + EXTRA):  # a compile's time is not the step's
+                best[k] = min(best[k], seconds)
+    return best
+
+
+def step_costs(engine: Engine, method: str, rows: int, k_max: int) -> list[float]:
+    """The policy's timer: `rows` scratch rows of `method` on the engine's models, each step's
+    threads planned as a real step's (call on the thread that will step)."""
+    plan = lambda k: engine.on_plan("decode", method, k, rows)  # noqa: E731
+    return time_steps(
+        engine.target, engine.new_batch(method, scratch=True), rows, k_max, plan, engine.compiles
+    )
+
+
+def calibrate(engine: Engine, methods: tuple[str, ...] | None = None) -> None:
+    """Measure the policy's step costs now (else at a method's first step at each bucket), for
+    every batch-size bucket up to the engine's max_batch_size (methods a schedule names: none)."""
+    policy = engine.policy
+    for method in methods or engine.methods:
+        if method == "none" or method in policy.schedule or "*" in policy.schedule:
+            continue
+        k_max = AUTO_MAX_TOKENS if method != "medusa" else min(AUTO_MAX_TOKENS, engine.medusa[1].max_depth)
+        for b in sorted({bucket(n) for n in range(1, engine.max_batch_size + 1)}):
+            policy.step_costs(method, b, k_max)
+
+
+def _drop(row: Row, tokens: list[int]) -> None:
+    pass
+
+
+class _Filled:
+    """Prompt lookup's candidates, filled up to each row's K with the scratch prompt's tokens, so a
+    step at K is timed verifying K candidates (lookup itself still runs: its cost is in the time)."""
+
+    def __init__(self, proposer: NgramProposer, filler: list[int]) -> None:
+        self.proposer, self.filler = proposer, filler
+
+    def __getattr__(self, name: str):
+        return getattr(self.proposer, name)
+
+    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
+        prop = self.proposer.propose(rows, ks, warp, u)
+        prop.tokens = [c + self.filler[: k - len(c)] for c, k in zip(prop.tokens, ks, strict=True)]
+        return prop

@@ -1,0 +1,172 @@
+"""How `auto` chooses K, per method and batch-size bucket b. The whole rule is here.
+
+K(method, b) is the K in 0..k_max with the most tokens per second, E(K) / t(b, K), and 0 unless it
+beats a plain step by MARGIN. E(K) = 1 + reach_0 + ... + reach_{K-1}, reach_j the share of rows
+that emit candidate j (a moving average per method; a position never offered continues the last
+measured ratio, PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
+the method's first step at b (`decoding/calibrate.py`), taken at the candidates a step at K really
+verifies (prompt lookup often offers fewer), plus what real steps took beyond the timing, plain and
+speculative apart (a draft catching up, rows joining, the tokens' hand-off). Where the rule says 0
+but perfect acceptance would pay, every PROBE_EVERY-th step runs PROBE_K, so acceptance stays
+measured. A user's schedule (`--speculation-schedule`, as vLLM's and TensorRT-LLM's batch-size
+schedules) replaces the rule for the methods it names. docs/batch-tradeoffs.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from specserve.decoding.stats import StepStats
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.1  # K > 0 must promise this much more tokens/s than a plain step
+ALPHA = 0.05  # weight of a row's outcome in the acceptance averages, of a step in the real costs
+CLIP = 1.5  # a step counts at most CLIP x its expected seconds (preemptions)
+PRIOR = 0.8  # reach ratio assumed per position before any is measured (optimistic: it measures)
+PROBE_EVERY = 32  # steps at K = 0 between probes ...
+PROBE_K = 2  # ... of this K
+
+Timer = Callable[[str, int, int], list[float]]  # (method, rows, k_max) -> [k_max + 1] step seconds
+Schedule = dict[str, dict[int, int]]  # method ("*": any) -> {smallest batch size: K}
+
+
+def bucket(batch_size: int) -> int:
+    """Batch sizes grouped by powers of two: 1, 2, 3-4, 5-8, ... (shared with the thread tuner)."""
+    return 1 << max(batch_size - 1, 0).bit_length()
+
+
+def parse_schedule(text: str) -> Schedule:
+    """`--speculation-schedule`: JSON (or a JSON file) mapping a method, or "*" for every method,
+    to {smallest batch size: K}, e.g. {"draft": {"1": 3, "5": 1, "9": 0}, "*": {"1": 4}}."""
+    path = Path(text)
+    raw = json.loads(path.read_text() if not text.lstrip().startswith("{") and path.is_file() else text)
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError('a speculation schedule is a JSON object such as {"draft": {"1": 3, "9": 0}}')
+    out: Schedule = {}
+    for method, steps in raw.items():
+        if not isinstance(steps, dict) or not steps:
+            raise ValueError(f"schedule for {method!r}: expected {{smallest batch size: K}}, got {steps!r}")
+        table = {int(b): int(k) for b, k in steps.items()}
+        if min(table) != 1 or min(table.values()) < 0:
+            raise ValueError(f"schedule for {method!r} must start at batch size 1 with K >= 0")
+        out[method] = dict(sorted(table.items()))
+    return out
+
+
+def scheduled_k(table: dict[int, int], batch_size: int) -> int:
+    """K of the largest step of a schedule table at or below batch_size."""
+    return table[max(b for b in table if b <= batch_size)]
+
+
+@dataclass
+class Acceptance:
+    """Per position j, moving averages over the steps that offered it: reach[j], the share of rows
+    that emit candidate j; offered[j], the share that had a j-th candidate (prompt lookup often
+    has fewer than K; a draft or Medusa always K)."""
+
+    reach: list[float] = field(default_factory=list)
+    offered: list[float] = field(default_factory=list)
+
+    def expected(self, k: int) -> float:
+        """E(K): 1 + the reach of positions 0..K-1 (unmeasured ones continue the last ratio)."""
+        reach, last, ratio = [], 1.0, PRIOR
+        for j in range(k):
+            if j < len(self.reach):
+                ratio = self.reach[j] / last if last > 0 else 0.0
+                last = self.reach[j]
+            else:
+                last *= min(ratio, 1.0)
+            reach.append(last)
+        return 1.0 + sum(reach)
+
+    def width(self, k: int, rows: int) -> float:
+        """Candidates a step at K verifies per row, expected: the widest of `rows` rows' proposals
+        (position j is verified when any row offers it)."""
+        offered = self.offered[:k] + [self.offered[-1] if self.offered else 1.0] * (k - len(self.offered))
+        return sum(1.0 - (1.0 - o) ** rows for o in offered)
+
+    def add(self, stats: StepStats) -> None:
+        w = 1.0 - (1.0 - ALPHA) ** stats.batch_size
+        for j, accepted in enumerate(stats.accepted_per_position[: stats.k]):
+            if j == len(self.reach):
+                self.reach.append(self.expected(j + 1) - self.expected(j))  # start from the guess
+                self.offered.append(1.0)
+            self.reach[j] += w * (accepted / stats.batch_size - self.reach[j])
+            self.offered[j] += w * (stats.drafted_per_position[j] / stats.batch_size - self.offered[j])
+
+
+def at(t: list[float], x: float) -> float:
+    """t(b, x) for a fractional number of candidates x: linear between the timed Ks."""
+    lo = min(int(x), len(t) - 1)
+    hi = min(lo + 1, len(t) - 1)
+    return t[lo] + (x - lo) * (t[hi] - t[lo])
+
+
+@dataclass
+class SchedulePolicy:
+    """K for the adaptive rows of each step (`choose`), and what the step gave (`observe`)."""
+
+    timer: Timer  # measures t(b, K) for a method (the engine's scratch decode steps)
+    schedule: Schedule = field(default_factory=dict)
+    costs: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # (method, b) -> t(b, K)
+    accept: dict[str, Acceptance] = field(default_factory=dict)
+    plain_steps: dict[tuple[str, int], int] = field(default_factory=dict)  # K = 0 steps since a probe
+    chosen: dict[tuple[str, int], int] = field(default_factory=dict)  # the rule's last K (debug log)
+    real: dict[tuple[str, int, bool], float] = field(default_factory=dict)  # (method, b, K > 0) -> real
+    # step seconds less the timed ones, moving average
+
+    def choose(self, method: str, batch_size: int, k_max: int) -> int:
+        """K for the next step of `batch_size` rows of `method`, at most k_max."""
+        table = self.schedule.get(method, self.schedule.get("*"))
+        if table is not None:
+            return min(scheduled_k(table, batch_size), k_max)
+        b = bucket(batch_size)
+        k = self.best(method, b, k_max)
+        if self.chosen.get((method, b)) != k:
+            log.debug("auto K for %s at %d rows: %s -> %d", method, b, self.chosen.get((method, b)), k)
+            self.chosen[method, b] = k
+        if k:
+            self.plain_steps[method, b] = 0
+            return k
+        n = self.plain_steps[method, b] = self.plain_steps.get((method, b), 0) + 1
+        if n % PROBE_EVERY == 0 and self.best(method, b, k_max, perfect=True):
+            return min(PROBE_K, k_max)
+        return 0
+
+    def best(self, method: str, b: int, k_max: int, perfect: bool = False) -> int:
+        """The rule's K at bucket b (perfect: were every candidate accepted)."""
+        t = self.step_costs(method, b, k_max)
+        acc = self.accept.setdefault(method, Acceptance())
+        cost = [at(t, acc.width(k, b)) + self.real.get((method, b, k > 0), 0.0) for k in range(k_max + 1)]
+        rate = [(1 + k if perfect else acc.expected(k)) / max(cost[k], 1e-9) for k in range(k_max + 1)]
+        k = max(range(k_max + 1), key=rate.__getitem__)
+        return k if rate[k] >= (1 + MARGIN) * rate[0] else 0
+
+    def step_costs(self, method: str, b: int, k_max: int) -> list[float]:
+        """t(b, K) for K = 0..k_max as timed (the timer runs the first time it is asked)."""
+        t = self.costs.get((method, b))
+        if t is None or len(t) <= k_max:
+            t = self.costs[method, b] = self.timer(method, b, k_max)
+            log.info("step costs of %s at %d rows, K = 0..%d: %s ms", method, b, k_max,
+                     ", ".join(f"{x * 1e3:.2f}" for x in t))  # fmt: skip
+        return t
+
+    def observe(self, stats: StepStats, seconds: float) -> None:
+        """A decode step that ran with K = stats.k for the adaptive rows, in `seconds` of wall time."""
+        if not stats.batch_size:
+            return
+        if stats.k:
+            self.accept.setdefault(stats.method, Acceptance()).add(stats)
+        b = bucket(stats.batch_size)
+        t = self.costs.get((stats.method, b))
+        if t is None or stats.k >= len(t) or stats.compiled:
+            return
+        key = (stats.method, b, stats.k > 0)
+        now = self.real.get(key, 0.0)  # the timing's word until real steps say otherwise
+        timed = at(t, sum(d > 0 for d in stats.drafted_per_position))  # the candidates it verified
+        self.real[key] = now + ALPHA * (min(seconds, CLIP * (timed + now)) - timed - now)

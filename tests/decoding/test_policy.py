@@ -1,0 +1,187 @@
+"""The K policy: the rule E(K) / t(b, K) with a margin, probes, and a user's schedule."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+
+import pytest
+from scripted import spec_step
+
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding.calibrate import calibrate
+from specserve.decoding.policy import (
+    ALPHA,
+    MARGIN,
+    PRIOR,
+    PROBE_EVERY,
+    PROBE_K,
+    Acceptance,
+    SchedulePolicy,
+    at,
+    bucket,
+    parse_schedule,
+    scheduled_k,
+)
+from specserve.decoding.stats import StepStats
+
+
+def cheap_at_one(method: str, rows: int, k_max: int) -> list[float]:
+    """A machine where verifying more tokens is nearly free for one row and dear for many."""
+    per_k = 0.05 if rows == 1 else 1.0
+    return [1.0 + per_k * k for k in range(k_max + 1)]
+
+
+def test_buckets_are_powers_of_two():
+    assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 32)] == [1, 2, 4, 4, 8, 8, 16, 32]
+
+
+def test_expected_tokens_continue_the_last_measured_ratio():
+    acc = Acceptance()
+    assert acc.expected(0) == 1.0
+    assert acc.expected(2) == pytest.approx(1 + PRIOR + PRIOR**2)  # nothing measured: the prior
+    acc.reach = [0.6, 0.3]
+    assert acc.expected(2) == pytest.approx(1.9)
+    assert acc.expected(4) == pytest.approx(1.9 + 0.15 + 0.075)  # ratio 0.5 carried on
+
+
+def test_acceptance_moves_toward_what_steps_gave():
+    acc = Acceptance()
+    for _ in range(200):
+        acc.add(spec_step(k=3, accepted=1, batch=4))  # every row emits candidate 0, none candidate 1
+    assert acc.reach[0] == pytest.approx(1.0, abs=1e-3) and acc.reach[1] == pytest.approx(0.0, abs=1e-3)
+    assert acc.expected(5) == pytest.approx(2.0, abs=1e-2)
+
+
+def test_speculates_where_it_pays_and_steps_plainly_where_it_does_not():
+    policy = SchedulePolicy(cheap_at_one)
+    assert policy.choose("draft", 1, 6) > 0  # cheap candidates, a hopeful prior: speculate
+    assert policy.choose("draft", 32, 6) == 0  # each candidate costs a whole step: never pays
+    for _ in range(100):
+        policy.observe(spec_step(k=4, accepted=0), 1.2)  # nothing is ever accepted
+    assert policy.choose("draft", 1, 6) == 0
+    assert set(policy.costs) == {("draft", 1), ("draft", 32)}  # each bucket timed once
+
+
+def test_real_steps_dearer_than_the_timed_ones_stop_speculation():
+    """Scratch rows miss what real steps pay (a draft catching up, rows joining, the hand-off): the
+    policy adds what real steps took beyond the timing, speculative and plain steps apart."""
+    policy = SchedulePolicy(cheap_at_one)
+    policy.accept["draft"] = Acceptance([0.5, 0.25], [1.0, 1.0])
+    assert policy.choose("draft", 1, 6) > 0
+    for _ in range(300):
+        k = policy.choose("draft", 1, 6) or PROBE_K
+        policy.observe(spec_step(k=k, accepted=1), cheap_at_one("draft", 1, 6)[k] + 2.0)  # 2 s more
+        policy.observe(StepStats("draft", "decode", 1, k=0), cheap_at_one("draft", 1, 6)[0])
+    assert policy.real["draft", 1, True] == pytest.approx(2.0, rel=0.05)
+    assert policy.real["draft", 1, False] == pytest.approx(0.0)
+    assert policy.choose("draft", 1, 6) == 0
+
+
+def test_a_step_that_compiled_or_a_spike_barely_moves_the_real_costs():
+    policy = SchedulePolicy(cheap_at_one)
+    policy.choose("draft", 1, 6)
+    policy.observe(StepStats("draft", "decode", 1, k=0, compiled=True), 50.0)  # a compile: skipped
+    assert ("draft", 1, False) not in policy.real
+    policy.observe(StepStats("draft", "decode", 1, k=0), 50.0)  # a preemption: clipped to 1.5x
+    assert policy.real["draft", 1, False] == pytest.approx(ALPHA * 0.5)  # timed 1.0, counted 1.5
+
+
+def test_short_proposals_are_priced_at_what_they_verify():
+    """Prompt lookup often offers fewer than K candidates: a step at K verifies the widest row's,
+    so K = 6 costs what its expected width costs, and one row's offers are its own."""
+    acc = Acceptance([0.5, 0.4, 0.3], [0.6, 0.5, 0.4])
+    assert acc.width(3, 1) == pytest.approx(1.5)
+    assert acc.width(3, 4) == pytest.approx(sum(1 - (1 - o) ** 4 for o in (0.6, 0.5, 0.4)))
+    assert acc.width(5, 1) == pytest.approx(1.5 + 0.4 + 0.4)  # unmeasured: the last share
+    assert at([1.0, 2.0, 4.0], 1.5) == 3.0 and at([1.0, 2.0], 5.0) == 2.0
+    policy = SchedulePolicy(lambda m, rows, k_max: [1.0 + 0.5 * k for k in range(k_max + 1)])
+    policy.accept["ngram"] = Acceptance([0.5] * 6, [0.5] * 6)  # every offered candidate accepted
+    assert policy.best("ngram", 1, 6) == 6  # E = 4 for 3 candidates' 2.5 s (at 6 it would be 4 s)
+
+
+def test_margin_keeps_plain_steps_when_speculation_barely_wins():
+    flat = SchedulePolicy(lambda m, rows, k_max: [1.0] + [1.9] * k_max)
+    flat.accept["ngram"] = Acceptance([1.0])  # K = 1: 2 tokens for 1.9x the time: +5% only
+    assert 1 + MARGIN > 2 / 1.9 and flat.best("ngram", 1, 1) == 0
+
+
+def test_plain_buckets_probe_only_where_perfect_acceptance_would_pay():
+    policy = SchedulePolicy(cheap_at_one)
+    policy.accept["draft"] = Acceptance([0.0])  # measured: nothing accepted
+    ks = [policy.choose("draft", 1, 6) for _ in range(3 * PROBE_EVERY)]
+    assert ks.count(PROBE_K) == 3 and set(ks) == {0, PROBE_K}
+    hopeless = SchedulePolicy(lambda m, rows, k_max: [1.0 + 2.0 * k for k in range(k_max + 1)])
+    assert {hopeless.choose("draft", 1, 6) for _ in range(3 * PROBE_EVERY)} == {0}
+
+
+def test_a_given_schedule_replaces_the_rule_and_never_times_steps(tmp_path):
+    def never(*args):
+        raise AssertionError("a scheduled method is not timed")
+
+    sched = parse_schedule('{"draft": {"1": 3, "5": 1, "9": 0}, "*": {"1": 2}}')
+    policy = SchedulePolicy(never, sched)
+    assert [policy.choose("draft", b, 6) for b in (1, 4, 5, 8, 9, 64)] == [3, 3, 1, 1, 0, 0]
+    assert policy.choose("ngram", 16, 6) == 2 and policy.choose("draft", 1, 2) == 2  # capped by k_max
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"medusa": {"1": 4}}))
+    assert parse_schedule(str(path)) == {"medusa": {1: 4}}
+    assert scheduled_k({1: 3, 9: 0}, 8) == 3
+
+
+@pytest.mark.parametrize(
+    "bad", ['{"draft": {"2": 3}}', '{"draft": {"1": -1}}', "[1, 2]", '{"draft": 3}', "{}", "{not json"]
+)
+def test_bad_schedules_are_refused_with_a_message(bad):
+    with pytest.raises(ValueError):
+        parse_schedule(bad)
+
+
+def test_the_engine_times_real_steps_and_stays_lossless(tiny):
+    """Calibration runs real decode steps on scratch rows (every K, every bucket asked for); the
+    policy's choices leave greedy output identical to plain decoding."""
+    t, d = tiny["target"].model, tiny["draft"].model
+    prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11, 9, 10], [12, 13, 14]]
+    sampling = SamplingParams(max_new_tokens=16)
+    plain = [r.token_ids for r in Engine(t).generate(prompts, sampling, SpecParams())]
+    engine = Engine(t, d, max_batch_size=3)
+    calibrate(engine, ("draft",))
+    assert set(engine.policy.costs) == {("draft", 1), ("draft", 2), ("draft", 4)}
+    assert all(len(c) == 7 and min(c) > 0 for c in engine.policy.costs.values())
+    out = engine.generate(prompts, sampling, SpecParams.parse("draft", "auto"))
+    assert [r.token_ids for r in out] == plain
+    assert engine.waiting == deque() and engine.num_running == 0  # scratch rows never joined
+
+
+@pytest.mark.parametrize("method,batch_size", [("draft", 1), ("draft", 4), ("ngram", 4)])
+def test_auto_stays_lossless(tiny, method, batch_size):
+    t, d = tiny["target"].model, tiny["draft"].model
+    prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11], [12, 13, 14, 15, 16], [3, 4]]
+    sampling = SamplingParams(max_new_tokens=24)
+    plain = Engine(t).generate(prompts, sampling, SpecParams())
+    engine = Engine(t, d, max_batch_size=batch_size)
+    res = engine.generate(prompts, sampling, SpecParams(method, 4, adaptive=True))
+    assert [r.token_ids for r in res] == [r.token_ids for r in plain]
+    assert (method, batch_size) in engine.policy.costs  # it timed its steps at that bucket
+    assert all(0.0 <= r.stats.to_dict()["num_speculative_tokens"] <= 4 for r in res)
+
+
+def test_seeded_sampling_repeats_under_auto_and_matches_plain(tiny):
+    """Emitted tokens draw uniforms by position, so K (chosen per step) cannot change a seeded
+    sample for ngram, nor for draft (a seeded row's draft samples with the same uniforms and is
+    matched). Both repeat run after run and equal plain sampling with that seed."""
+    t, d = tiny["target"].model, tiny["draft"].model
+    prompts = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11, 9, 10]]
+    sampling = [SamplingParams(max_new_tokens=20, temperature=1.0, seed=s) for s in (7, 8)]
+    plain = [r.token_ids for r in Engine(t).generate(prompts, sampling, SpecParams())]
+    for method in ("ngram", "draft"):
+        runs = [
+            [
+                r.token_ids
+                for r in Engine(t, d, max_batch_size=b).generate(
+                    prompts, sampling, SpecParams.parse(method, "auto")
+                )
+            ]
+            for b in (1, 2)
+        ]
+        assert runs[0] == runs[1] == plain  # the same tokens plain sampling draws with that seed
