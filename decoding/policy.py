@@ -6,10 +6,11 @@ that emit candidate j (a moving average per method; a position never offered con
 measured ratio, PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
 the method's first step at b (`decoding/calibrate.py`), taken at the candidates a step at K really
 verifies (prompt lookup often offers fewer), plus what real steps took beyond the timing, plain and
-speculative apart (a draft catching up, rows joining, the tokens' hand-off). Where the rule says 0
-but perfect acceptance would pay, every PROBE_EVERY-th step runs PROBE_K, so acceptance stays
-measured. A user's schedule (`--speculation-schedule`, as vLLM's and TensorRT-LLM's batch-size
-schedules) replaces the rule for the methods it names. docs/batch-tradeoffs.md has the measurements.
+speculative apart (a draft catching up, rows joining, the tokens' hand-off). Every PROBE_EVERY-th
+step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at PROBE_K (only if
+perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as vLLM's and
+TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
+docs/batch-tradeoffs.md has the measurements.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ MARGIN = 0.1  # K > 0 must promise this much more tokens/s than a plain step
 ALPHA = 0.05  # weight of a row's outcome in the acceptance averages, of a step in the real costs
 CLIP = 1.5  # a step counts at most CLIP x its expected seconds (preemptions)
 PRIOR = 0.8  # reach ratio assumed per position before any is measured (optimistic: it measures)
-PROBE_EVERY = 32  # steps at K = 0 between probes ...
-PROBE_K = 2  # ... of this K
+PROBE_EVERY = 32  # steps of a (method, bucket) between probes: at K + 1, or at PROBE_K for 0
+PROBE_K = 2
 
 Timer = Callable[[str, int, int], list[float]]  # (method, rows, k_max) -> [k_max + 1] step seconds
 Schedule = dict[str, dict[int, int]]  # method ("*": any) -> {smallest batch size: K}
@@ -115,7 +116,7 @@ class SchedulePolicy:
     schedule: Schedule = field(default_factory=dict)
     costs: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # (method, b) -> t(b, K)
     accept: dict[str, Acceptance] = field(default_factory=dict)
-    plain_steps: dict[tuple[str, int], int] = field(default_factory=dict)  # K = 0 steps since a probe
+    steps: dict[tuple[str, int], int] = field(default_factory=dict)  # steps chosen per (method, b)
     chosen: dict[tuple[str, int], int] = field(default_factory=dict)  # the rule's last K (debug log)
     real: dict[tuple[str, int, bool], float] = field(default_factory=dict)  # (method, b, K > 0) -> real
     # step seconds less the timed ones, moving average
@@ -130,13 +131,12 @@ class SchedulePolicy:
         if self.chosen.get((method, b)) != k:
             log.debug("auto K for %s at %d rows: %s -> %d", method, b, self.chosen.get((method, b)), k)
             self.chosen[method, b] = k
-        if k:
-            self.plain_steps[method, b] = 0
+        n = self.steps[method, b] = self.steps.get((method, b), 0) + 1
+        if n % PROBE_EVERY:
             return k
-        n = self.plain_steps[method, b] = self.plain_steps.get((method, b), 0) + 1
-        if n % PROBE_EVERY == 0 and self.best(method, b, k_max, perfect=True):
-            return min(PROBE_K, k_max)
-        return 0
+        if k:  # one candidate more: the positions past K stay measured
+            return min(k + 1, k_max)
+        return min(PROBE_K, k_max) if self.best(method, b, k_max, perfect=True) else 0
 
     def best(self, method: str, b: int, k_max: int, perfect: bool = False) -> int:
         """The rule's K at bucket b (perfect: were every candidate accepted)."""

@@ -115,6 +115,20 @@ def test_plain_buckets_probe_only_where_perfect_acceptance_would_pay():
     assert {hopeless.choose("draft", 1, 6) for _ in range(3 * PROBE_EVERY)} == {0}
 
 
+def test_speculating_buckets_probe_one_candidate_deeper():
+    """Positions past the chosen K are measured only when offered: every PROBE_EVERY-th step
+    offers one more, so a deeper K is found when acceptance there turns out better."""
+    policy = SchedulePolicy(lambda m, rows, k_max: [1.0 + 0.3 * k for k in range(k_max + 1)])
+    policy.accept["ngram"] = Acceptance([0.9, 0.8, 0.05], [1.0, 1.0, 1.0])  # stale: position 2 bad
+    ks = [policy.choose("ngram", 1, 6) for _ in range(2 * PROBE_EVERY)]
+    assert set(ks) == {2, 3} and ks.count(3) == 2
+    for _ in range(100):  # the probes find position 2 accepted after all
+        stats = spec_step(k=3, accepted=3)
+        stats.method = "ngram"
+        policy.observe(stats, 1.9)
+    assert policy.choose("ngram", 1, 6) >= 3
+
+
 def test_a_given_schedule_replaces_the_rule_and_never_times_steps(tmp_path):
     def never(*args):
         raise AssertionError("a scheduled method is not timed")
