@@ -186,8 +186,7 @@ class Engine:
         and the outcome back to the policy. A step during which a graph compiled is marked: its
         time is not what the step costs."""
         B, k_max = len(batch.rows), self._k_max(batch)
-        lone = (batch.rows[0].request_id, batch.rows[0].arrival) if B == 1 else None
-        k = self.policy.choose(batch.method, B, k_max, lone) if k_max else None
+        k = self.policy.choose(batch.method, B, k_max) if k_max else None
         self.on_plan("decode", batch.method, batch.fixed_k if k is None else k, B)
         compiles, t0 = self.compiles(), time.perf_counter()
         stats = decode_step(self.target, batch, self.on_tokens, k)

@@ -1,16 +1,16 @@
 """How `auto` chooses K, per method and batch-size bucket b. The whole rule is here.
 
 K(method, b) is the K in 0..k_max with the most tokens per second, E(K) / t(b, K), and 0 unless it
-beats a plain step by MARGIN. E(K) = 1 + reach_0 + ... + reach_{K-1}, reach_j the share of rows that
-emit candidate j (a moving average per method; at batch 1 the lone request's own, started from the
-method's; a position never offered continues the last measured ratio, PRIOR before any). t(b, K) is
-a real decode step of b scratch rows at K, timed at the method's first step at b
-(`decoding/calibrate.py`), taken at the candidates a step at K really verifies (prompt lookup often
-offers fewer), plus what real steps took beyond the timing, plain and speculative apart (a draft
-catching up, rows joining, the tokens' hand-off). Every PROBE_EVERY-th step probes, so acceptance
-stays measured: at K + 1, or where the rule says 0 at PROBE_K (only if perfect acceptance would
-pay). A user's schedule (`--speculation-schedule`, as vLLM's and TensorRT-LLM's batch-size
-schedules) replaces the rule for the methods it names. docs/batch-tradeoffs.md has the measurements.
+beats a plain step by MARGIN. E(K) = 1 + reach_0 + ... + reach_{K-1}, reach_j the share of rows
+that emit candidate j (a moving average per method; a position never offered continues the last
+measured ratio, PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
+the method's first step at b (`decoding/calibrate.py`), taken at the candidates a step at K really
+verifies (prompt lookup often offers fewer), plus what real steps took beyond the timing, plain and
+speculative apart (a draft catching up, rows joining, the tokens' hand-off). Every PROBE_EVERY-th
+step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at PROBE_K (only if
+perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as vLLM's and
+TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
+docs/batch-tradeoffs.md has the measurements.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 MARGIN = 0.1  # K > 0 must promise this much more tokens/s than a plain step
 ALPHA = 0.05  # weight of a row's outcome in the acceptance averages, of a step in the real costs
 CLIP = 1.5  # a step counts at most CLIP x its expected seconds (preemptions)
-OWN_ALPHA = 0.25  # batch 1: weight of a row's outcome in the lone request's own acceptance
 PRIOR = 0.8  # reach ratio assumed per position before any is measured (optimistic: it measures)
 PROBE_EVERY = 32  # steps of a (method, bucket) between probes: at K + 1, or at PROBE_K for 0
 PROBE_K = 2
@@ -92,8 +91,8 @@ class Acceptance:
         offered = self.offered[:k] + [self.offered[-1] if self.offered else 1.0] * (k - len(self.offered))
         return sum(1.0 - (1.0 - o) ** rows for o in offered)
 
-    def add(self, stats: StepStats, alpha: float = ALPHA) -> None:
-        w = 1.0 - (1.0 - alpha) ** stats.batch_size
+    def add(self, stats: StepStats) -> None:
+        w = 1.0 - (1.0 - ALPHA) ** stats.batch_size
         for j, accepted in enumerate(stats.accepted_per_position[: stats.k]):
             if j == len(self.reach):
                 self.reach.append(self.expected(j + 1) - self.expected(j))  # start from the guess
@@ -118,20 +117,17 @@ class SchedulePolicy:
     costs: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # (method, b) -> t(b, K)
     accept: dict[str, Acceptance] = field(default_factory=dict)
     steps: dict[tuple[str, int], int] = field(default_factory=dict)  # steps chosen per (method, b)
-    lone: dict[str, tuple[object, Acceptance]] = field(default_factory=dict)  # method -> (request
-    # alone in its batch, its own acceptance)
     chosen: dict[tuple[str, int], int] = field(default_factory=dict)  # the rule's last K (debug log)
     real: dict[tuple[str, int, bool], float] = field(default_factory=dict)  # (method, b, K > 0) -> real
     # step seconds less the timed ones, moving average
 
-    def choose(self, method: str, batch_size: int, k_max: int, request: object = None) -> int:
-        """K for the next step of `batch_size` rows of `method`, at most k_max; request: at batch 1,
-        the row's identity (requests differ: a lone request's own acceptance decides for it)."""
+    def choose(self, method: str, batch_size: int, k_max: int) -> int:
+        """K for the next step of `batch_size` rows of `method`, at most k_max."""
         table = self.schedule.get(method, self.schedule.get("*"))
         if table is not None:
             return min(scheduled_k(table, batch_size), k_max)
         b = bucket(batch_size)
-        k = self.best(method, b, k_max, request=request if batch_size == 1 else None)
+        k = self.best(method, b, k_max)
         if self.chosen.get((method, b)) != k:
             log.debug("auto K for %s at %d rows: %s -> %d", method, b, self.chosen.get((method, b)), k)
             self.chosen[method, b] = k
@@ -142,24 +138,14 @@ class SchedulePolicy:
             return min(k + 1, k_max)
         return min(PROBE_K, k_max) if self.best(method, b, k_max, perfect=True) else 0
 
-    def best(self, method: str, b: int, k_max: int, perfect: bool = False, request: object = None) -> int:
+    def best(self, method: str, b: int, k_max: int, perfect: bool = False) -> int:
         """The rule's K at bucket b (perfect: were every candidate accepted)."""
         t = self.step_costs(method, b, k_max)
-        acc = self.acceptance(method, request)
+        acc = self.accept.setdefault(method, Acceptance())
         cost = [at(t, acc.width(k, b)) + self.real.get((method, b, k > 0), 0.0) for k in range(k_max + 1)]
         rate = [(1 + k if perfect else acc.expected(k)) / max(cost[k], 1e-9) for k in range(k_max + 1)]
         k = max(range(k_max + 1), key=rate.__getitem__)
         return k if rate[k] >= (1 + MARGIN) * rate[0] else 0
-
-    def acceptance(self, method: str, request: object = None) -> Acceptance:
-        """The method's acceptance, or a lone request's own: a copy of the method's when the
-        request is new, then moved by its own outcomes (OWN_ALPHA a row)."""
-        acc = self.accept.setdefault(method, Acceptance())
-        if request is None:
-            return acc
-        if self.lone.get(method, (None,))[0] != request:
-            self.lone[method] = (request, Acceptance(list(acc.reach), list(acc.offered)))
-        return self.lone[method][1]
 
     def step_costs(self, method: str, b: int, k_max: int) -> list[float]:
         """t(b, K) for K = 0..k_max as timed (the timer runs the first time it is asked)."""
@@ -176,8 +162,6 @@ class SchedulePolicy:
             return
         if stats.k:
             self.accept.setdefault(stats.method, Acceptance()).add(stats)
-            if stats.batch_size == 1 and stats.method in self.lone:
-                self.lone[stats.method][1].add(stats, OWN_ALPHA)
         b = bucket(stats.batch_size)
         t = self.costs.get((stats.method, b))
         if t is None or stats.k >= len(t) or stats.compiled:

@@ -11,7 +11,7 @@ class Always:
     def __init__(self, k: int | None = None) -> None:
         self.k, self.seen = k, []  # seen: the StepStats of every step it chose K for
 
-    def choose(self, method: str, batch_size: int, k_max: int, request: object = None) -> int:
+    def choose(self, method: str, batch_size: int, k_max: int) -> int:
         return k_max if self.k is None else min(self.k, k_max)
 
     def observe(self, stats: StepStats, seconds: float) -> None:
@@ -27,7 +27,7 @@ class Cycle(Always):
         super().__init__()
         self.script, self.steps = script or self.script, 0
 
-    def choose(self, method: str, batch_size: int, k_max: int, request: object = None) -> int:
+    def choose(self, method: str, batch_size: int, k_max: int) -> int:
         self.steps += 1
         return min(self.script[(self.steps - 1) % len(self.script)], k_max)
 

@@ -199,20 +199,3 @@ def test_seeded_sampling_repeats_under_auto_and_matches_plain(tiny):
             for b in (1, 2)
         ]
         assert runs[0] == runs[1] == plain  # the same tokens plain sampling draws with that seed
-
-
-def test_a_lone_request_decides_by_its_own_acceptance_from_the_methods_start():
-    """Requests differ (code copies, prose does not): at batch 1 a request starts from the method's
-    average and its own outcomes take over within a few steps; the next request starts afresh."""
-    def dear(method: str, rows: int, k_max: int) -> list[float]:  # a candidate costs half a step
-        return [1.0 + 0.5 * k for k in range(k_max + 1)]
-
-    policy = SchedulePolicy(dear)
-    policy.accept["draft"] = Acceptance([0.0], [1.0])  # requests so far: nothing accepted
-    assert policy.choose("draft", 1, 6, request="a") == 0
-    for _ in range(12):  # request a's probes: everything accepted
-        policy.observe(spec_step(k=3, accepted=3), dear("draft", 1, 6)[3])
-    assert policy.choose("draft", 1, 6, request="a") > 0  # a's own acceptance decides for it
-    assert policy.accept["draft"].reach[0] < 0.5  # the method's average moved far less
-    assert policy.choose("draft", 1, 6, request="b") == 0  # b starts from the method's average
-    assert policy.choose("draft", 2, 6) == 0  # batches of several rows use the method's
