@@ -88,17 +88,23 @@ def _tree_ids(rows: list[Row], prop: Proposal, dev: torch.device) -> torch.Tenso
     return torch.cat([pending, torch.tensor(prop.tokens, device=dev).view(len(rows), -1)], dim=1)
 
 
-def _couple(rows: list[Row], u: torch.Tensor, K: int, dev: torch.device) -> torch.Tensor | None:
+def _positions(rows: list[Row], n: int, dev: torch.device) -> torch.Tensor:
+    """[B, n] each row's uniforms of the next n generated positions."""
+    return position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], n, dev)
+
+
+def _couple(rows: list[Row], u: torch.Tensor, u_pos: torch.Tensor) -> torch.Tensor | None:
     """Seeded rows of a draft: candidate j is drawn from q with the uniform the target draws
-    generated position j with (in place: u [B, 2K], its first K columns), and accepted only where
-    p's draw with it equals it (`verify_match`): every emitted token is then the one plain decoding
-    samples with that seed, whatever K, batch or draft. (Rejection sampling accepts more, but its
-    output depends on K and on q.) Returns [B] bool, the coupled rows, or None when none is."""
+    generated position j with (u_pos [B, K]; in place: u [B, 2K], its first K columns), and
+    accepted only where p's draw with it equals it (`verify_match`): every emitted token is then
+    the one plain decoding samples with that seed, whatever K, batch or draft. (Rejection sampling
+    accepts more, but its output depends on K and on q.) Returns [B] bool, the coupled rows, or
+    None when none is."""
     seeded = [r.sampling.seed is not None and not r.sampling.greedy for r in rows]
     if not any(seeded):
         return None
-    mask = torch.tensor(seeded, device=dev)  # [B]
-    u_pos = position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], K, dev)  # [B, K]
+    mask = torch.tensor(seeded, device=u.device)  # [B]
+    K = u_pos.shape[1]
     u[:, :K] = torch.where(mask[:, None], u_pos, u[:, :K])
     return mask
 
@@ -174,10 +180,11 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     sampled = not bool(warp.greedy.all())
     # draft sampling [B, K] and acceptance [B, K] uniforms, from each row's own generator; a
     # seeded row's draft samples with its position uniforms instead (`_couple`)
-    u = coupled = None
-    if sampled and proposer.draws_from_q:
+    u = coupled = u_pos = None
+    if sampled and proposer.draws_from_q:  # a chain: the step may emit positions 0..K
         u = draw_uniforms([r.generator for r in rows], 2 * K, dev)
-        coupled = _couple(rows, u, K, dev)
+        u_pos = _positions(rows, K + 1, dev)
+        coupled = _couple(rows, u, u_pos[:, :K])
     # 1. propose
     t0 = time.perf_counter()
     prop = proposer.propose(rows, ks, warp, u[:, :K] if u is not None else None)
@@ -188,9 +195,8 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     logits, hidden = _verify(target, batch, prop)  # [B, T, V], [B, T, H] or None
     T = logits.shape[1]
     # 3. accept: row b keeps its pending token and n[b] candidates along a path
-    u_pos = None
-    if sampled:  # uniforms by generated position: seeded output does not depend on K
-        u_pos = position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], depth + 1, dev)
+    if sampled and u_pos is None:  # uniforms by generated position: seeded output does not depend on K
+        u_pos = _positions(rows, depth + 1, dev)
     if tree is None:
         caps, cand = [len(c) for c in prop.tokens], prop.tokens
         verdict = _accept_chain(logits, prop, warp, u[:, K:] if u is not None else None, u_pos, coupled)
