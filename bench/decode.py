@@ -159,7 +159,7 @@ def run(args: argparse.Namespace, models: Models, texts: list[str]) -> int:
     if set(args.compile) - {"off"}:
         use_compile_cache(args.compile_cache)
     peaks = device_peaks(models.target.device, models.target.dtype)
-    accountant = build_accountant(models.target, models.draft, models.medusa, peaks)
+    accountant = build_accountant(models.target, models.draft, models.medusa, peaks, models.eagle)
     for bs in args.batch_sizes:
         prompts = [base[i % len(base)] for i in range(max(bs, len(base)))]
         for mode in dict.fromkeys(args.compile):
@@ -195,6 +195,7 @@ def _engine(models: Models, batch_size: int, mode: str, accountant, methods: lis
         models.target.model,
         models.draft.model if models.draft else None,
         medusa=models.medusa,
+        eagle=models.eagle,
         eos_token_ids=models.target.eos_token_ids,
         max_batch_size=batch_size,
         compile=mode,

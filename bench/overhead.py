@@ -25,11 +25,11 @@ from specserve.models.loading import Models
 
 def run(args: argparse.Namespace, models: Models) -> int:
     draft = models.draft.model if models.draft else None
-    plain = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)
-    metered = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)
+    plain = Engine(models.target.model, draft, medusa=models.medusa, eagle=models.eagle, max_batch_size=1)
+    metered = Engine(models.target.model, draft, medusa=models.medusa, eagle=models.eagle, max_batch_size=1)
     metrics = ServerMetrics(CollectorRegistry())
     peaks = device_peaks(models.target.device, models.target.dtype)
-    metered.charge = build_accountant(models.target, models.draft, models.medusa, peaks)
+    metered.charge = build_accountant(models.target, models.draft, models.medusa, peaks, models.eagle)
     metered.on_step = metrics.on_step
     metered.on_tokens = metrics.on_tokens
     prompts = [models.target.tokenizer.encode(t) for t in CODE_PROMPTS]

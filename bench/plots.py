@@ -32,7 +32,13 @@ from specserve.bench.report import LevelResult  # noqa: E402
 log = logging.getLogger(__name__)
 MARKERS = {"closed": "o", "open": "s"}
 LINES = {"closed": "-", "open": "--"}
-COLORS = {"none": "tab:blue", "draft": "tab:orange", "ngram": "tab:green", "medusa": "tab:red"}
+COLORS = {
+    "none": "tab:blue",
+    "draft": "tab:orange",
+    "ngram": "tab:green",
+    "medusa": "tab:red",
+    "eagle": "tab:purple",
+}
 VARIANT_COLORS = ["tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 _variants: dict[str, str] = {}
 

@@ -206,7 +206,7 @@ def inprocess_baseline(
     models = load(method)
     tok = models.target.tokenizer
     draft = models.draft.model if models.draft else None
-    engine = Engine(models.target.model, draft, medusa=models.medusa, max_batch_size=1)
+    engine = Engine(models.target.model, draft, medusa=models.medusa, eagle=models.eagle, max_batch_size=1)
     spec = SpecParams(method, int(k or args.k or 4))
     ids = [tok.encode(p) for p in prompts]
     engine.generate(ids[:1], SamplingParams(max_new_tokens=4, ignore_eos=True), spec)  # warm-up

@@ -49,7 +49,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         default=["none"],
         type=_variant,
-        help="none, draft, ngram, medusa; METHOD:K or METHOD:auto gives one its own K (draft:4 draft:auto)",
+        help="none, draft, ngram, medusa, eagle; METHOD:K or METHOD:auto gives one its own K (draft:4)",
     )
     p.add_argument(
         "--k",
@@ -170,7 +170,12 @@ def _decode(args: argparse.Namespace) -> int:
 
     if args.repeats < 1 or args.warmup < 0 or min(args.batch_sizes) < 1:
         raise SystemExit("error: need --repeats >= 1, --warmup >= 0 and batch sizes >= 1")
-    models = load_models(args, need_draft="draft" in args.methods, need_medusa="medusa" in args.methods)
+    models = load_models(
+        args,
+        "draft" in args.methods,
+        need_medusa="medusa" in args.methods,
+        need_eagle="eagle" in args.methods,
+    )
     return decode.run(args, models, [t for _, t in read_prompts(args)])
 
 
@@ -181,7 +186,9 @@ def _serve(args: argparse.Namespace) -> int:
     args.max_tokens = args.max_tokens or MAX_TOKENS[args.workload]
 
     def load(method: str):  # --inprocess only: the server's models, in this process
-        return load_models(args, need_draft=method == "draft", need_medusa=method == "medusa")
+        return load_models(
+            args, method == "draft", need_medusa=method == "medusa", need_eagle=method == "eagle"
+        )
 
     return serve.run(args, [t for _, t in read_prompts(args)], load)
 
@@ -195,5 +202,5 @@ def _tree(args: argparse.Namespace) -> int:
 def _overhead(args: argparse.Namespace) -> int:
     from specserve.bench import overhead
 
-    need = {"need_draft": args.method == "draft", "need_medusa": args.method == "medusa"}
+    need = {m: args.method == m.removeprefix("need_") for m in ("need_draft", "need_medusa", "need_eagle")}
     return overhead.run(args, load_models(args, **need))

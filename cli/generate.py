@@ -49,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
     prompts = read_prompts(args)
     if not prompts:
         raise SystemExit("error: pass --prompt TEXT or --prompts FILE")
-    models = load_models(args, need_draft=args.method == "draft", need_medusa=args.method == "medusa")
+    models = load_models(
+        args,
+        need_draft=args.method == "draft",
+        need_medusa=args.method == "medusa",
+        need_eagle=args.method == "eagle",
+    )
     tok = models.target.tokenizer
     engine = build_engine(args, models, args.batch_size)
     warm_up_engine(args, engine, args.method)

@@ -24,6 +24,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", help="target model: Hub id or local path (default: the bundled suite)")
     g.add_argument("--draft", help="draft model for --method draft (default: the bundled suite's draft)")
     g.add_argument("--medusa", help="Medusa heads folder for --method medusa (default: the bundled heads)")
+    g.add_argument("--eagle", help="EAGLE head folder for --method eagle (default: the bundled head)")
     g.add_argument("--dtype", choices=DTYPES, default="float32")
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (accelerate device_map)")
     g.add_argument(
@@ -70,8 +71,10 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = False) -> Models:
-    """Load --target/--draft/--medusa, falling back to the bundled suite; check they fit together.
+def load_models(
+    args: argparse.Namespace, need_draft: bool, need_medusa: bool = False, need_eagle: bool = False
+) -> Models:
+    """Load --target/--draft/--medusa/--eagle, falling back to the bundled suite; check they fit together.
     Problems end the command with one line naming them."""
     import torch
 
@@ -81,7 +84,7 @@ def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = 
     if args.threads:
         torch.set_num_threads(args.threads)
     suite = default_suite()
-    target, draft, medusa = args.target, args.draft, args.medusa
+    target, draft, medusa, eagle = args.target, args.draft, args.medusa, args.eagle
     if target is None:
         if suite is None:
             raise SystemExit(
@@ -91,15 +94,19 @@ def load_models(args: argparse.Namespace, need_draft: bool, need_medusa: bool = 
         target = suite["target"]
         draft = draft or suite.get("draft")
         medusa = medusa or suite.get("medusa")
+        eagle = eagle or suite.get("eagle")
     if need_draft and draft is None:
         raise SystemExit("error: --method draft needs a draft model: pass --draft")
     if need_medusa and medusa is None:
         raise SystemExit("error: --method medusa needs Medusa heads: pass --medusa")
+    if need_eagle and eagle is None:
+        raise SystemExit("error: --method eagle needs an EAGLE head: pass --eagle")
     try:
         return load(
             target,
             draft if need_draft else None,
             medusa if need_medusa else None,
+            eagle if need_eagle else None,
             dtype=args.dtype,
             device=args.device,
             trust_remote_code=args.trust_remote_code,
@@ -122,12 +129,13 @@ def build_engine(args: argparse.Namespace, models: Models, batch_size: int):
         models.target.model,
         models.draft.model if models.draft else None,
         medusa=models.medusa,
+        eagle=models.eagle,
         eos_token_ids=models.target.eos_token_ids,
         max_batch_size=batch_size,
         compile=args.compile,
     )
     peaks = device_peaks(models.target.device, models.target.dtype)
-    engine.charge = build_accountant(models.target, models.draft, models.medusa, peaks)
+    engine.charge = build_accountant(models.target, models.draft, models.medusa, peaks, models.eagle)
     return engine
 
 

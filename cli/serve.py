@@ -16,7 +16,8 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "target": "target model: Hub id or local path (default: the bundled suite)",
     "draft": "draft model for method 'draft' (default: the bundled suite's draft)",
     "medusa": "Medusa heads folder for method 'medusa' (default: the bundled suite's heads)",
-    "method": "default method: none, draft, ngram or medusa (per request: the `speculation` field)",
+    "eagle": "EAGLE head folder for method 'eagle' (default: the bundled suite's head)",
+    "method": "default method: none, draft, ngram, medusa or eagle (per request: the `speculation` field)",
     "num_speculative_tokens": "candidates per step (1..16), or auto (default: chosen each step)",
     "speculation_schedule": 'K for "auto" by method and batch size, JSON or a JSON file, e.g. '
     '{"draft": {"1": 3, "9": 0}} ("*": every method; default: measured)',

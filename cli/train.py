@@ -1,5 +1,5 @@
 """`specserve train suite` (the default target/draft pair from this machine's Python sources) and
-`specserve train medusa` (Medusa-1 heads for a target)."""
+`specserve train medusa` (Medusa-1 heads for a target) and `specserve train eagle` (an EAGLE head)."""
 
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ def run_train_suite(args: argparse.Namespace) -> int:
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `train suite` to a CLI's subparsers; the handler is set as `func` (called with the Namespace)."""
     train = subparsers.add_parser("train", help="train models (the bundled default suite)")
-    what = train.add_subparsers(dest="train_command", metavar="{suite,medusa}", required=True)
+    what = train.add_subparsers(dest="train_command", metavar="{suite,medusa,eagle}", required=True)
     add_medusa_parser(what)
+    add_eagle_parser(what)
     suite = what.add_parser(
         "suite",
         help="corpus -> tokenizer -> target -> draft -> distillation -> evaluation -> model card",
@@ -161,4 +162,74 @@ def run_train_medusa(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {e}") from e
     for a in report["accuracy"]:
         log.info("head %d: top-1 %.3f, top-5 %.3f", a["head"], a["top1"], a["top5"])
+    return 0
+
+
+def add_eagle_parser(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser(
+        "eagle",
+        help="train an EAGLE head on a frozen target (feature-level drafting, chain unrolled in training)",
+    )
+    p.add_argument("--target", default=None, help="the target (default: the bundled suite's)")
+    p.add_argument("--out", required=True, help="folder for the head, its config and card")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--unroll", type=int, default=3, help="chain depths trained (1: EAGLE-1's teacher forcing)"
+    )
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="wall-clock budget: fewer steps when --steps would not fit",
+    )
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts the evaluation continues")
+    p.add_argument(
+        "--corpus-dir",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="train on the .py files under DIR (default: this machine's stdlib and site-packages)",
+    )
+    p.add_argument("--work-dir", default="runs/eagle", help="corpus shards and checkpoints go here")
+    p.add_argument(
+        "--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from a checkpoint"
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=run_train_eagle)
+
+
+def run_train_eagle(args: argparse.Namespace) -> int:
+    import torch
+
+    from specserve.models.eagle_train import EagleTrainConfig, train_eagle
+    from specserve.models.suite_paths import default_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target = args.target or (default_suite() or {}).get("target")
+    if target is None:
+        raise SystemExit("error: no target: pass --target (the bundled default suite is not present)")
+    for name in ("steps", "batch_size", "seq_len", "unroll", "eval_prompts"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_seconds is not None and args.max_seconds <= 0:
+        raise SystemExit(f"error: --max-seconds must be > 0, got {args.max_seconds}")
+    cfg = EagleTrainConfig(
+        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, unroll=args.unroll,
+        warmup_steps=min(50, args.steps), max_seconds=args.max_seconds, eval_prompts=args.eval_prompts,
+    )  # fmt: skip
+    try:
+        report = train_eagle(
+            target, Path(args.out), cfg, Path(args.work_dir),
+            [Path(d) for d in args.corpus_dir] if args.corpus_dir else None, args.device, resume=args.resume,
+        )  # fmt: skip
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    a = report["acceptance"]
+    log.info("eagle: acceptance by position %s, %.2f tokens per forward", a["acceptance_per_position"],
+             a["tokens_per_forward"])  # fmt: skip
     return 0

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.draft import DraftProposer
+from specserve.decoding.eagle import EagleProposer
 from specserve.decoding.kv import KVState
 from specserve.decoding.medusa import MedusaProposer
 from specserve.decoding.ngram import NgramProposer
@@ -25,9 +27,10 @@ def make_proposer(
     medusa: tuple | None = None,
     prefix: PrefixCache | None = None,
     compiled: CompiledForward | None = None,
+    eagle: nn.Module | None = None,
 ) -> Proposer:
     """medusa: (heads, tree) when Medusa heads are loaded; prefix: the draft's prefix cache;
-    compiled: the draft's compiled forward."""
+    compiled: the draft's compiled forward; eagle: an EAGLE head, when loaded."""
     if method == "medusa":
         if medusa is None:
             raise ValueError("method 'medusa' needs Medusa heads (--medusa)")
@@ -36,6 +39,10 @@ def make_proposer(
         if draft is None:
             raise ValueError("method 'draft' needs a draft model (--draft)")
         return DraftProposer(draft, prefix, compiled)
+    if method == "eagle":
+        if eagle is None:
+            raise ValueError("method 'eagle' needs an EAGLE head (--eagle)")
+        return EagleProposer(eagle)
     if method == "ngram":
         return NgramProposer()
     if method == "none":

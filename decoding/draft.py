@@ -29,6 +29,7 @@ STEADY_LAG = 2  # tokens a draft is behind after a speculative step (2 when all 
 
 class DraftProposer:
     needs_hidden = False
+    prompt_hidden = False
     draws_from_q = True
 
     def __init__(

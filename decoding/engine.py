@@ -59,6 +59,7 @@ class Engine:
         *,
         medusa: nn.Module | None = None,
         tree: Tree | None = None,
+        eagle: nn.Module | None = None,
         eos_token_ids: tuple[int, ...] = (),
         max_batch_size: int = 8,
         on_tokens: OnTokens | None = None,
@@ -74,6 +75,7 @@ class Engine:
             AttentionLayout.of(model.config)  # UnsupportedModel now, not at the first request
         self.target, self.draft = target, draft
         self.medusa = medusa_setup(medusa, tree, target.device) if medusa is not None else None
+        self.eagle = eagle
         self.eos_token_ids = tuple(eos_token_ids)
         self.max_batch_size = max_batch_size
         self.on_tokens = on_tokens or (lambda row, toks: None)
@@ -97,7 +99,11 @@ class Engine:
 
     @property
     def methods(self) -> tuple[str, ...]:
-        loaded = {"draft": self.draft is not None, "medusa": self.medusa is not None}
+        loaded = {
+            "draft": self.draft is not None,
+            "medusa": self.medusa is not None,
+            "eagle": self.eagle is not None,
+        }
         return tuple(m for m in METHODS if loaded.get(m, True))
 
     def context_length(self, method: str) -> int:
@@ -151,7 +157,9 @@ class Engine:
     def new_batch(self, method: str, scratch: bool = False) -> SubBatch:
         """An empty sub-batch of `method`; scratch: kept out of the prefix cache (calibration)."""
         prefix = None if scratch else self.prefix.get("draft")
-        proposer = make_proposer(method, self.draft, self.medusa, prefix, self.compiled.get("draft"))
+        proposer = make_proposer(
+            method, self.draft, self.medusa, prefix, self.compiled.get("draft"), self.eagle
+        )
         return SubBatch(method, KVState.empty(self.target, 0, compiled=self.compiled.get("target")), proposer)
 
     def _batch(self, method: str) -> SubBatch:

@@ -85,14 +85,18 @@ class KVState:
         model: PreTrainedModel,
         seqs: list[list[int]] | torch.Tensor,
         logits: str = "all",
-        hidden: bool = False,
+        hidden: bool | str = False,
+        embeds: torch.Tensor | None = None,
     ):
         """Feed each row its own tokens (right-padded with holes) and return logits.
 
         seqs: per-row token lists, or a [B, T] tensor when every row feeds T tokens (no padding).
         logits="all" -> [B, T, V] where row b's outputs are at 0..len(seqs[b])-1;
         logits="last" -> [B, V], the output at each row's last real token.
-        hidden=True also returns the last hidden states at the same positions ([B, T, H] / [B, H]).
+        hidden=True also returns the last hidden states at the same positions ([B, T, H] / [B, H]);
+        hidden="all" returns them at every position [B, T, H], whatever `logits` selects.
+        embeds [B, T, H]: the input embeddings to feed instead of the tokens' (an EAGLE head's;
+        `seqs` then only says how many each row feeds). Runs eagerly.
         """
         dev = self.mask.device
         if isinstance(seqs, torch.Tensor):
@@ -115,7 +119,7 @@ class KVState:
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
         self.dense = self.dense and lens is None  # no holes, no padding: SDPA's causal fast path
         t0 = time.perf_counter()
-        static = self._static(model, ids, pos, hidden)
+        static = self._static(model, ids, pos, bool(hidden)) if embeds is None else None
         if static is not None:
             out, h = static  # every position: [B, T, V], [B, T, H]
             keep = torch.arange(T, device=dev)
@@ -129,9 +133,9 @@ class KVState:
                 allowed = torch.cat([self.mask[:, None, :].expand(B, T, -1), block], dim=2)  # [B, T, L + T]
                 kv_pos = torch.cat([column_positions(self.mask), pos], dim=1)  # [B, L + T]
                 mask = self.layout.masks(allowed, pos, kv_pos, next(model.parameters()).dtype)
-            out, h = _run(model, ids, mask, pos, self.cache, keep, hidden)
+            out, h = _run(model, ids, mask, pos, self.cache, keep, hidden, embeds)
         if self.compiled is not None:
-            self.compiled.timed(B, T, hidden, static is not None, time.perf_counter() - t0)
+            self.compiled.timed(B, T, bool(hidden), static is not None, time.perf_counter() - t0)
         self.forwards.append(Forward(self.role, [T] * B if lens is None else n, self.num_columns))
         self.mask = attn
         self.seen = self.seen + (T if lens is None else lens)
@@ -143,6 +147,8 @@ class KVState:
             where = torch.searchsorted(keep, last)  # [B] index into the kept positions
             rows = torch.arange(B, device=dev)
             sel = (out[rows, where], h[rows, where] if hidden else None)
+        if hidden == "all":
+            return sel[0], h
         return sel if hidden else sel[0]
 
     def _static(
@@ -335,20 +341,22 @@ class KVState:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in layers(self.cache))
 
 
-def _run(model, ids, mask, pos, cache, keep, hidden: bool):
+def _run(model, ids, mask, pos, cache, keep, hidden: bool | str, embeds: torch.Tensor | None = None):
     """One forward; with `hidden`, through the base model and the lm_head so the final hidden
-    states come back too (what Medusa heads read)."""
+    states come back too (what Medusa and EAGLE heads read: at the kept positions, or at all
+    with hidden="all"). `embeds` replace the tokens' input embeddings."""
+    inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
     if not hidden:
-        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+        out = model(**inputs, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
                     logits_to_keep=keep)  # fmt: skip
         return out.logits, None
-    h = model.base_model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-    h = h.last_hidden_state
+    h = model.base_model(**inputs, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+    h = h_all = h.last_hidden_state
     if isinstance(keep, torch.Tensor):
         h = h[:, keep]
     elif keep:
         h = h[:, -keep:]
-    return model.get_output_embeddings()(h), h
+    return model.get_output_embeddings()(h), h_all if hidden == "all" else h
 
 
 def _pad_cols(x: torch.Tensor, length: int, dim: int = 2) -> torch.Tensor:

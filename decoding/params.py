@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS = ("none", "draft", "ngram", "medusa")
+METHODS = ("none", "draft", "ngram", "medusa", "eagle")
 MAX_SPECULATIVE_TOKENS = 16  # beyond this the verify forward costs more than any acceptance repays
 AUTO_MAX_TOKENS = 6  # "auto" chooses K in 0..this each step
 MAX_TOP_LOGPROBS = 20  # most alternatives a token's logprobs may list (OpenAI's top_logprobs limit)

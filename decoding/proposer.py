@@ -3,7 +3,7 @@
 A proposer offers each row candidates for the next tokens; `decoding/step.py:decode_step` verifies
 them with one target forward, accepts a prefix (a chain) or a root path (a tree), and tells the
 proposer what was kept. Methods: `none` (here), `draft` (draft.py), `ngram` (ngram.py), `medusa`
-(medusa.py); each file documents its own.
+(medusa.py), `eagle` (eagle.py); each file documents its own.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class Proposal:
 
 class Proposer(Protocol):
     needs_hidden: bool  # admit() and commit() want the target's last hidden states
+    prompt_hidden: bool  # admit() wants them at every prompt position the target fed
     draws_from_q: bool  # candidates are sampled from q: the step hands propose() uniforms
     kv: KVState | None  # the proposer's own cache (a draft model's), if any: its bytes and forwards
 
@@ -57,7 +58,9 @@ class Proposer(Protocol):
 
     def admit(self, rows: list[Row], hidden: torch.Tensor | None = None) -> None:
         """New rows join after the existing ones (their prompt and first token are in row.tokens);
-        `hidden` [B_new, H] is the target's last hidden state per row when needs_hidden."""
+        `hidden` [B_new, H] is the target's last hidden state per row when needs_hidden; with
+        prompt_hidden, a list of [n_b, H]: the states at the last n_b prompt positions (those
+        the target fed: a prefix cache may have held the rest)."""
         ...
 
     def select(self, keep: torch.Tensor) -> None:
@@ -73,6 +76,7 @@ class NoProposer:
     """`none`: plain autoregressive decoding. Nothing to propose, nothing to keep."""
 
     needs_hidden = False
+    prompt_hidden = False
     draws_from_q = False
     kv: KVState | None = None
 

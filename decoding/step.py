@@ -37,8 +37,11 @@ def prefill(
     With a prefix cache, each row starts from its longest cached prefix and feeds only the rest."""
     t0 = time.perf_counter()
     seqs = [r.tokens for r in new]
-    kv, out, fed = prefill_kv(target, seqs, prefix, hidden=batch.proposer.needs_hidden)
-    logits, hidden = out if batch.proposer.needs_hidden else (out, None)  # [B_new, V], [B_new, H]
+    want = "all" if batch.proposer.prompt_hidden else batch.proposer.needs_hidden
+    kv, out, fed = prefill_kv(target, seqs, prefix, hidden=want)
+    logits, hidden = out if want else (out, None)  # [B_new, V], [B_new, H] (or [B_new, T, H])
+    if want == "all":  # each row's states at the positions it fed
+        hidden = [hidden[b, : len(f)] for b, f in enumerate(fed)]
     cached = [len(s) - len(f) for s, f in zip(seqs, fed, strict=True)]  # (before emit grows r.tokens)
     warp = _warp(new, logits.device)
     first = logits.argmax(-1)  # [B_new]

@@ -19,7 +19,7 @@ from specserve.decoding.stats import Forward, StepStats
 
 @dataclass(frozen=True)
 class ModelCost:
-    name: str  # "target", "draft" or "heads"
+    name: str  # "target", "draft", "heads" (Medusa) or "eagle"
     weight_bytes: int
     non_embedding_params: int
     kv_bytes_per_token: int  # keys + values of one token over all layers
@@ -43,6 +43,16 @@ class ModelCost:
         params = list({id(p): p for p in heads.parameters()}.values())
         n = sum(p.numel() for p in params)
         return cls("heads", sum(p.numel() * p.element_size() for p in params), n, 0, 0)
+
+    @classmethod
+    def for_eagle(cls, head: nn.Module) -> ModelCost:
+        """An EAGLE head: fc, its layer and norm, and the target's lm_head it projects with (read
+        again every forward); its own cache of one layer."""
+        own = head.own_parameters() + list(head.decoder.lm_head.parameters())
+        n = sum(p.numel() for p in own)
+        base = cls.for_model("eagle", head.decoder, 0, 0)
+        return cls("eagle", sum(p.numel() * p.element_size() for p in own), n, base.kv_bytes_per_token,
+                   base.attn_flops_per_token_column)  # fmt: skip
 
     def row_costs(self, f: Forward) -> tuple[list[float], list[float], list[float]]:
         """Per row of the forward: (weight-byte share, KV bytes, FLOPs)."""
@@ -79,8 +89,11 @@ class Accountant:
             row.stats.peak_bytes_per_s, row.stats.peak_flops_per_s = self.peak_bw, self.peak_flops
 
 
-def build_accountant(target, draft=None, heads: nn.Module | None = None, peaks=None) -> Accountant:
-    """An accountant for loaded models (models.LoadedModel) and the device's peaks (metrics.peaks.Peaks)."""
+def build_accountant(
+    target, draft=None, heads: nn.Module | None = None, peaks=None, eagle: nn.Module | None = None
+) -> Accountant:
+    """An accountant for loaded models (models.LoadedModel), Medusa heads, an EAGLE head and the
+    device's peaks (metrics.peaks.Peaks)."""
     costs = {
         "target": ModelCost.for_model(
             "target", target.model, target.weight_bytes, target.non_embedding_params
@@ -92,4 +105,6 @@ def build_accountant(target, draft=None, heads: nn.Module | None = None, peaks=N
         )
     if heads is not None:
         costs["heads"] = ModelCost.for_heads(heads)
+    if eagle is not None:
+        costs["eagle"] = ModelCost.for_eagle(eagle)
     return Accountant(costs, peaks.bytes_per_s if peaks else 0.0, peaks.flops_per_s if peaks else 0.0)

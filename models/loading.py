@@ -198,19 +198,23 @@ class Models:
     draft: LoadedModel | None = None
     medusa: nn.Module | None = None  # MedusaHeads
     medusa_path: str | None = None
+    eagle: nn.Module | None = None  # EagleHead
 
 
 def load_models(
     target: str,
     draft: str | None = None,
     medusa: str | None = None,
+    eagle: str | None = None,
     dtype: str = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
 ) -> Models:
-    """Load a target and, where given, a draft (checked against the target) and Medusa heads.
+    """Load a target and, where given, a draft (checked against the target), Medusa heads and an
+    EAGLE head (refused unless trained for this target).
 
     Raises ValueError naming what does not fit."""
+    from specserve.models.eagle import EagleHead
     from specserve.models.medusa import MedusaHeads
 
     kw = {"dtype": dtype, "device": device, "trust_remote_code": trust_remote_code}
@@ -219,4 +223,5 @@ def load_models(
     if drafted is not None:
         check_draft_compatible(loaded, drafted)
     heads = MedusaHeads.load(medusa, loaded.model) if medusa else None
-    return Models(loaded, drafted, heads, medusa if heads is not None else None)
+    eagle_head = EagleHead.load(eagle, loaded.model) if eagle else None
+    return Models(loaded, drafted, heads, medusa if heads is not None else None, eagle_head)

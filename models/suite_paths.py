@@ -9,14 +9,14 @@ SUITE_DIR = Path(__file__).resolve().parent / "default_suite"
 
 
 def default_suite() -> dict[str, str] | None:
-    """Paths of the bundled target/draft (and Medusa heads once they exist), or None if not bundled."""
+    """Paths of the bundled target/draft (and Medusa and EAGLE heads where present), or None."""
     target, draft = SUITE_DIR / "target", SUITE_DIR / "draft"
     if not (target / "config.json").is_file():
         return None
     paths = {"target": str(target)}
     if (draft / "config.json").is_file():
         paths["draft"] = str(draft)
-    heads = SUITE_DIR / "medusa"
-    if (heads / "config.json").is_file():
-        paths["medusa"] = str(heads)
+    for name in ("medusa", "eagle"):
+        if (SUITE_DIR / name / "config.json").is_file():
+            paths[name] = str(SUITE_DIR / name)
     return paths

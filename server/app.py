@@ -38,7 +38,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         torch.set_num_threads(max(tuner.candidates))  # loading; each step then sets its own
     use_compile_cache(settings.compile_cache)
     models = load_models(
-        str(settings.target), settings.draft, settings.medusa,
+        str(settings.target), settings.draft, settings.medusa, settings.eagle,
         dtype=settings.dtype, device=settings.device, trust_remote_code=settings.trust_remote_code,
     )  # fmt: skip
     target, draft, heads = models.target, models.draft, models.medusa
@@ -46,6 +46,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         target.model,
         draft.model if draft else None,
         medusa=heads,
+        eagle=models.eagle,
         eos_token_ids=target.eos_token_ids,
         max_batch_size=settings.max_batch_size,
         prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20),
@@ -56,7 +57,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     metrics = ServerMetrics(registry or CollectorRegistry())
     if settings.metrics:
         peaks = device_peaks(target.device, target.dtype, settings.peak_bandwidth, settings.peak_flops)
-        engine.charge = build_accountant(target, draft, heads, peaks)
+        engine.charge = build_accountant(target, draft, heads, peaks, models.eagle)
         service.step_listeners.append(metrics.on_step)
         service.token_listeners.append(metrics.on_tokens)
         service.finish_listeners.append(metrics.on_finished)
@@ -67,7 +68,8 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     metrics.threads.set_function(lambda: tuner.current)
     metrics.info.info({
         "version": __version__, "target": str(settings.target), "draft": settings.draft or "",
-        "medusa": settings.medusa or "", "device": str(target.device), "dtype": settings.dtype,
+        "medusa": settings.medusa or "", "eagle": settings.eagle or "", "device": str(target.device),
+        "dtype": settings.dtype,
         "methods": ",".join(engine.methods),
     })  # fmt: skip
     return ServerState(settings, target, draft, engine, service, metrics, int(time.time()))

@@ -10,7 +10,7 @@ from specserve.decoding.params import MAX_SPECULATIVE_TOKENS, MAX_TOP_LOGPROBS
 
 MAX_N = 16  # choices per request (each is a row of the batch)
 TopN = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
-Method = Literal["none", "draft", "ngram", "medusa"]
+Method = Literal["none", "draft", "ngram", "medusa", "eagle"]
 SpecK = Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"]  # K, or chosen per step
 
 

@@ -18,7 +18,8 @@ class Settings(BaseSettings):
     target: str | None = Field(None, description="target model (Hub id or path); default: the bundled suite")
     draft: str | None = Field(None, description="draft model for method 'draft'")
     medusa: str | None = Field(None, description="Medusa heads folder for method 'medusa'")
-    method: Literal["none", "draft", "ngram", "medusa"] | None = Field(
+    eagle: str | None = Field(None, description="EAGLE head folder for method 'eagle'")
+    method: Literal["none", "draft", "ngram", "medusa", "eagle"] | None = Field(
         None, description="default method (per-request override allowed); default: draft if loaded, else none"
     )
     num_speculative_tokens: Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"] = Field(
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
             self.target = suite["target"]
             self.draft = self.draft or suite.get("draft")
             self.medusa = self.medusa or suite.get("medusa")
+            self.eagle = self.eagle or suite.get("eagle")
             self.served_model_name = self.served_model_name or "specserve-default-suite"
         if self.method is None:
             self.method = "draft" if self.draft else "none"
@@ -83,6 +85,8 @@ class Settings(BaseSettings):
             raise ValueError("method 'draft' needs a draft model: pass --draft")
         if self.method == "medusa" and not self.medusa:
             raise ValueError("method 'medusa' needs Medusa heads: pass --medusa")
+        if self.method == "eagle" and not self.eagle:
+            raise ValueError("method 'eagle' needs an EAGLE head: pass --eagle")
         return self
 
     @property

@@ -35,6 +35,7 @@ async def models(state: Loaded) -> dict:
                 "max_model_len": state.target.context_length,
                 "draft": state.draft.local_path if state.draft else None,
                 "medusa": s.medusa,
+                "eagle": s.eagle,
                 "methods": list(state.engine.methods),
                 "default_method": s.method,
                 "num_speculative_tokens": s.num_speculative_tokens,

@@ -1,13 +1,14 @@
 """Central test (after transformers' test_assisted_decoding_matches_greedy_search): every method is
 token-identical to plain greedy decoding and to Hugging Face generate(), with a *random* draft and
-with the target as its own draft (random Medusa heads: a tree per step), at batch 1 and batch 4
-with unequal prompt lengths, and through fewer slots than requests (rows join as others leave)."""
+with the target as its own draft (random Medusa heads: a tree per step; a random EAGLE head), at
+batch 1 and batch 4 with unequal prompt lengths, and through fewer slots than requests (rows join as
+others leave)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import random_heads
+from tiny_models import random_eagle, random_heads
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding.step import decode_step
@@ -37,6 +38,8 @@ def _engine(tiny, draft_kind: str | None, batch_size: int, **kw) -> Engine:
     draft = {None: None, "random": tiny["draft"].model, "same": tiny["target"].model}.get(draft_kind)
     if draft_kind == "heads":
         kw["medusa"] = random_heads(tiny["target"].model)
+    if draft_kind == "eagle":
+        kw["eagle"] = random_eagle(tiny["target"].model)
     return Engine(
         tiny["target"].model,
         draft,
@@ -60,6 +63,9 @@ CASES = [
     ("medusa", "heads", 1),
     ("medusa", "heads", 4),
     ("medusa", "heads", 2),
+    ("eagle", "eagle", 1),
+    ("eagle", "eagle", 4),
+    ("eagle", "eagle", 2),
 ]
 
 

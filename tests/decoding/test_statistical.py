@@ -3,7 +3,8 @@
 The joint of the first four generated tokens is compared with the target's exact joint, enumerated
 from its logits. Token 1 comes from the prefill; tokens 2-4 from a speculative step with K = 2 (each
 an accepted candidate, a recovered token or the bonus), so every acceptance branch counts.
-Medusa trees are verified the same way (its draft tokens count the tree depth per step).
+Medusa trees are verified the same way (its draft tokens count the tree depth per step); EAGLE
+chains by rejection against the head's q, or by matching for seeded rows.
 Each test also checks its own power: the same samples against the *draft's* joint must fail.
 """
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 from scripted import Always
+from tiny_models import random_eagle
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
@@ -78,14 +80,17 @@ def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
     return float(chisquare(obs[keep].numpy(), exp[keep].numpy()).pvalue)
 
 
-def sample_joint(target, draft, method: str, base: SamplingParams, heads=None, compile="off") -> torch.Tensor:
-    engine = Engine(target, draft, medusa=heads, max_batch_size=1000, compile=compile)
+def sample_joint(
+    target, draft, method: str, base: SamplingParams, heads=None, compile="off", eagle=None, seeded=True
+) -> torch.Tensor:
+    engine = Engine(target, draft, medusa=heads, eagle=eagle, max_batch_size=1000, compile=compile)
     sampling = [
         SamplingParams(
-            max_new_tokens=NEW, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p, seed=i
+            max_new_tokens=NEW, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p,
+            seed=i if seeded else None,
         )
         for i in range(N)
-    ]
+    ]  # fmt: skip
     results = engine.generate([PROMPT] * N, sampling, SpecParams(method, 2))
     assert sum(r.stats.draft_tokens for r in results) >= 2 * N  # two candidates per row
     assert compile == "off" or (engine.compiled["target"].calls > 0 and engine.compiled["target"].enabled)
@@ -137,3 +142,18 @@ def test_seeded_draft_sampling_matches_target(pair):
     counts = torch.bincount(idx, minlength=V**NEW).double()
     assert chi2_pvalue(counts, exact_joint(target, SamplingParams(temperature=1.0))) > 1e-3
     assert chi2_pvalue(counts, exact_joint(draft, SamplingParams(temperature=1.0))) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "sampling,seeded",
+    [
+        (SamplingParams(temperature=1.0), False),  # rejection sampling against the head's q
+        (SamplingParams(temperature=0.8, top_k=2), False),
+        (SamplingParams(temperature=1.0), True),  # seeded rows: matched with the positions' uniforms
+    ],
+)
+def test_eagle_sampling_matches_target(pair, sampling, seeded):
+    target, draft = pair
+    counts = sample_joint(target, draft, "eagle", sampling, eagle=random_eagle(target), seeded=seeded)
+    assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
+    assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6

@@ -117,6 +117,7 @@ MALFORMED: list[tuple[str, Any, str | None, str]] = [
     (G, gen(max_tokens=CTX), "max_tokens", "exceeds the model context"),
     (G, gen(method="beam"), "method", ""),
     (G, gen(method="medusa"), None, ""),  # not loaded here
+    (G, gen(method="eagle"), None, ""),  # not loaded here
     (G, gen(num_speculative_tokens=99), "num_speculative_tokens", ""),
     (G, gen(temperature=3), "temperature", ""),
     (G, gen(top_k=2**70, temperature=0.5), "top_k", ""),

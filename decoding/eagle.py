@@ -1,0 +1,131 @@
+"""`eagle`: an EAGLE head (models/eagle.py) drafts K tokens at the feature level from its own cache.
+
+The head's cache holds one entry per position t the target has verified: (the target's feature at
+t, the token at t + 1). The target's features arrive with every step (`commit`: those along each
+row's accepted path) and at admission (every prompt position the target fed); they wait in
+`pending` until the row is next drafted for. `propose` then feeds a row's pending entries (the
+catch-up; its last output is the first candidate), and for each further candidate an entry of the
+head's own guessed feature and that candidate. `commit` drops those guessed entries again: their
+true features come from the target's verify and are fed at the next catch-up.
+
+Rows at K = 0 are not fed (holes), so a plain step costs what a `none` step costs plus the target's
+features kept; a row left plain for long keeps only its last MAX_PENDING features (older context
+is dropped from the head's view: a lower acceptance, never a different output). Sampling: q is
+the head's distribution, verified by rejection sampling (seeded rows: by matching) like `draft`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specserve.decoding.kv import KVState
+from specserve.decoding.proposer import Proposal
+from specserve.decoding.row import Row
+from specserve.decoding.sampling import Warp, sample, warp_probs
+from specserve.models.eagle import EagleHead
+
+MAX_PENDING = 256  # target features a row keeps for the head's next catch-up
+
+
+def append_pending(
+    feats: torch.Tensor, n: torch.Tensor, new: torch.Tensor, k: torch.Tensor, cap: int = MAX_PENDING
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row b's first n[b] of feats [B, M, H] followed by its first k[b] of new [B, P, H], at most
+    the last `cap` of them, left-aligned: ([B, M', H], [B] counts)."""
+    M, total = feats.shape[1], n + k
+    drop = (total - cap).clamp(min=0)  # [B] oldest ones over the cap
+    width = int((total - drop).max()) if len(n) else 0
+    v = torch.arange(width, device=n.device)[None, :] + drop[:, None]  # [B, M'] index in old ++ new
+    src = torch.where(v < n[:, None], v, M + v - n[:, None]).clamp(max=M + new.shape[1] - 1)
+    both = torch.cat([feats, new.to(feats.dtype)], dim=1)  # [B, M + P, H]
+    return both.gather(1, src[..., None].expand(-1, -1, both.shape[2])), total - drop
+
+
+def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Ragged [n_b, H] -> [B, width, H], zero-padded on the right."""
+    return torch.stack([torch.nn.functional.pad(r, (0, 0, 0, width - r.shape[0])) for r in rows])
+
+
+class EagleProposer:
+    needs_hidden = True
+    prompt_hidden = True
+    draws_from_q = True
+
+    def __init__(self, head: EagleHead) -> None:
+        self.head = head
+        self.kv = KVState.empty(head.decoder, 0, role="eagle")
+        p = next(head.fc.parameters())
+        self.feats = torch.zeros(0, 0, head.config.hidden_size, dtype=p.dtype, device=p.device)  # [B, M, H]
+        self.n = torch.zeros(0, dtype=torch.long, device=p.device)  # [B] pending features per row
+        self._catchup = 0  # columns of the last propose's first forward: true features, kept
+        self._cands_fed = 0  # columns of guessed features after it: always dropped
+        self._fed: torch.Tensor | None = None  # [B] bool: rows whose pending the last propose fed
+
+    def admit(self, rows: list[Row], hidden: list[torch.Tensor] | None = None) -> None:
+        self.kv.add_rows(len(rows))
+        width = max(h.shape[0] for h in hidden)
+        n = torch.tensor([h.shape[0] for h in hidden], device=self.n.device)
+        empty = self.feats.new_zeros(len(rows), 0, self.feats.shape[2])
+        feats, n = append_pending(empty, n * 0, _pad(hidden, width), n)  # (the cap applies to prompts)
+        self._cat(feats, n)
+
+    def _cat(self, feats: torch.Tensor, n: torch.Tensor) -> None:
+        width = max(self.feats.shape[1], feats.shape[1])
+        grow = lambda x: torch.nn.functional.pad(x, (0, 0, 0, width - x.shape[1]))  # noqa: E731
+        self.feats = torch.cat([grow(self.feats), grow(feats)])
+        self.n = torch.cat([self.n, n])
+
+    def select(self, keep: torch.Tensor) -> None:
+        self.kv.select(keep)
+        self.feats, self.n = self.feats[keep], self.n[keep]
+
+    def extend(self, other: EagleProposer) -> None:
+        self.kv.extend(other.kv)
+        self._cat(other.feats, other.n)
+
+    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
+        K = max(ks, default=0)
+        self._catchup = self._cands_fed = 0
+        if K == 0:
+            return Proposal([[] for _ in rows])
+        dev = self.n.device
+        self._fed = torch.tensor([k > 0 for k in ks], device=dev)  # [B]
+        m = torch.where(self._fed, self.n, 0).tolist()
+        # catch-up: row b's pending entries (feature at t, token at t + 1); rows at K = 0: holes
+        seqs = [r.tokens[len(r.tokens) - mb :] if mb else [] for r, mb in zip(rows, m, strict=True)]
+        T = max(m)
+        ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)  # [B, T]
+        before = self.kv.num_columns
+        embeds = self.head.embed(ids, self.feats[:, :T])  # [B, T, H]
+        logits, f = self.kv.forward(self.head.decoder, seqs, logits="last", hidden=True, embeds=embeds)
+        self._catchup = self.kv.num_columns - before
+        sampled = not bool(warp.greedy.all())
+        cands, qs = [], []
+        for j in range(K):
+            c = logits.argmax(-1)  # [B]
+            if sampled:
+                q = warp_probs(logits[:, None], warp)[:, 0]  # [B, V]
+                c = torch.where(warp.greedy, c, sample(q, u[:, j]))
+                qs.append(q)
+            cands.append(c)
+            if j < K - 1:  # the head's guessed feature with the candidate: [B, 1, H]
+                fed = [[t] if k > j + 1 else [] for t, k in zip(c.tolist(), ks, strict=True)]  # holes: done
+                embeds = self.head.embed(c[:, None], f[:, None])
+                logits, f = self.kv.forward(self.head.decoder, fed, logits="last", hidden=True, embeds=embeds)
+        self._cands_fed = K - 1
+        tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
+        q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
+        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q=q_all)
+
+    def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
+        """Drop the guessed entries; the target's features along each row's kept path wait."""
+        dev = self.n.device
+        if self._catchup:
+            B = len(num_accepted)
+            keep = torch.zeros(B, self._catchup + self._cands_fed, dtype=torch.bool, device=dev)
+            keep[:, : self._catchup] = True
+            self.kv.rollback(keep)
+            self.n = torch.where(self._fed, 0, self.n)
+            self._catchup = self._cands_fed = 0
+        k = torch.tensor(num_accepted, device=dev) + 1  # [B] the pending token and the accepted ones
+        self.feats, self.n = append_pending(self.feats, self.n, hidden, k)

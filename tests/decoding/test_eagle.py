@@ -1,0 +1,113 @@
+"""EAGLE: greedy identity with plain decoding (a random head, a head that copies the target), rows
+joining, plain stretches, the pending-feature cap, the prefix cache, compiled steps and accounting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scripted import Cycle
+from tiny_models import V, attentionless_model, copying_eagle, random_eagle, small_model
+
+from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding import eagle as eagle_mod
+from specserve.decoding.eagle import append_pending
+
+LENS, NEW = (3, 9, 5, 14), (30, 12, 25, 20)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return small_model()
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    g = torch.Generator().manual_seed(5)
+    return [torch.randint(0, V, (n,), generator=g).tolist() for n in LENS]
+
+
+def _plain(model, prompts, batch_size=4):
+    sampling = [SamplingParams(max_new_tokens=n) for n in NEW]
+    return [
+        r.token_ids
+        for r in Engine(model, max_batch_size=batch_size).generate(prompts, sampling, SpecParams())
+    ]
+
+
+def _eagle(engine, prompts, spec):
+    return engine.generate(prompts, [SamplingParams(max_new_tokens=n) for n in NEW], spec)
+
+
+def test_append_pending_keeps_each_rows_valid_features_in_order():
+    feats = torch.tensor([[[1.0], [2.0], [9.0]], [[9.0], [9.0], [9.0]]])  # [2, 3, 1]: row 1 has none
+    new = torch.tensor([[[3.0], [9.0]], [[4.0], [5.0]]])  # [2, 2, 1]
+    out, n = append_pending(feats, torch.tensor([2, 0]), new, torch.tensor([1, 2]))
+    assert n.tolist() == [3, 2]
+    assert out[0, :3, 0].tolist() == [1.0, 2.0, 3.0] and out[1, :2, 0].tolist() == [4.0, 5.0]
+    capped, n = append_pending(feats, torch.tensor([2, 0]), new, torch.tensor([1, 2]), cap=2)
+    assert n.tolist() == [2, 2] and capped[0, :, 0].tolist() == [2.0, 3.0]  # the oldest dropped
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 2])  # 2: four requests through two slots (rows join)
+@pytest.mark.parametrize("k", ["1", "4", "auto"])
+def test_random_head_greedy_matches_plain(model, prompts, batch_size, k):
+    engine = Engine(model, eagle=random_eagle(model), max_batch_size=batch_size)
+    assert "eagle" in engine.methods
+    res = _eagle(engine, prompts, SpecParams.parse("eagle", k))
+    assert [r.token_ids for r in res] == _plain(model, prompts)
+    if k != "auto":  # (auto may judge a random head not worth a step)
+        assert sum(r.stats.accepted_tokens for r in res) > 0  # some guesses were right
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_a_head_that_copies_the_target_accepts_everything(prompts, batch_size):
+    target = attentionless_model()
+    engine = Engine(target, eagle=copying_eagle(target), max_batch_size=batch_size)
+    res = _eagle(engine, prompts, SpecParams("eagle", 4))
+    assert [r.token_ids for r in res] == _plain(target, prompts)
+    assert all(r.stats.acceptance_rate == 1.0 for r in res)
+    assert max(r.stats.mean_accepted_length for r in res) > 3.0
+
+
+def test_plain_stretches_and_joining_rows_keep_identity(model, prompts, monkeypatch):
+    """K = 0 steps pile up pending features (capped small here: old context dropped), fixed-K and
+    auto rows share the sub-batch, rows join as others leave."""
+    monkeypatch.setattr(eagle_mod, "MAX_PENDING", 4)
+    engine = Engine(model, eagle=random_eagle(model), max_batch_size=2)
+    engine.policy = Cycle()
+    specs = [SpecParams.parse("eagle", k) for k in ("auto", "2", "auto", "auto")]
+    res = engine.generate(prompts, [SamplingParams(max_new_tokens=n) for n in NEW], specs)
+    assert [r.token_ids for r in res] == _plain(model, prompts)
+    proposer = engine.batches["eagle"].proposer
+    assert proposer.feats.shape[1] <= 4 and proposer.kv.batch_size == 0
+
+
+def test_copying_head_with_the_prefix_cache_and_compiled_steps(prompts):
+    """A prefix-cache hit feeds the target (and so the head) only the prompt's rest; the head stays
+    eager under compiled target steps."""
+    target = attentionless_model()
+    shared = [prompts[3] + p for p in prompts]
+    plain = Engine(target, max_batch_size=4).generate(shared, SamplingParams(max_new_tokens=12), SpecParams())
+    for kw in ({"prefix_cache_bytes": 1 << 20}, {"compile": "on"}):
+        engine = Engine(target, eagle=copying_eagle(target), max_batch_size=2, **kw)
+        res = engine.generate(shared, SamplingParams(max_new_tokens=12), SpecParams("eagle", 3))
+        assert [r.token_ids for r in res] == [r.token_ids for r in plain]
+        assert all(r.stats.acceptance_rate == 1.0 for r in res)
+    assert sum(r.stats.cached_tokens for r in res) == 0 and engine.compiled["target"].calls > 0
+
+
+def test_head_forwards_are_accounted(model, prompts):
+    from types import SimpleNamespace
+
+    from specserve.metrics.accounting import build_accountant
+
+    target = SimpleNamespace(model=model, weight_bytes=1000, non_embedding_params=10)
+    head = random_eagle(model)
+    engine = Engine(model, eagle=head)
+    engine.charge = build_accountant(target, eagle=head)
+    seen = []
+    engine.on_step = seen.append
+    res = engine.generate(prompts[:1], SamplingParams(max_new_tokens=8), SpecParams("eagle", 3))
+    decode = [s for s in seen if s.phase == "decode" and s.k > 0]
+    assert decode and all("eagle" in s.bytes_read and s.bytes_read["eagle"]["weights"] > 0 for s in decode)
+    assert res[0].stats.bytes_read > 1000 * len(seen)  # the target's weights and the head's
