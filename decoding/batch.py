@@ -30,7 +30,7 @@ def make_proposer(
     eagle: nn.Module | None = None,
 ) -> Proposer:
     """medusa: (heads, tree) when Medusa heads are loaded; prefix: the draft's prefix cache;
-    compiled: the draft's compiled forward; eagle: an EAGLE head, when loaded."""
+    compiled: the compiled forward of the draft (or of the EAGLE head); eagle: an EAGLE head."""
     if method == "medusa":
         if medusa is None:
             raise ValueError("method 'medusa' needs Medusa heads (--medusa)")
@@ -42,7 +42,7 @@ def make_proposer(
     if method == "eagle":
         if eagle is None:
             raise ValueError("method 'eagle' needs an EAGLE head (--eagle)")
-        return EagleProposer(eagle)
+        return EagleProposer(eagle, compiled)
     if method == "ngram":
         return NgramProposer()
     if method == "none":

@@ -85,7 +85,8 @@ _CODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its 
 
 
 class CompiledForward:
-    """One model's compiled forward. Call with ids / position ids [B, T], an additive mask
+    """One model's compiled forward. Call with ids (or input embeddings [B, T, H]) / position ids
+    [B, T], an additive mask
     [B, 1, T, C] over the cache's C columns, the cache (its `write_at` set) and whether the last
     hidden states are wanted; returns logits [B, T, V] and hidden states [B, T, H] or None.
 
@@ -124,13 +125,12 @@ class CompiledForward:
 
     def _forward(self, ids, pos, mask, cache, hidden: bool):
         m = self.model
-        if hidden:  # Medusa heads read the last hidden states: through the base model and the lm_head
-            h = m.base_model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
-            )
+        inputs = {"inputs_embeds": ids} if ids.is_floating_point() else {"input_ids": ids}  # (EAGLE's)
+        if hidden:  # Medusa and EAGLE heads read the last hidden states: base model, then lm_head
+            h = m.base_model(**inputs, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
             h = h.last_hidden_state
             return m.get_output_embeddings()(h), h
-        out = m(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        out = m(**inputs, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
         return out.logits, None
 
     def _known(self, ids, pos, mask, cache, hidden):

@@ -17,12 +17,13 @@ the head's distribution, verified by rejection sampling (seeded rows: by matchin
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
 from specserve.decoding.sampling import Warp, sample, warp_probs
-from specserve.models.eagle import EagleHead
 
 MAX_PENDING = 256  # target features a row keeps for the head's next catch-up
 
@@ -51,9 +52,11 @@ class EagleProposer:
     prompt_hidden = True
     draws_from_q = True
 
-    def __init__(self, head: EagleHead) -> None:
+    def __init__(self, head: nn.Module, compiled: CompiledForward | None = None) -> None:
+        """head: a models.eagle.EagleHead (`embed`, `decoder`: a causal LM of one layer, `fc`);
+        compiled: its decoder's compiled forward."""
         self.head = head
-        self.kv = KVState.empty(head.decoder, 0, role="eagle")
+        self.kv = KVState.empty(head.decoder, 0, role="eagle", compiled=compiled)
         p = next(head.fc.parameters())
         self.feats = torch.zeros(0, 0, head.config.hidden_size, dtype=p.dtype, device=p.device)  # [B, M, H]
         self.n = torch.zeros(0, dtype=torch.long, device=p.device)  # [B] pending features per row

@@ -93,7 +93,8 @@ class Engine:
         self.prefix = {m: PrefixCache(prefix_cache_bytes) for m in ("target", "draft") if prefix_cache_bytes}
         if compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
-        models = {"target": target, "draft": draft} if compile != "off" else {}
+        models = {"target": target, "draft": draft, "eagle": eagle.decoder if eagle is not None else None}
+        models = models if compile != "off" else {}
         tune = compile == "auto"  # each kind of forward the faster way, measured
         self.compiled = {role: CompiledForward(m, role, tune) for role, m in models.items() if m is not None}
 
@@ -157,9 +158,8 @@ class Engine:
     def new_batch(self, method: str, scratch: bool = False) -> SubBatch:
         """An empty sub-batch of `method`; scratch: kept out of the prefix cache (calibration)."""
         prefix = None if scratch else self.prefix.get("draft")
-        proposer = make_proposer(
-            method, self.draft, self.medusa, prefix, self.compiled.get("draft"), self.eagle
-        )
+        compiled = self.compiled.get("eagle" if method == "eagle" else "draft")  # the proposer's model's
+        proposer = make_proposer(method, self.draft, self.medusa, prefix, compiled, self.eagle)
         return SubBatch(method, KVState.empty(self.target, 0, compiled=self.compiled.get("target")), proposer)
 
     def _batch(self, method: str) -> SubBatch:

@@ -96,7 +96,7 @@ class KVState:
         hidden=True also returns the last hidden states at the same positions ([B, T, H] / [B, H]);
         hidden="all" returns them at every position [B, T, H], whatever `logits` selects.
         embeds [B, T, H]: the input embeddings to feed instead of the tokens' (an EAGLE head's;
-        `seqs` then only says how many each row feeds). Runs eagerly.
+        `seqs` then only says how many each row feeds).
         """
         dev = self.mask.device
         if isinstance(seqs, torch.Tensor):
@@ -119,7 +119,7 @@ class KVState:
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
         self.dense = self.dense and lens is None  # no holes, no padding: SDPA's causal fast path
         t0 = time.perf_counter()
-        static = self._static(model, ids, pos, bool(hidden)) if embeds is None else None
+        static = self._static(model, ids if embeds is None else embeds, pos, bool(hidden))
         if static is not None:
             out, h = static  # every position: [B, T, V], [B, T, H]
             keep = torch.arange(T, device=dev)
@@ -159,10 +159,11 @@ class KVState:
         hidden: bool,
         block: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The compiled forward of T new tokens a row (ids, pos [B, T]) that see the row's valid
-        columns and, among themselves, `block` [T, T] (a tree's ancestors; None: causal). None when
-        there is none to run (no compiled forward, too many tokens, an empty cache, a failure)."""
-        B, T = ids.shape
+        """The compiled forward of T new tokens a row (ids, pos [B, T]; or input embeddings
+        [B, T, H]) that see the row's valid columns and, among themselves, `block` [T, T] (a
+        tree's ancestors; None: causal). None when there is none to run (no compiled forward, too
+        many tokens, an empty cache, a failure)."""
+        B, T = ids.shape[:2]
         mine = layers(self.cache)
         if self.compiled is None or not mine or B == 0 or not self.compiled.wants(B, T, hidden):
             return None
@@ -184,7 +185,7 @@ class KVState:
         allowed[:B, :, :L] = self.mask[:, None, :]
         allowed[:, :, L : L + T] = block  # (padding rows see their own tokens: no all-masked row)
         if rows > B:  # padding rows repeat the last row's tokens; their keys go to spare buffer rows
-            ids = torch.cat([ids, ids[-1:].expand(rows - B, T)])
+            ids = torch.cat([ids, ids[-1:].expand(rows - B, *ids.shape[1:])])
             pos = torch.cat([pos, pos[-1:].expand(rows - B, T)])
         kv_pos = torch.zeros(rows, C, dtype=torch.long, device=dev)  # [rows, C]
         kv_pos[:B, :L] = column_positions(self.mask)

@@ -49,17 +49,24 @@ def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, .
         return WarmUp(mode, compiled=False)
     t0 = time.perf_counter()
     runs = [("target", engine.target, False)]
-    if "medusa" in methods and engine.medusa is not None:
+    if ("medusa" in methods and engine.medusa is not None) or (
+        "eagle" in methods and engine.eagle is not None
+    ):
         runs.append(("target", engine.target, True))
     if "draft" in methods and "draft" in engine.compiled:
         runs.append(("draft", engine.draft, False))
+    if "eagle" in methods and "eagle" in engine.compiled:
+        runs.append(("eagle", engine.eagle, True))
     before = torch.get_num_threads()
     for n in threads or (before,):
         torch.set_num_threads(n)
         for role, model, hidden in runs:
             log.info("warm-up: the %s's decode forwards%s, %d threads", role,
                      " with hidden states" if hidden else "", n)  # fmt: skip
-            _forwards(model, engine.compiled[role], hidden)
+            if role == "eagle":
+                _forwards(model.decoder, engine.compiled[role], hidden, model.embed)
+            else:
+                _forwards(model, engine.compiled[role], hidden)
     torch.set_num_threads(before)
     report = WarmUp(mode, compiled=any(c.enabled for c in engine.compiled.values()))
     report.seconds = time.perf_counter() - t0
@@ -78,14 +85,23 @@ def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, .
 
 
 @torch.no_grad()
-def _forwards(model, compiled, hidden: bool) -> None:
+def _forwards(model, compiled, hidden: bool, embed=None) -> None:
     """One row's forwards of one token and of WIDE tokens, enough of each to compile the graph
-    and time it both ways; each forward's tokens are rolled back, so the cache stays small."""
+    and time it both ways; each forward's tokens are rolled back, so the cache stays small.
+    embed: an EAGLE head's (tokens, features) -> input embeddings (fed with zero features)."""
     vocab = model.get_output_embeddings().weight.shape[0]
     tokens = torch.randint(0, vocab, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(0)).tolist()
     kv = KVState.empty(model, 1, compiled=compiled)
-    kv.forward(model, [tokens], logits="last")  # the prefill: eager
+
+    def embeds(toks: list[int]) -> torch.Tensor | None:
+        if embed is None:
+            return None
+        ids = torch.tensor([toks], device=kv.mask.device)
+        p = next(model.parameters())
+        return embed(ids, torch.zeros(1, len(toks), model.config.hidden_size, dtype=p.dtype, device=p.device))
+
+    kv.forward(model, [tokens], logits="last", embeds=embeds(tokens))  # the prefill: eager
     for width in (1, WIDE):
         for _ in range(2 * TRIALS + 1):  # the first compiles; then both ways, TRIALS each
-            kv.forward(model, [tokens[:width]], hidden=hidden)
+            kv.forward(model, [tokens[:width]], hidden=hidden, embeds=embeds(tokens[:width]))
             kv.rollback(torch.zeros(1, width, dtype=torch.bool, device=kv.mask.device))

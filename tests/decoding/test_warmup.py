@@ -24,6 +24,16 @@ def test_on_compiles_the_lone_request_graphs(tiny):
     assert set(engine.compiled["draft"].graphs) == lone  # proposing, catching up
 
 
+def test_on_compiles_the_eagle_heads_graphs_with_hidden_states(tiny):
+    from tiny_models import random_eagle
+
+    engine = Engine(tiny["target"].model, eagle=random_eagle(tiny["target"].model), compile="on")
+    report = warm_up(engine, "on", ["eagle"])
+    lone = {(True, True, True), (True, False, True)}  # the target's with hidden states, the head's
+    assert report.compiled and set(engine.compiled["eagle"].graphs) == lone
+    assert lone <= set(engine.compiled["target"].graphs)
+
+
 def test_auto_judges_plain_steps_both_ways(tiny):
     engine = _engine(tiny, "auto")
     report = warm_up(engine, "auto", ["none"])
