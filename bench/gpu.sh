@@ -29,8 +29,10 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/specserve-inducto
 MODELS=(${MODELS:-})  # e.g. MODELS="--target PATH --draft PATH --medusa PATH"; default: the bundled suite
 if [ "$QUICK" = 1 ]; then
   BATCHES=(1 2); METHODS=(none draft); TOKENS=16; REPEATS=1; CONC=(1 2); PER_CLIENT=2
+  SERVED=(none draft:auto ngram:auto)
 else
-  BATCHES=(1 4 16 32); METHODS=(none draft ngram medusa); TOKENS=64; REPEATS=3; CONC=(1 4 16); PER_CLIENT=8
+  BATCHES=(1 4 16 32); METHODS=(none draft ngram medusa eagle); TOKENS=64; REPEATS=3; CONC=(1 4 16); PER_CLIENT=8
+  SERVED=(none draft:auto ngram:auto eagle:auto)
 fi
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/device.txt"
@@ -51,7 +53,7 @@ for _ in $(seq 1 300); do
   kill -0 $SERVER 2>/dev/null || { tail -n 40 "$OUT/server.log"; exit 1; }
   sleep 1
 done
-"$PY" -m specserve bench serve --url "http://127.0.0.1:$PORT" --methods none draft:auto ngram:auto \
+"$PY" -m specserve bench serve --url "http://127.0.0.1:$PORT" --methods "${SERVED[@]}" \
   --concurrency "${CONC[@]}" --max-tokens "$TOKENS" --requests-per-client "$PER_CLIENT" --warmup 1 \
   --out-dir "$OUT/serve" 2>&1 | tail -n 30
 kill $SERVER; wait $SERVER 2>/dev/null || true
