@@ -103,6 +103,12 @@ def add_medusa_parser(what: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
+    _add_head_run_args(p, "runs/medusa", "corpus shards go here")
+    p.set_defaults(func=run_train_medusa)
+
+
+def _add_head_run_args(p: argparse.ArgumentParser, work_dir: str, work_help: str) -> None:
+    """The budget, data and device flags `train medusa` and `train eagle` share."""
     p.add_argument(
         "--max-seconds",
         type=float,
@@ -116,16 +122,16 @@ def add_medusa_parser(what: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="train on the .py files under DIR (default: this machine's stdlib and site-packages)",
     )
-    p.add_argument("--work-dir", default="runs/medusa", help="corpus shards go here")
+    p.add_argument("--work-dir", default=work_dir, help=work_help)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
-    p.set_defaults(func=run_train_medusa)
 
 
-def run_train_medusa(args: argparse.Namespace) -> int:
+def _head_target(args: argparse.Namespace, positive: tuple[str, ...]) -> str:
+    """What `train medusa` and `train eagle` check first: threads set, the target (default: the
+    bundled one), flags that must be >= 1 and a positive --max-seconds. Ends with one line otherwise."""
     import torch
 
-    from specserve.models.medusa_train import MedusaTrainConfig, train_medusa
     from specserve.models.suite_paths import default_suite
 
     if args.threads:
@@ -133,11 +139,18 @@ def run_train_medusa(args: argparse.Namespace) -> int:
     target = args.target or (default_suite() or {}).get("target")
     if target is None:
         raise SystemExit("error: no target: pass --target (the bundled default suite is not present)")
-    for name in ("num_heads", "num_layers", "steps", "batch_size", "seq_len"):
+    for name in positive:
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_seconds is not None and args.max_seconds <= 0:
         raise SystemExit(f"error: --max-seconds must be > 0, got {args.max_seconds}")
+    return target
+
+
+def run_train_medusa(args: argparse.Namespace) -> int:
+    from specserve.models.medusa_train import MedusaTrainConfig, train_medusa
+
+    target = _head_target(args, ("num_heads", "num_layers", "steps", "batch_size", "seq_len"))
     cfg = MedusaTrainConfig(
         num_heads=args.num_heads,
         num_layers=args.num_layers,
@@ -179,45 +192,18 @@ def add_eagle_parser(what: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--unroll", type=int, default=3, help="chain depths trained (1: EAGLE-1's teacher forcing)"
     )
-    p.add_argument(
-        "--max-seconds",
-        type=float,
-        default=None,
-        help="wall-clock budget: fewer steps when --steps would not fit",
-    )
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts the evaluation continues")
-    p.add_argument(
-        "--corpus-dir",
-        action="append",
-        default=None,
-        metavar="DIR",
-        help="train on the .py files under DIR (default: this machine's stdlib and site-packages)",
-    )
-    p.add_argument("--work-dir", default="runs/eagle", help="corpus shards and checkpoints go here")
+    _add_head_run_args(p, "runs/eagle", "corpus shards and checkpoints go here")
     p.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from a checkpoint"
     )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=run_train_eagle)
 
 
 def run_train_eagle(args: argparse.Namespace) -> int:
-    import torch
-
     from specserve.models.eagle_train import EagleTrainConfig, train_eagle
-    from specserve.models.suite_paths import default_suite
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    target = args.target or (default_suite() or {}).get("target")
-    if target is None:
-        raise SystemExit("error: no target: pass --target (the bundled default suite is not present)")
-    for name in ("steps", "batch_size", "seq_len", "unroll", "eval_prompts"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_seconds is not None and args.max_seconds <= 0:
-        raise SystemExit(f"error: --max-seconds must be > 0, got {args.max_seconds}")
+    target = _head_target(args, ("steps", "batch_size", "seq_len", "unroll", "eval_prompts"))
     cfg = EagleTrainConfig(
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, unroll=args.unroll,
         warmup_steps=min(50, args.steps), max_seconds=args.max_seconds, eval_prompts=args.eval_prompts,

@@ -22,7 +22,7 @@ from specserve.decoding.kv import KVState
 from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp, sample, warp_probs
+from specserve.decoding.sampling import Warp, draw_candidate
 
 STEADY_LAG = 2  # tokens a draft is behind after a speculative step (2 when all K were accepted)
 
@@ -93,12 +93,9 @@ class DraftProposer:
         sync_s = (t1 - t0 if synced else 0.0) + (time.perf_counter() - t1 if lag > STEADY_LAG else 0.0)
         cands, qs = [], []
         for j in range(K):
-            c = logits.argmax(-1)  # [B]
-            if sampled:
-                q = warp_probs(logits[:, None], warp)[:, 0]  # [B, V]
-                c = torch.where(warp.greedy, c, sample(q, u[:, j]))
-                qs.append(q)
+            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V] or None
             cands.append(c)
+            qs.append(q)
             if j < K - 1:  # the K-th candidate is never fed: the target verifies it
                 fed = c[:, None]  # [B, 1]; rows that have all their candidates get holes
                 if min(ks) <= j + 1:

@@ -23,7 +23,7 @@ from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp, sample, warp_probs
+from specserve.decoding.sampling import Warp, draw_candidate
 
 MAX_PENDING = 256  # target features a row keeps for the head's next catch-up
 
@@ -105,12 +105,9 @@ class EagleProposer:
         sampled = not bool(warp.greedy.all())
         cands, qs = [], []
         for j in range(K):
-            c = logits.argmax(-1)  # [B]
-            if sampled:
-                q = warp_probs(logits[:, None], warp)[:, 0]  # [B, V]
-                c = torch.where(warp.greedy, c, sample(q, u[:, j]))
-                qs.append(q)
+            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V] or None
             cands.append(c)
+            qs.append(q)
             if j < K - 1:  # the head's guessed feature with the candidate: [B, 1, H]
                 fed = [[t] if k > j + 1 else [] for t, k in zip(c.tolist(), ks, strict=True)]  # holes: done
                 embeds = self.head.embed(c[:, None], f[:, None])

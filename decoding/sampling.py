@@ -81,6 +81,19 @@ class UniformStream:
         return self.buf[start : start + n]
 
 
+def draw_candidate(
+    logits: torch.Tensor, warp: Warp, u: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A drafter's next candidate per row from its logits [B, V]: the argmax for greedy rows, a
+    sample of q (the warped distribution) with uniforms u [B] for the others. Returns the
+    candidates [B] and q [B, V] (None when every row is greedy: u is None)."""
+    c = logits.argmax(-1)  # [B]
+    if u is None:
+        return c, None
+    q = warp_probs(logits[:, None], warp)[:, 0]  # [B, V]
+    return torch.where(warp.greedy, c, sample(q, u)), q
+
+
 def position_uniforms(streams: list[UniformStream | None], starts: list[int], n: int, device) -> torch.Tensor:
     """[B, n]: row b's uniforms for positions starts[b] .. + n - 1 (zeros for greedy rows)."""
     rows = [

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from specserve.decoding.attention import AttentionLayout
 from specserve.models.eagle import SHARED, EagleConfig, EagleHead
 from specserve.models.loading import load_model
 from specserve.models.medusa_train import corpus_windows
+from specserve.models.suite.card import hardware
 from specserve.models.suite.train import StepBudget, TokenWindows, cpu_has_bf16
 
 log = logging.getLogger(__name__)
@@ -229,9 +229,7 @@ def train_eagle(
         "train_s": round(spent + time.perf_counter() - t_loop, 1),
         "total_s": round(time.perf_counter() - t_start, 1),
         "precision": "bf16 autocast" if bf16 else "float32",
-        "hardware": f"{torch.get_num_threads()} CPU threads ({platform.machine()})"
-        if target.device.type == "cpu"
-        else torch.cuda.get_device_name(target.device),
+        "hardware": hardware(target.device),
     }
     (out / "training.json").write_text(json.dumps(report, indent=2))
     (out / "README.md").write_text(card(report))

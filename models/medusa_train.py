@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from specserve.models.loading import load_model
 from specserve.models.medusa import MedusaConfig, MedusaHeads
 from specserve.models.suite import corpus
+from specserve.models.suite.card import hardware
 from specserve.models.suite.tokenizer import tokenizer_digest
 from specserve.models.suite.train import StepBudget, TokenWindows
 
@@ -163,9 +163,7 @@ def train_medusa(
         "accuracy": after,
         "history": history,
         "train_s": round(time.perf_counter() - t_start, 1),
-        "hardware": f"{torch.get_num_threads()} CPU threads ({platform.machine()})"
-        if target.device.type == "cpu"
-        else torch.cuda.get_device_name(target.device),
+        "hardware": hardware(target.device),
     }
     (out / "training.json").write_text(json.dumps(report, indent=2))
     (out / "README.md").write_text(card(report))
