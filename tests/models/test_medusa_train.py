@@ -64,9 +64,14 @@ def test_train_medusa_cli_refuses_bad_input(tiny_paths, tmp_path):
         )
 
 
-def test_train_medusa_on_given_windows_within_a_time_budget(tiny_paths, tmp_path):
+def test_train_medusa_on_given_windows_within_a_time_budget(tiny_paths, tmp_path, monkeypatch):
     """The recipe hands over its own shards (no corpus scan); a budget ends the run early, whole."""
     import numpy as np
+    from clock import FakeClock
+
+    from specserve.models import medusa_train
+
+    FakeClock().install(monkeypatch, medusa_train)
 
     from specserve.models.suite.train import TokenWindows
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from clock import FakeClock
 from scipy.stats import chisquare
 from transformers import LlamaForCausalLM
 
+from specserve.models.suite import train as train_module
 from specserve.models.suite.configs import ModelShape, TrainConfig
 from specserve.models.suite.distill import sample_tokens
 from specserve.models.suite.train import StepBudget, TokenWindows, lr_at, train_loop
@@ -31,7 +33,8 @@ def test_budget_never_lengthens_a_run() -> None:
     assert all(budget.plan(s, elapsed=0.01 * s) == 40 for s in range(40))
 
 
-def test_budgeted_run_ends_its_schedule_inside_the_budget(tmp_path) -> None:
+def test_budgeted_run_ends_its_schedule_inside_the_budget(tmp_path, monkeypatch) -> None:
+    FakeClock().install(monkeypatch, train_module)
     torch.manual_seed(0)
     model = LlamaForCausalLM(ModelShape(16, 1, 1, 32).llama_config(40, 64, 0, 0, 1))
     windows = TokenWindows(np.random.default_rng(0).integers(0, 40, 4000).astype(np.uint16), 16)
@@ -62,12 +65,12 @@ def _tiny_run(tmp_path, **kw):
     return cfg, res, torch.load(tmp_path / "ckpt.pt", weights_only=False)["result"]
 
 
-def test_budgeted_run_ends_on_an_evaluated_checkpointed_step(tmp_path) -> None:
+def test_budgeted_run_ends_on_an_evaluated_checkpointed_step(tmp_path, monkeypatch) -> None:
     """A periodic evaluation that spends the budget still leaves the last step evaluated and saved."""
-    import time
+    clock = FakeClock().install(monkeypatch, train_module)
 
     def slow_val(model, ids):
-        time.sleep(0.3)
+        clock.sleep(0.3)
         return torch.tensor(1.0)
 
     cfg = {"eval_every": 30, "eval_windows": 2, "ckpt_every": 7, "max_seconds": 0.5}
@@ -76,7 +79,8 @@ def test_budgeted_run_ends_on_an_evaluated_checkpointed_step(tmp_path) -> None:
     assert saved["steps"] == res.steps and saved["planned_steps"] == res.steps
 
 
-def test_resume_before_the_probe_probes_again(tmp_path) -> None:
+def test_resume_before_the_probe_probes_again(tmp_path, monkeypatch) -> None:
+    FakeClock().install(monkeypatch, train_module)
     cfg = {"eval_every": 10**9, "eval_windows": 2, "ckpt_every": 5, "max_seconds": 0.5}
     _, first, saved = _tiny_run(tmp_path, cfg=cfg, stop_after=10)
     assert first.steps == 10 and saved["planned_steps"] == 0  # no plan was made yet: none is kept
