@@ -16,6 +16,8 @@ the head's distribution, verified by rejection sampling (seeded rows: by matchin
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
@@ -98,10 +100,13 @@ class EagleProposer:
         seqs = [r.tokens[len(r.tokens) - mb :] if mb else [] for r, mb in zip(rows, m, strict=True)]
         T = max(m)
         ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)  # [B, T]
-        before = self.kv.num_columns
+        before, t0 = self.kv.num_columns, time.perf_counter()
         embeds = self.head.embed(ids, self.feats[:, :T])  # [B, T, H]
         logits, f = self.kv.forward(self.head.decoder, seqs, logits="last", hidden=True, embeds=embeds)
         self._catchup = self.kv.num_columns - before
+        # more pending features than one speculative step leaves (K + 1) were piled up by plain
+        # steps: that catch-up is the price of switching to speculation, not of speculating
+        sync_s = time.perf_counter() - t0 if T > K + 1 else 0.0
         sampled = not bool(warp.greedy.all())
         cands, qs = [], []
         for j in range(K):
@@ -115,7 +120,7 @@ class EagleProposer:
         self._cands_fed = K - 1
         tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
         q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
-        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q=q_all)
+        return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q=q_all, sync_s=sync_s)
 
     def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:
         """Drop the guessed entries; the target's features along each row's kept path wait."""

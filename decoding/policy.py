@@ -6,7 +6,9 @@ that emit candidate j (a moving average per method; a position never offered con
 measured ratio, PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
 the method's first step at b (`decoding/calibrate.py`), taken at the candidates a step at K really
 verifies (prompt lookup often offers fewer), plus what real steps took beyond the timing, plain and
-speculative apart (a draft catching up, rows joining, the tokens' hand-off). Every PROBE_EVERY-th
+speculative apart (a draft catching up, rows joining, the tokens' hand-off; not a draft's or EAGLE
+head's catch-up on what plain steps piled up, `StepStats.sync_s`: that is the price of switching,
+and charged to K it keeps a method plain, each probe paying a long catch-up). Every PROBE_EVERY-th
 step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at PROBE_K (only if
 perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as vLLM's and
 TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.

@@ -36,7 +36,8 @@ class Proposal:
     q: torch.Tensor | None = None  # [B, C, V] the draft probs candidate c was sampled from (chain:
     # C = K, tree: C = N - 1, node c + 1 given its parent); None: deterministic candidates
     tree: Tree | None = None
-    sync_s: float = 0.0  # of the proposing time, spent prefilling rows that joined during plain steps
+    sync_s: float = 0.0  # of the proposing time, spent catching up on what plain steps left (rows
+    # that joined, tokens or features piled up): the K policy does not charge it to speculating
     forwards: list[Forward] = field(default_factory=list)  # model calls outside any cache (Medusa heads)
 
 

@@ -32,7 +32,7 @@ class StepStats:
     prefill_s: float = 0.0
     propose_s: float = 0.0
     verify_s: float = 0.0
-    sync_s: float = 0.0  # of propose_s: a draft prefilling rows that joined during plain steps
+    sync_s: float = 0.0  # of propose_s: a draft or EAGLE head catching up on what plain steps left
     k: int = 0  # speculative tokens asked for this step
     compiled: bool = False  # a graph compiled during the step: its time is not the step's
     forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran

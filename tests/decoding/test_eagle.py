@@ -112,3 +112,24 @@ def test_head_forwards_are_accounted(model, prompts):
     decode = [s for s in seen if s.phase == "decode" and s.k > 0]
     assert decode and all("eagle" in s.bytes_read and s.bytes_read["eagle"]["weights"] > 0 for s in decode)
     assert res[0].stats.bytes_read > 1000 * len(seen)  # the target's weights and the head's
+
+
+def test_catching_up_after_plain_steps_is_reported_as_switching_cost(model, prompts):
+    """A speculative step after plain ones feeds the head what they piled up: its `sync_s` (which the
+    K policy leaves out of speculation's cost) is that catch-up; back-to-back speculative steps
+    report none."""
+
+    class Spy(Cycle):
+        def observe(self, stats, seconds):
+            super().observe(stats, seconds)
+            self.seen_at.append((stats.k, stats.sync_s))
+
+    spy = Spy((0, 0, 0, 0, 2, 2, 2))
+    spy.seen_at = []
+    engine = Engine(model, eagle=random_eagle(model))
+    engine.policy = spy
+    engine.generate(prompts[:1], SamplingParams(max_new_tokens=40), SpecParams.parse("eagle", "auto"))
+    after_plain = [s for (k, s), (k0, _) in zip(spy.seen_at[1:], spy.seen_at, strict=False) if k and not k0]
+    steady = [s for (k, s), (k0, _) in zip(spy.seen_at[1:], spy.seen_at, strict=False) if k and k0]
+    assert after_plain and all(s > 0 for s in after_plain)
+    assert steady and all(s == 0 for s in steady)
