@@ -221,7 +221,10 @@ def test_chat_logprobs_and_top_logprobs_streamed_and_whole(oai):
     parts = [ch.choices[0].logprobs for ch in oai.chat.completions.create(**kw, stream=True)
              if ch.choices and ch.choices[0].logprobs]  # fmt: skip
     streamed = [c for p in parts for c in p.content]
-    assert [(c.token, c.logprob) for c in streamed] == [(c.token, c.logprob) for c in content]
+    assert [c.token for c in streamed] == [c.token for c in content]
+    # the same tokens; their logprobs to rounding (the two requests' steps may verify different
+    # numbers of candidates, and a matmul of another shape rounds the last bit differently)
+    assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-9)
     plain = oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0)
     assert plain.choices[0].logprobs is None and plain.choices[0].message.content == whole.message.content
 
