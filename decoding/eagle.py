@@ -68,11 +68,9 @@ class EagleProposer:
 
     def admit(self, rows: list[Row], hidden: list[torch.Tensor] | None = None) -> None:
         self.kv.add_rows(len(rows))
-        width = max(h.shape[0] for h in hidden)
+        hidden = [h[-MAX_PENDING:].to(self.feats.dtype) for h in hidden]  # (the cap holds for prompts)
         n = torch.tensor([h.shape[0] for h in hidden], device=self.n.device)
-        empty = self.feats.new_zeros(len(rows), 0, self.feats.shape[2])
-        feats, n = append_pending(empty, n * 0, _pad(hidden, width), n)  # (the cap applies to prompts)
-        self._cat(feats, n)
+        self._cat(_pad(hidden, int(n.max())), n)
 
     def _cat(self, feats: torch.Tensor, n: torch.Tensor) -> None:
         width = max(self.feats.shape[1], feats.shape[1])
@@ -114,7 +112,9 @@ class EagleProposer:
             cands.append(c)
             qs.append(q)
             if j < K - 1:  # the head's guessed feature with the candidate: [B, 1, H]
-                fed = [[t] if k > j + 1 else [] for t, k in zip(c.tolist(), ks, strict=True)]  # holes: done
+                fed = c[:, None]  # [B, 1]; rows that have all their candidates get holes
+                if min(ks) <= j + 1:
+                    fed = [[t] if k > j + 1 else [] for t, k in zip(c.tolist(), ks, strict=True)]
                 embeds = self.head.embed(c[:, None], f[:, None])
                 logits, f = self.kv.forward(self.head.decoder, fed, logits="last", hidden=True, embeds=embeds)
         self._cands_fed = K - 1
@@ -133,4 +133,4 @@ class EagleProposer:
             self.n = torch.where(self._fed, 0, self.n)
             self._catchup = self._cands_fed = 0
         k = torch.tensor(num_accepted, device=dev) + 1  # [B] the pending token and the accepted ones
-        self.feats, self.n = append_pending(self.feats, self.n, hidden, k)
+        self.feats, self.n = append_pending(self.feats, self.n, hidden, k, MAX_PENDING)

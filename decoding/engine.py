@@ -200,8 +200,7 @@ class Engine:
         stats = decode_step(self.target, batch, self.on_tokens, k)
         stats.compiled = self.compiles() > compiles
         if k is not None:
-            # (a proposer catching up on what plain steps piled up: the price of switching, not of K)
-            self.policy.observe(stats, time.perf_counter() - t0 - stats.sync_s)
+            self.policy.observe(stats, time.perf_counter() - t0)
         return stats
 
     def compiles(self) -> int:

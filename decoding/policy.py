@@ -159,9 +159,12 @@ class SchedulePolicy:
         return t
 
     def observe(self, stats: StepStats, seconds: float) -> None:
-        """A decode step that ran with K = stats.k for the adaptive rows, in `seconds` of wall time."""
+        """A decode step that ran with K = stats.k for the adaptive rows, in `seconds` of wall time
+        (of which stats.sync_s, a proposer catching up on what plain steps piled up, is the price of
+        switching, not of K: left out)."""
         if not stats.batch_size:
             return
+        seconds -= stats.sync_s
         if stats.k:
             self.accept.setdefault(stats.method, Acceptance()).add(stats)
         b = bucket(stats.batch_size)

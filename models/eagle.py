@@ -111,11 +111,14 @@ class EagleHead(nn.Module):
         """What training updates and the file holds (not the shared embedding or lm_head)."""
         return [p for n, p in self.named_parameters() if not n.startswith(SHARED)]
 
+    def own_state(self) -> dict[str, torch.Tensor]:
+        """The state dict without the target's modules: what files and checkpoints hold."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(SHARED)}
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.state_dict().items() if not k.startswith(SHARED)}
-        save_file(state, str(path / WEIGHTS_NAME))
+        save_file({k: v.contiguous() for k, v in self.own_state().items()}, str(path / WEIGHTS_NAME))
         (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod

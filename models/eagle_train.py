@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -27,11 +26,11 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from specserve.decoding.attention import AttentionLayout
-from specserve.models.eagle import SHARED, EagleConfig, EagleHead
+from specserve.models.eagle import EagleConfig, EagleHead
 from specserve.models.loading import load_model
 from specserve.models.medusa_train import corpus_windows
 from specserve.models.suite.card import hardware
-from specserve.models.suite.train import StepBudget, TokenWindows, cpu_has_bf16
+from specserve.models.suite.train import StepBudget, TokenWindows, cpu_has_bf16, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,7 @@ class EagleTrainConfig:
     seq_len: int = 256
     lr: float = 1e-3
     warmup_steps: int = 50
+    min_lr_ratio: float = 0.0  # where the cosine ends (`lr_at`, as the suite's training)
     unroll: int = 3  # chain depths trained (1: EAGLE-1, teacher-forced features only)
     w_cls: float = 1.0  # weight of the token loss against the feature loss
     eval_prompts: int = 32  # held-out prompts continued greedily by the target for evaluation
@@ -138,14 +138,6 @@ def chain_acceptance(head: EagleHead, model, seqs: torch.Tensor, prompt_len: int
     }
 
 
-def _lr(step: int, total: int, cfg: EagleTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return (
-        cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)))
-    )
-
-
 def train_eagle(
     target_path: str,
     out: Path,
@@ -187,7 +179,7 @@ def train_eagle(
         if step >= total:
             break
         for g in opt.param_groups:
-            g["lr"] = _lr(step, total, cfg)
+            g["lr"] = lr_at(step, cfg, total)
         ids = train.batch(cfg.seed, step, cfg.batch_size).to(target.device)
         with torch.autocast(target.device.type, dtype=torch.bfloat16, enabled=bf16):
             h, p = _target_pass(model, ids)
@@ -203,10 +195,9 @@ def train_eagle(
         if done % cfg.checkpoint_every == 0 or last:
             history.append({"step": done, "losses": [round(x.item(), 4) for x in per_pass]})
             log.info("eagle step %d/%d: losses by depth %s", done, total, history[-1]["losses"])
-            own = {k: v for k, v in head.state_dict().items() if not k.startswith(SHARED)}
             state = {"config": asdict(cfg), "target": head.config.target_digest, "step": done,
-                     "history": history, "spent": spent + time.perf_counter() - t_loop, "head": own,
-                     "opt": opt.state_dict()}  # fmt: skip
+                     "history": history, "spent": spent + time.perf_counter() - t_loop,
+                     "head": head.own_state(), "opt": opt.state_dict()}  # fmt: skip
             torch.save(state, ckpt.with_suffix(".tmp"))
             os.replace(ckpt.with_suffix(".tmp"), ckpt)
         if last:
