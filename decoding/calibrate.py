@@ -16,12 +16,10 @@ import torch
 from transformers import PreTrainedModel
 
 from specserve.decoding.batch import SubBatch
-from specserve.decoding.ngram import NgramProposer
 from specserve.decoding.params import AUTO_MAX_TOKENS, SamplingParams, SpecParams
 from specserve.decoding.policy import bucket
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp
 from specserve.decoding.step import decode_step, prefill
 
 if TYPE_CHECKING:
@@ -54,8 +52,9 @@ def time_steps(
     spec = SpecParams(batch.method, max(k_max, 1), adaptive=True)
     new = [Row.start(f"calibrate-{i}", prompt, sampling, spec, (), max_len=ctx) for i in range(rows)]
     prefill(target, batch, new, _drop)
-    if batch.method == "ngram":  # a random model seldom repeats the prompt: fill what lookup misses
-        batch.proposer = _Filled(batch.proposer, period)
+    if batch.method == "ngram":  # fill what lookup misses up to K (lookup itself still runs, timed):
+        propose = batch.proposer.propose  # a scratch row's output seldom repeats its prompt
+        batch.proposer.propose = lambda rows, ks, *a: _filled(propose(rows, ks, *a), ks, period)
     best = [float("inf")] * (k_max + 1)
     for rep in range(REPS + 1 + EXTRA):
         todo = range(k_max + 1) if rep <= REPS else [k for k, t in enumerate(best) if t == float("inf")]
@@ -72,10 +71,8 @@ def time_steps(
 def step_costs(engine: Engine, method: str, rows: int, k_max: int) -> list[float]:
     """The policy's timer: `rows` scratch rows of `method` on the engine's models, each step's
     threads planned as a real step's (call on the thread that will step)."""
-    plan = lambda k: engine.on_plan("decode", method, k, rows)  # noqa: E731
-    return time_steps(
-        engine.target, engine.new_batch(method, scratch=True), rows, k_max, plan, engine.compiles
-    )
+    batch, plan = engine.new_batch(method, scratch=True), lambda k: engine.on_plan("decode", method, k, rows)
+    return time_steps(engine.target, batch, rows, k_max, plan, engine.compiles)
 
 
 def calibrate(engine: Engine, methods: tuple[str, ...] | None = None) -> None:
@@ -94,17 +91,6 @@ def _drop(row: Row, tokens: list[int]) -> None:
     pass
 
 
-class _Filled:
-    """Prompt lookup's candidates, filled up to each row's K with the scratch prompt's tokens, so a
-    step at K is timed verifying K candidates (lookup itself still runs: its cost is in the time)."""
-
-    def __init__(self, proposer: NgramProposer, filler: list[int]) -> None:
-        self.proposer, self.filler = proposer, filler
-
-    def __getattr__(self, name: str):
-        return getattr(self.proposer, name)
-
-    def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
-        prop = self.proposer.propose(rows, ks, warp, u)
-        prop.tokens = [c + self.filler[: k - len(c)] for c, k in zip(prop.tokens, ks, strict=True)]
-        return prop
+def _filled(prop: Proposal, ks: list[int], filler: list[int]) -> Proposal:
+    prop.tokens = [c + filler[: k - len(c)] for c, k in zip(prop.tokens, ks, strict=True)]
+    return prop

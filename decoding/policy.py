@@ -6,13 +6,12 @@ that emit candidate j (a moving average per method; a position never offered con
 measured ratio, PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
 the method's first step at b (`decoding/calibrate.py`), taken at the candidates a step at K really
 verifies (prompt lookup often offers fewer), plus what real steps took beyond the timing, plain and
-speculative apart (a draft catching up, rows joining, the tokens' hand-off; not a draft's or EAGLE
-head's catch-up on what plain steps piled up, `StepStats.sync_s`: that is the price of switching,
-and charged to K it keeps a method plain, each probe paying a long catch-up). Every PROBE_EVERY-th
-step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at PROBE_K (only if
-perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as vLLM's and
-TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
-docs/batch-tradeoffs.md has the measurements.
+speculative apart (not a proposer's catch-up on what plain steps piled up, `StepStats.sync_s`: the
+price of switching, which charged to K would keep a method plain). Every PROBE_EVERY-th step
+probes, so acceptance stays measured: at K + 1, or where the rule says 0 at PROBE_K (only if perfect
+acceptance would pay). A user's schedule (`--speculation-schedule`, as vLLM's and TensorRT-LLM's
+batch-size schedules) replaces the rule for the methods it names. docs/batch-tradeoffs.md has the
+measurements.
 """
 
 from __future__ import annotations
@@ -59,11 +58,6 @@ def parse_schedule(text: str) -> Schedule:
             raise ValueError(f"schedule for {method!r} must start at batch size 1 with K >= 0")
         out[method] = dict(sorted(table.items()))
     return out
-
-
-def scheduled_k(table: dict[int, int], batch_size: int) -> int:
-    """K of the largest step of a schedule table at or below batch_size."""
-    return table[max(b for b in table if b <= batch_size)]
 
 
 @dataclass
@@ -119,20 +113,16 @@ class SchedulePolicy:
     costs: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # (method, b) -> t(b, K)
     accept: dict[str, Acceptance] = field(default_factory=dict)
     steps: dict[tuple[str, int], int] = field(default_factory=dict)  # steps chosen per (method, b)
-    chosen: dict[tuple[str, int], int] = field(default_factory=dict)  # the rule's last K (debug log)
-    real: dict[tuple[str, int, bool], float] = field(default_factory=dict)  # (method, b, K > 0) -> real
-    # step seconds less the timed ones, moving average
+    real: dict[tuple[str, int, bool], float] = field(default_factory=dict)  # (method, b, K > 0) ->
+    # real step seconds less the timed ones, moving average
 
     def choose(self, method: str, batch_size: int, k_max: int) -> int:
         """K for the next step of `batch_size` rows of `method`, at most k_max."""
         table = self.schedule.get(method, self.schedule.get("*"))
-        if table is not None:
-            return min(scheduled_k(table, batch_size), k_max)
+        if table is not None:  # the K of its largest batch size at or below this one
+            return min(table[max(b for b in table if b <= batch_size)], k_max)
         b = bucket(batch_size)
         k = self.best(method, b, k_max)
-        if self.chosen.get((method, b)) != k:
-            log.debug("auto K for %s at %d rows: %s -> %d", method, b, self.chosen.get((method, b)), k)
-            self.chosen[method, b] = k
         n = self.steps[method, b] = self.steps.get((method, b), 0) + 1
         if n % PROBE_EVERY:
             return k

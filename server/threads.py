@@ -1,14 +1,11 @@
 """How many torch CPU threads the engine uses, chosen per step by measurement.
 
-More threads pay only where a step is compute-bound. A small model at batch 1 is bound by
-per-op overhead and memory, and extra OpenMP threads add a barrier to every op; at large batches
-the matmuls dominate and split well, and a verify of several tokens a row is compute-bound sooner
-than a plain step. Over HTTP the other cores are also the event loop's and the clients'. No fixed
-rule holds across models and machines, so each kind of step at each batch-size bucket (1, 2, 3-4,
-5-8, ...: the K policy's) times its candidate thread counts on interleaved steps and keeps the
-fastest per token fed, re-checking now and then as batches and caches change (docs/batch-tradeoffs.md has the
-measurements). Only the engine thread calls `plan`: torch's OpenMP thread count is per calling
-thread.
+More threads pay only where a step is compute-bound: a small model at batch 1 is bound by per-op
+overhead, and each extra OpenMP thread adds a barrier to every op; large batches and verifies of
+K + 1 tokens split well. Over HTTP the other cores are also the event loop's and the clients'. So
+each kind of step at each batch-size bucket (the K policy's) times its candidate thread counts on
+interleaved steps and keeps the fastest per token fed, re-checked now and then (measurements in
+docs/batch-tradeoffs.md). Only the engine thread calls `plan`: torch's thread count is per thread.
 """
 
 from __future__ import annotations
@@ -46,11 +43,10 @@ class _Arm:
 
 @dataclass
 class ThreadTuner:
-    """Per kind of sub-batch step (prefill or decode, method, K) and batch-size bucket: `trials`
-    interleaved steps per candidate, then the fastest (median seconds per token fed) until
-    `recheck` steps later. Kinds apart, since their work differs (a verify of K + 1 tokens splits
-    better than a plain step). `plan` runs before each step (the engine's on_plan), `observe`
-    after (its on_step). A single candidate is fixed; none leaves torch's threads alone (a GPU)."""
+    """Per kind of step (prefill or decode, method, K) and batch-size bucket: `trials` interleaved
+    steps per candidate, then the fastest (median seconds per token fed) until `recheck` steps
+    later. `plan` runs before each step (the engine's on_plan), `observe` after (its on_step). A
+    single candidate is fixed; none leaves torch's threads alone (a GPU)."""
 
     candidates: tuple[int, ...]
     trials: int = 4
@@ -96,15 +92,10 @@ class ThreadTuner:
         arm.samples[threads].append(seconds / tokens)
         if min(len(x) for x in arm.samples.values()) < self.trials:
             return
-        best = min(self.candidates, key=lambda c: statistics.median(arm.samples[c]))
+        median = {c: statistics.median(x) for c, x in arm.samples.items()}
+        best = min(self.candidates, key=median.__getitem__)
         if best != arm.choice:
-            phase, method, k, b = key
-            timing = ", ".join(
-                f"{c}: {statistics.median(x) * 1e6:.0f} us/token" for c, x in arm.samples.items()
-            )
-            rows = f"{b // 2 + 1}-{b}" if b > 1 else "1"
-            log.info(
-                "engine threads for %s %s K=%d at %s rows: %d (%s)", phase, method, k, rows, best, timing
-            )
+            log.info("engine threads for %s %s K=%d at %d rows (bucket): %d (%s us a token fed)", *key,
+                     best, ", ".join(f"{c}: {t * 1e6:.0f}" for c, t in median.items()))  # fmt: skip
         arm.choice, arm.steps = best, 0
         arm.samples = {c: [] for c in self.candidates}

@@ -21,7 +21,6 @@ from specserve.decoding.policy import (
     at,
     bucket,
     parse_schedule,
-    scheduled_k,
 )
 from specserve.decoding.stats import StepStats
 
@@ -140,7 +139,6 @@ def test_a_given_schedule_replaces_the_rule_and_never_times_steps(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"medusa": {"1": 4}}))
     assert parse_schedule(str(path)) == {"medusa": {1: 4}}
-    assert scheduled_k({1: 3, 9: 0}, 8) == 3
 
 
 @pytest.mark.parametrize(
