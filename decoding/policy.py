@@ -4,14 +4,13 @@ K(method, b) is the K in 0..k_max with the most tokens per second, E(K) / t(b, K
 beats a plain step by MARGIN. E(K) = 1 + reach_0 + ... + reach_{K-1}, reach_j the share of rows
 that emit candidate j (a moving average per method; a position never offered continues the last
 measured ratio, PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
-the method's first step at b (`decoding/calibrate.py`), taken at the candidates a step at K really
-verifies (prompt lookup often offers fewer), plus what real steps took beyond the timing, plain and
-speculative apart (not a proposer's catch-up on what plain steps piled up, `StepStats.sync_s`: the
-price of switching, which charged to K would keep a method plain). Every PROBE_EVERY-th step
-probes, so acceptance stays measured: at K + 1, or where the rule says 0 at PROBE_K (only if perfect
-acceptance would pay). A user's schedule (`--speculation-schedule`, as vLLM's and TensorRT-LLM's
-batch-size schedules) replaces the rule for the methods it names. docs/batch-tradeoffs.md has the
-measurements.
+the method's first step at b (`decoding/calibrate.py`), plus what real steps took beyond the timing,
+plain and speculative apart (not a proposer's catch-up on what plain steps piled up,
+`StepStats.sync_s`: the price of switching, which charged to K would keep a method plain). Every
+PROBE_EVERY-th step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at
+PROBE_K (only if perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as
+vLLM's and TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
+docs/batch-tradeoffs.md has the measurements.
 """
 
 from __future__ import annotations
@@ -62,12 +61,10 @@ def parse_schedule(text: str) -> Schedule:
 
 @dataclass
 class Acceptance:
-    """Per position j, moving averages over the steps that offered it: reach[j], the share of rows
-    that emit candidate j; offered[j], the share that had a j-th candidate (prompt lookup often
-    has fewer than K; a draft or Medusa always K)."""
+    """Per position j, reach[j]: the share of rows that emit candidate j, a moving average over the
+    steps that offered position j."""
 
     reach: list[float] = field(default_factory=list)
-    offered: list[float] = field(default_factory=list)
 
     def expected(self, k: int) -> float:
         """E(K): 1 + the reach of positions 0..K-1 (unmeasured ones continue the last ratio)."""
@@ -81,27 +78,12 @@ class Acceptance:
             reach.append(last)
         return 1.0 + sum(reach)
 
-    def width(self, k: int, rows: int) -> float:
-        """Candidates a step at K verifies per row, expected: the widest of `rows` rows' proposals
-        (position j is verified when any row offers it)."""
-        offered = self.offered[:k] + [self.offered[-1] if self.offered else 1.0] * (k - len(self.offered))
-        return sum(1.0 - (1.0 - o) ** rows for o in offered)
-
     def add(self, stats: StepStats) -> None:
         w = 1.0 - (1.0 - ALPHA) ** stats.batch_size
         for j, accepted in enumerate(stats.accepted_per_position[: stats.k]):
             if j == len(self.reach):
                 self.reach.append(self.expected(j + 1) - self.expected(j))  # start from the guess
-                self.offered.append(1.0)
             self.reach[j] += w * (accepted / stats.batch_size - self.reach[j])
-            self.offered[j] += w * (stats.drafted_per_position[j] / stats.batch_size - self.offered[j])
-
-
-def at(t: list[float], x: float) -> float:
-    """t(b, x) for a fractional number of candidates x: linear between the timed Ks."""
-    lo = min(int(x), len(t) - 1)
-    hi = min(lo + 1, len(t) - 1)
-    return t[lo] + (x - lo) * (t[hi] - t[lo])
 
 
 @dataclass
@@ -134,7 +116,7 @@ class SchedulePolicy:
         """The rule's K at bucket b (perfect: were every candidate accepted)."""
         t = self.step_costs(method, b, k_max)
         acc = self.accept.setdefault(method, Acceptance())
-        cost = [at(t, acc.width(k, b)) + self.real.get((method, b, k > 0), 0.0) for k in range(k_max + 1)]
+        cost = [t[k] + self.real.get((method, b, k > 0), 0.0) for k in range(k_max + 1)]
         rate = [(1 + k if perfect else acc.expected(k)) / max(cost[k], 1e-9) for k in range(k_max + 1)]
         k = max(range(k_max + 1), key=rate.__getitem__)
         return k if rate[k] >= (1 + MARGIN) * rate[0] else 0
@@ -163,5 +145,5 @@ class SchedulePolicy:
             return
         key = (stats.method, b, stats.k > 0)
         now = self.real.get(key, 0.0)  # the timing's word until real steps say otherwise
-        timed = at(t, sum(d > 0 for d in stats.drafted_per_position))  # the candidates it verified
+        timed = t[stats.k]
         self.real[key] = now + ALPHA * (min(seconds, CLIP * (timed + now)) - timed - now)
