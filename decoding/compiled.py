@@ -62,7 +62,7 @@ def use_compile_cache(directory: str | Path | None) -> str:
     return path
 
 
-Kind = tuple[int, bool, bool]  # (rows bucket: B.bit_length(), one token a row, hidden states)
+Kind = tuple[int, bool, bool, int]  # (rows bucket: B.bit_length(), one token a row, hidden, threads)
 
 
 @dataclass
@@ -76,8 +76,10 @@ class _Judgement:
 
 def _kind(rows: int, tokens_per_row: int, hidden: bool) -> Kind:
     """Forwards judged together: the graph they run on (one row or more, one token a row or more,
-    hidden states), and rows by power-of-two bucket (compute-bound from some batch size up)."""
-    return rows.bit_length(), tokens_per_row == 1, hidden
+    hidden states), rows by power-of-two bucket (compute-bound from some batch size up), and the
+    torch thread count they run under (the thread tuner tries counts on the same steps: a sample
+    at two threads against one at one would judge the threads, not the compile)."""
+    return rows.bit_length(), tokens_per_row == 1, hidden, torch.get_num_threads()
 
 
 RECOMPILE_LIMIT = 32  # graphs per model: 4 kinds x the thread counts the tuner tries (a guard), x2
@@ -174,9 +176,10 @@ class CompiledForward:
         faster = statistics.median(j.seconds[True]) < (1 - MARGIN) * statistics.median(j.seconds[False])
         if faster != j.compiled:
             log.info(
-                "the %s's forwards of %d-%d rows, %s a row%s: %s (%.3f ms a token compiled, %.3f eager)",
+                "the %s's forwards of %d-%d rows, %s a row%s, %d threads: "
+                "%s (%.3f ms a token compiled, %.3f eager)",
                 self.role, 2 ** (kind[0] - 1), 2 ** kind[0] - 1, "1 token" if kind[1] else "tokens > 1",
-                ", with hidden states" if hidden else "", "compiled" if faster else "eager",
+                ", with hidden states" if hidden else "", kind[3], "compiled" if faster else "eager",
                 statistics.median(j.seconds[True]) * 1e3, statistics.median(j.seconds[False]) * 1e3,
             )  # fmt: skip
         self.judged[kind] = _Judgement(compiled=faster)

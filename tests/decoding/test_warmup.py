@@ -4,6 +4,7 @@ judges them against eager), `off` compiles nothing, and a model that does not co
 from __future__ import annotations
 
 import pytest
+import torch
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding.compiled import TRIALS
@@ -37,9 +38,15 @@ def test_on_compiles_the_eagle_heads_graphs_with_hidden_states(tiny):
 def test_auto_judges_plain_steps_both_ways(tiny):
     engine = _engine(tiny, "auto")
     report = warm_up(engine, "auto", ["none"])
-    assert set(report.verdicts) == {"target 1-1 rows, 1 token a row", "target 1-1 rows, tokens > 1 a row"}
-    judged = engine.compiled["target"].judged[(1, True, False)].compiled
-    assert report.verdicts["target 1-1 rows, 1 token a row"] == ("compiled" if judged else "eager")
+    n = torch.get_num_threads()
+    assert set(report.verdicts) == {
+        f"target 1-1 rows, 1 token a row, {n} threads",
+        f"target 1-1 rows, tokens > 1 a row, {n} threads",
+    }
+    judged = engine.compiled["target"].judged[(1, True, False, torch.get_num_threads())].compiled
+    assert report.verdicts[f"target 1-1 rows, 1 token a row, {n} threads"] == (
+        "compiled" if judged else "eager"
+    )
 
 
 def test_off_compiles_nothing(tiny):
@@ -62,9 +69,15 @@ def test_auto_runs_each_kind_the_faster_way(tiny, monkeypatch):
         c.timed(3, 1, False, True, 0.010)
         assert not c.wants(3, 1, False)
         c.timed(3, 1, False, False, 0.005)
-    assert c.judged[(2, True, False)].compiled is False
+    assert c.judged[(2, True, False, torch.get_num_threads())].compiled is False
     assert not c.wants(2, 1, False)  # 2-3 rows: the same kind, eager now
     assert c.wants(1, 1, False)  # another kind is judged apart
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # (the thread tuner tries counts on the same steps)
+    try:
+        assert c.wants(3, 1, False)  # so is each thread count: timed afresh, compiled first
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_model_that_does_not_compile_runs_eagerly(tiny, monkeypatch, caplog):
