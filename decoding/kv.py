@@ -175,13 +175,14 @@ class KVState:
         # shapes): the rows as they are, the filled columns rounded up to SPAN_STEP.
         fixed = self.compiled.fixed_shapes
         rows = 1 << (B - 1).bit_length() if fixed else B
+        span = -(-(L + T) // SPAN_STEP) * SPAN_STEP
         for layer in mine:  # (dynamic: a column more than the span, so that the span is never the
             # whole buffer: a contiguous view would be a second graph, compiled when they part)
-            layer.reserve(rows, L + T if fixed else -(-(L + T) // SPAN_STEP) * SPAN_STEP + 1)
+            layer.reserve(rows, L + T if fixed else span + 1)
             if fixed and dev.type == "cuda":  # a captured graph replays on these addresses
                 for buffer in layer.buffers():
                     torch._dynamo.mark_static_address(buffer)
-        C = mine[0].capacity[1] if fixed else -(-(L + T) // SPAN_STEP) * SPAN_STEP
+        C = mine[0].capacity[1] if fixed else span
         allowed = torch.zeros(rows, T, C, dtype=torch.bool, device=dev)  # [rows, T, C]
         allowed[:B, :, :L] = self.mask[:, None, :]
         allowed[:, :, L : L + T] = block  # (padding rows see their own tokens: no all-masked row)
