@@ -23,6 +23,11 @@ from transformers.cache_utils import DynamicLayer
 MIN_CAPACITY = 64
 
 
+def layers(cache: DynamicCache) -> list:
+    """The cache's layers that hold keys/values (a layer is set up by its first update)."""
+    return [layer for layer in cache.layers if getattr(layer, "is_initialized", False)]
+
+
 class GrowingLayer(DynamicLayer):
     """Keys/values in a buffer [rows capacity, H, columns capacity, D]; `keys`/`values` are views of
     the filled part. Appending columns, dropping rows and adding rows copy only what moves."""

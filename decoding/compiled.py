@@ -4,7 +4,7 @@ An eager decode step of a small model is bound by per-op overhead (Python, dispa
 small kernels per layer), not by reading the weights. Compiled, the ops fuse and the overhead goes.
 The compiled forward writes each step's keys and values into fixed columns of the cache buffers
 (`decoding/cache.py:GrowingCache.write_at`) and attends over every column, the caller's 4D mask
-hiding holes and unused capacity (`decoding/kv.py`), so graphs depend on shapes, not on how full
+hiding holes and unused capacity (`decoding/static.py`), so graphs depend on shapes, not on how full
 the cache is.
 
 Shapes are dynamic (rows, tokens per row, cache columns): on CPU inductor then needs at most four
@@ -107,7 +107,7 @@ class CompiledForward:
         cuda = next(model.parameters()).device.type == "cuda"
         self.tune = tune and not cuda  # (CUDA graphs win where the CPU is the bottleneck)
         # CUDA graphs replay recorded shapes: rows padded to a power of two, the whole capacity
-        # (kv.py); default: on CUDA only
+        # (static.py); default: on CUDA only
         self.fixed_shapes = cuda if fixed_shapes is None else fixed_shapes
         # dynamo keeps graphs (and counts recompiles) per code object: each model gets its own
         # copy of `_forward`'s, or every model in the process would share one recompile limit

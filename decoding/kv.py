@@ -10,8 +10,8 @@ where the cache has spare rows).
 Invariant after every commit: `seen[b] == mask[b].sum()` == tokens of row b the model has consumed.
 
 With a compiled forward (decoding/compiled.py), a step of few tokens a row writes into fixed
-columns of the cache buffers and attends over their whole capacity under a 4D mask built here
-from the same hole mask; prefills and long catch-ups stay eager.
+columns of the cache buffers and attends over a span of them under a 4D mask built from the same
+hole mask (decoding/static.py); prefills and long catch-ups stay eager.
 """
 
 from __future__ import annotations
@@ -23,18 +23,14 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from specserve.decoding.attention import AttentionLayout, column_positions
-from specserve.decoding.cache import GrowingCache, GrowingLayer
-from specserve.decoding.compiled import CompiledForward, CompileFailed
+from specserve.decoding.cache import GrowingCache, GrowingLayer, layers
+from specserve.decoding.compiled import CompiledForward
+from specserve.decoding.static import static_forward
 from specserve.decoding.stats import Forward
 from specserve.decoding.tree import Tree
 
 COMPACT_MIN_HOLES = 32  # gather only when it frees at least this many columns ...
 COMPACT_FRACTION = 0.25  # ... and they are at least this share of the cache
-SPAN_STEP = 64  # a compiled step on CPU attends over the filled columns rounded up to this
-
-
-def layers(cache: DynamicCache) -> list:
-    return [layer for layer in cache.layers if getattr(layer, "is_initialized", False)]
 
 
 @dataclass
@@ -119,7 +115,7 @@ class KVState:
         attn = torch.cat([self.mask, valid], dim=1)  # [B, L + T]
         self.dense = self.dense and lens is None  # no holes, no padding: SDPA's causal fast path
         t0 = time.perf_counter()
-        static = self._static(model, ids if embeds is None else embeds, pos, bool(hidden))
+        static = static_forward(self, model, ids if embeds is None else embeds, pos, bool(hidden))
         if static is not None:
             out, h = static  # every position: [B, T, V], [B, T, H]
             keep = torch.arange(T, device=dev)
@@ -151,60 +147,6 @@ class KVState:
             return sel[0], h
         return sel if hidden else sel[0]
 
-    def _static(
-        self,
-        model: PreTrainedModel,
-        ids: torch.Tensor,
-        pos: torch.Tensor,
-        hidden: bool,
-        block: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The compiled forward of T new tokens a row (ids, pos [B, T]; or input embeddings
-        [B, T, H]) that see the row's valid columns and, among themselves, `block` [T, T] (a
-        tree's ancestors; None: causal). None when there is none to run (no compiled forward, too
-        many tokens, an empty cache, a failure)."""
-        B, T = ids.shape[:2]
-        mine = layers(self.cache)
-        if self.compiled is None or not mine or B == 0 or not self.compiled.wants(B, T, hidden):
-            return None
-        if block is None:
-            block = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
-        L, dev = self.num_columns, self.mask.device
-        # fixed shapes (CUDA graphs replay a recorded shape): rows padded to a power of two, the
-        # buffers' whole column capacity (it doubles), fixed addresses. Else (inductor's dynamic
-        # shapes): the rows as they are, the filled columns rounded up to SPAN_STEP.
-        fixed = self.compiled.fixed_shapes
-        rows = 1 << (B - 1).bit_length() if fixed else B
-        span = -(-(L + T) // SPAN_STEP) * SPAN_STEP
-        for layer in mine:  # (dynamic: a column more than the span, so that the span is never the
-            # whole buffer: a contiguous view would be a second graph, compiled when they part)
-            layer.reserve(rows, L + T if fixed else span + 1)
-            if fixed and dev.type == "cuda":  # a captured graph replays on these addresses
-                for buffer in layer.buffers():
-                    torch._dynamo.mark_static_address(buffer)
-        C = mine[0].capacity[1] if fixed else span
-        allowed = torch.zeros(rows, T, C, dtype=torch.bool, device=dev)  # [rows, T, C]
-        allowed[:B, :, :L] = self.mask[:, None, :]
-        allowed[:, :, L : L + T] = block  # (padding rows see their own tokens: no all-masked row)
-        if rows > B:  # padding rows repeat the last row's tokens; their keys go to spare buffer rows
-            ids = torch.cat([ids, ids[-1:].expand(rows - B, *ids.shape[1:])])
-            pos = torch.cat([pos, pos[-1:].expand(rows - B, T)])
-        kv_pos = torch.zeros(rows, C, dtype=torch.long, device=dev)  # [rows, C]
-        kv_pos[:B, :L] = column_positions(self.mask)
-        kv_pos[:, L : L + T] = pos
-        mask4 = self.layout.masks(allowed, pos, kv_pos, next(model.parameters()).dtype)
-        self.cache.write_at = torch.arange(L, L + T, device=dev)
-        self.cache.span = torch.empty(C, dtype=torch.bool, device=dev)
-        try:
-            logits, h = self.compiled(ids, pos, mask4, self.cache, hidden)
-        except CompileFailed:
-            return None
-        finally:
-            self.cache.write_at = None
-        for layer in mine:
-            layer.filled(L + T)
-        return logits[:B], h[:B] if h is not None else None
-
     def forward_tree(
         self, model: PreTrainedModel, ids: torch.Tensor, tree: Tree
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,7 +160,7 @@ class KVState:
         L = self.num_columns
         pos = self.seen[:, None] + tree.depth[None, :]  # [B, N]
         t0 = time.perf_counter()
-        static = self._static(model, ids, pos, True, tree.ancestors)
+        static = static_forward(self, model, ids, pos, True, tree.ancestors)
         if static is not None:
             logits, h = static
         else:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specserve.decoding.cache import GrowingCache, GrowingLayer
-from specserve.decoding.kv import KVState, layers
+from specserve.decoding.cache import GrowingCache, GrowingLayer, layers
+from specserve.decoding.kv import KVState
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ new column capacity). One set of tiny models for the whole file: dynamo's graphs
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import pytest
@@ -158,25 +157,3 @@ def test_the_engine_thread_gets_the_recompile_limit(tiny, caplog):
     torch.set_num_threads(before)
     assert compiled.enabled and compiled.calls == 10
     assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
-
-
-@pytest.mark.parametrize("rows", [1, 2])
-def test_a_growing_cache_compiles_no_graph_after_the_first_ones(tiny, rows):
-    """Rows fed a token at a time past several span steps and two capacity doublings run on the
-    graph their first step compiled: a recompile mid-serving stalls every request for seconds.
-    (The span of columns attended once reached the buffers' whole capacity: a contiguous view,
-    which dynamo guards, so a second graph compiled where the two parted.)"""
-    from specserve.decoding.compiled import CompiledForward
-    from specserve.decoding.kv import SPAN_STEP, KVState
-
-    model = copy.deepcopy(tiny["target"].model)  # (its own graphs: dynamo keeps them per model here)
-    compiled = CompiledForward(model, "target")
-    kv = KVState.empty(model, rows, compiled=compiled)
-    kv.forward(model, [[5, 6, 7]] * rows, logits="last")
-    counts = []
-    for step in range(4 * SPAN_STEP):
-        kv.forward(model, [[11 + step % 50]] * rows)
-        counts.append(compiled.compiles)
-    assert kv.num_columns > 3 * SPAN_STEP > MIN_CAPACITY
-    late = [(step, n) for step, n in enumerate(counts) if n != counts[0]]
-    assert not late, f"graphs compiled at (step, graphs so far): {late}"
