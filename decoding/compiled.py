@@ -82,6 +82,13 @@ def _kind(rows: int, tokens_per_row: int, hidden: bool) -> Kind:
     return rows.bit_length(), tokens_per_row == 1, hidden, torch.get_num_threads()
 
 
+def kind_name(kind: Kind) -> str:
+    """A kind of forward as the log and the warm-up report name it: "1-1 rows, 1 token a row, 2 threads"."""
+    rows, one, hidden, threads = kind
+    return (f"{2 ** (rows - 1)}-{2**rows - 1} rows, {'1 token' if one else 'tokens > 1'} a row"
+            f"{', with hidden states' if hidden else ''}, {threads} threads")  # fmt: skip
+
+
 RECOMPILE_LIMIT = 32  # graphs per model: 4 kinds x the thread counts the tuner tries (a guard), x2
 _CODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its forward's code object
 
@@ -176,10 +183,8 @@ class CompiledForward:
         faster = statistics.median(j.seconds[True]) < (1 - MARGIN) * statistics.median(j.seconds[False])
         if faster != j.compiled:
             log.info(
-                "the %s's forwards of %d-%d rows, %s a row%s, %d threads: "
-                "%s (%.3f ms a token compiled, %.3f eager)",
-                self.role, 2 ** (kind[0] - 1), 2 ** kind[0] - 1, "1 token" if kind[1] else "tokens > 1",
-                ", with hidden states" if hidden else "", kind[3], "compiled" if faster else "eager",
+                "the %s's forwards of %s: %s (%.3f ms a token compiled, %.3f eager)",
+                self.role, kind_name(kind), "compiled" if faster else "eager",
                 statistics.median(j.seconds[True]) * 1e3, statistics.median(j.seconds[False]) * 1e3,
             )  # fmt: skip
         self.judged[kind] = _Judgement(compiled=faster)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specserve.decoding.compiled import COMPILE_MODES, TRIALS
+from specserve.decoding.compiled import COMPILE_MODES, TRIALS, kind_name
 from specserve.decoding.engine import Engine
 from specserve.decoding.kv import KVState
 
@@ -72,12 +72,9 @@ def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, .
     report.seconds = time.perf_counter() - t0
     report.graphs = sum(len(c.graphs) for c in engine.compiled.values())
     for c in engine.compiled.values():
-        for (bucket, one, hidden, threads), j in c.judged.items():
+        for kind, j in c.judged.items():
             if j.compiled is not None:
-                rows = f"{2 ** (bucket - 1)}-{2**bucket - 1} rows"
-                tokens = "1 token" if one else "tokens > 1"
-                name = f"{c.role} {rows}, {tokens} a row{' + hidden' if hidden else ''}, {threads} threads"
-                report.verdicts[name] = "compiled" if j.compiled else "eager"
+                report.verdicts[f"{c.role} {kind_name(kind)}"] = "compiled" if j.compiled else "eager"
     found = "".join(f"; {k}: {v}" for k, v in report.verdicts.items())
     log.info("warm-up: %d compiled graphs in %.1f s%s", report.graphs, report.seconds,
              found if report.compiled else "; running eagerly")  # fmt: skip

@@ -43,7 +43,7 @@ def test_auto_judges_plain_steps_both_ways(tiny):
         f"target 1-1 rows, 1 token a row, {n} threads",
         f"target 1-1 rows, tokens > 1 a row, {n} threads",
     }
-    judged = engine.compiled["target"].judged[(1, True, False, torch.get_num_threads())].compiled
+    judged = engine.compiled["target"].judged[(1, True, False, n)].compiled
     assert report.verdicts[f"target 1-1 rows, 1 token a row, {n} threads"] == (
         "compiled" if judged else "eager"
     )
