@@ -36,17 +36,20 @@ def thread_candidates(threads: int, device: str, cores: int | None = None) -> tu
 
 @dataclass
 class _Arm:
-    samples: dict[int, list[float]]  # threads -> seconds per token fed, since the last check
+    samples: dict[int, list[tuple[int, float]]]  # threads -> (tokens fed, bucketed; seconds per
+    # token fed) of each trial since the last check
     choice: int | None = None
     steps: int = 0  # steps since the choice
 
 
 @dataclass
 class ThreadTuner:
-    """Per kind of step (prefill or decode, method, K) and batch-size bucket: `trials` interleaved
-    steps per candidate, then the fastest (median seconds per token fed) until `recheck` steps
-    later. `plan` runs before each step (the engine's on_plan), `observe` after (its on_step). A
-    single candidate is fixed; none leaves torch's threads alone (a GPU)."""
+    """Per kind of step (prefill or decode, method, K) and batch-size bucket: interleaved trial
+    steps until every candidate has `trials` that fed as many tokens (to a power of two: prompt
+    lookup's steps at one K feed 1 to K + 1 tokens a row, and a token fed costs less in a wider
+    step), then the fastest of those (median seconds per token fed) until `recheck` steps later.
+    `plan` runs before each step (the engine's on_plan), `observe` after (its on_step). A single
+    candidate is fixed; none leaves torch's threads alone (a GPU)."""
 
     candidates: tuple[int, ...]
     trials: int = 4
@@ -88,11 +91,12 @@ class ThreadTuner:
         seconds = stats.prefill_s + stats.propose_s + stats.verify_s
         if tokens <= 0 or seconds <= 0:
             return
-        arm = self.arms[key]
-        arm.samples[threads].append(seconds / tokens)
-        if min(len(x) for x in arm.samples.values()) < self.trials:
+        arm, fed = self.arms[key], bucket(tokens)
+        arm.samples[threads].append((fed, seconds / tokens))
+        alike = {c: [t for n, t in x if n == fed] for c, x in arm.samples.items()}
+        if min(len(x) for x in alike.values()) < self.trials:
             return
-        median = {c: statistics.median(x) for c, x in arm.samples.items()}
+        median = {c: statistics.median(x) for c, x in alike.items()}
         best = min(self.candidates, key=median.__getitem__)
         if best != arm.choice:
             log.info("engine threads for %s %s K=%d at %d rows (bucket): %d (%s us a token fed)", *key,

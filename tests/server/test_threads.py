@@ -131,3 +131,17 @@ def test_a_step_that_compiled_is_not_a_sample(set_threads):
         tuner.observe(StepStats("none", "decode", 1, verify_s=1.0, compiled=True,
                                 forwards=[Forward("target", [1], 10)]))  # fmt: skip
     assert all(arm.choice is None and not any(arm.samples.values()) for arm in tuner.arms.values())
+
+
+def test_trials_compare_steps_that_fed_as_many_tokens(set_threads):
+    """Prompt lookup's steps at one K feed 1 to K + 1 tokens a row, and a token fed costs less in a
+    wider step: trials are compared at equal tokens fed, else the thread count that happened to
+    draw the wide steps wins (here 2 threads, 20% slower than 1 at every width)."""
+    tuner = ThreadTuner((1, 2), trials=4)
+    widths = [1, 8] * 4 + [8, 1] * 4  # the trials alternate 1, 2, 1, ...: 1 thread draws 1 token first
+    for w in widths + [8] * 10:
+        t = tuner.plan("decode", "ngram", 6, 1)
+        seconds = (1.0 if t == 1 else 1.2) * (1e-3 + 1e-4 * w)
+        tuner.observe(StepStats("ngram", "decode", 1, k=6, verify_s=seconds,
+                                forwards=[Forward("target", [w], 10)]))  # fmt: skip
+    assert tuner.arms[("decode", "ngram", 6, 1)].choice == 1
