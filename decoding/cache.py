@@ -132,9 +132,16 @@ class GrowingLayer(DynamicLayer):
         """Static shapes: new [B, H, T, D] into `columns` ([T]) of the first B rows; returns those
         rows' first S columns, S = len(span). Reads no Python state, so a compiled graph keys only
         on tensor shapes."""
-        b, s = key_states.shape[0], span.shape[0]
-        self._k[:b].index_copy_(2, columns, key_states)
-        self._v[:b].index_copy_(2, columns, value_states)
+        b, h, s = key_states.shape[0], key_states.shape[1], span.shape[0]
+        # into the buffer itself, not a view of its first b rows: compiled with b symbolic, an
+        # in-place write to a view became a copy of all b rows' columns out and back each layer
+        at = (  # [b, 1, 1], [1, H, 1], [1, 1, T] -> [b, H, T]
+            torch.arange(b, device=columns.device)[:, None, None],
+            torch.arange(h, device=columns.device)[None, :, None],
+            columns[None, None, :],
+        )
+        self._k.index_put_(at, key_states)
+        self._v.index_put_(at, value_states)
         return self._k[:b, :, :s], self._v[:b, :, :s]
 
     def filled(self, columns: int) -> None:
