@@ -35,7 +35,6 @@ def test_a_growing_cache_compiles_no_graph_after_the_first_ones(tiny, rows):
     assert not late, f"graphs compiled at (step, graphs so far): {late}"
 
 
-
 @pytest.fixture(scope="module")
 def mha_float32(tmp_path_factory, tokenizer):
     """A one-layer float32 Llama whose keys have as many heads as its queries (the bundled suite's
