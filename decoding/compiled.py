@@ -17,10 +17,11 @@ Once a graph has run, later calls check only the guards that tell this function'
 step of the bundled target (plain decoding 399 -> 424 tok/s, draft 322 -> 358 with it).
 
 Compiled need not be faster for every model and batch size (on the bundled suite it is at 1-32
-rows, 1.14-1.88x; docs/batch-tradeoffs.md), so under `--compile auto` each kind of forward (rows bucket, one token a row or more, hidden states or not, thread count)
-is timed both ways on interleaved forwards and runs compiled only where that is MARGIN faster per
-token fed (a forward's time is not all a step pays: within a few percent, eager is the safer bet),
-re-checked now and then as caches grow, as the thread tuner does.
+rows, 1.14-1.88x; docs/batch-tradeoffs.md), so under `--compile auto` each kind of forward (rows
+bucket, one token a row or more, hidden states or not, thread count) is timed both ways on
+interleaved forwards and runs compiled only where that is MARGIN faster per token fed (a
+forward's time is not all a step pays: within a few percent, eager is the safer bet), re-checked
+now and then as caches grow, as the thread tuner does.
 """
 
 from __future__ import annotations
