@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch._dynamo.utils import counters
 from transformers import PreTrainedModel
 
@@ -91,6 +92,15 @@ def kind_name(kind: Kind) -> str:
 
 RECOMPILE_LIMIT = 32  # graphs per model: 4 kinds x the thread counts the tuner tries (a guard), x2
 _CODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its forward's code object
+
+
+def _untied():
+    """Trace without duck sizing. Dynamo otherwise gives input sizes that are equal when a graph
+    compiles one symbol: a first step attending over 64 cache columns had its span tied to the
+    head size (64) and specialized with it, so the graph compiled again once the span grew to 128,
+    mid-serving (1.4-3.5 s on the engine thread). With sizes kept apart, one graph serves every
+    span."""
+    return fx_config.patch(use_duck_shape=False)
 
 
 class CompiledForward:
@@ -198,8 +208,9 @@ class CompiledForward:
             out = None
             if not self.compiled_now:  # a graph this forward has run: check only the guards that
                 out = self._known(ids, pos, mask, cache, hidden)  # tell graphs apart
-            if out is None:
-                out = self.fn(ids, pos, mask, cache, hidden)
+            if out is None:  # (may compile: sizes equal at trace time stay apart, see _untied)
+                with _untied():
+                    out = self.fn(ids, pos, mask, cache, hidden)
         except Exception as e:  # noqa: BLE001 - any failure to compile: this model runs eagerly
             self.enabled = False
             log.warning(

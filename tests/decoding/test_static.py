@@ -16,13 +16,33 @@ from specserve.decoding.kv import KVState
 from specserve.decoding.static import SPAN_STEP
 
 
+@pytest.fixture(scope="module")
+def mha_float32(tmp_path_factory, tokenizer):
+    """A one-layer float32 Llama of the bundled suite's kind: keys with as many heads as queries
+    (attention runs on the CPU's flash kernel, which reads the cache buffers as they are) and a
+    head size of SPAN_STEP columns (a span that size once shared its symbol with the head size)."""
+    from specserve.models.loading import load_model
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2 * SPAN_STEP, intermediate_size=128,
+                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=512)  # fmt: skip
+    path = tmp_path_factory.mktemp("mha") / "target"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return load_model(str(path), dtype="float32").model
+
+
 @pytest.mark.parametrize("rows", [1, 2])
-def test_a_growing_cache_compiles_no_graph_after_the_first_ones(tiny, rows):
+@pytest.mark.parametrize("which", ["tiny", "mha_float32"])
+def test_a_growing_cache_compiles_no_graph_after_the_first_ones(request, which, rows):
     """Rows fed a token at a time past several span steps and two capacity doublings run on the
     graph their first step compiled: a recompile mid-serving stalls every request for seconds.
     (The span of columns attended once reached the buffers' whole capacity: a contiguous view,
-    which dynamo guards, so a second graph compiled where the two parted.)"""
-    model = copy.deepcopy(tiny["target"].model)  # (its own graphs: dynamo keeps them per model here)
+    which dynamo guards, so a second graph compiled where the two parted. And a first span of
+    SPAN_STEP columns shared dynamo's symbol with a head size as large, and was specialized.)"""
+    loaded = request.getfixturevalue(which)
+    model = copy.deepcopy(loaded["target"].model if which == "tiny" else loaded)  # (its own graphs)
     compiled = CompiledForward(model, "target")
     kv = KVState.empty(model, rows, compiled=compiled)
     kv.forward(model, [[5, 6, 7]] * rows, logits="last")
@@ -33,21 +53,6 @@ def test_a_growing_cache_compiles_no_graph_after_the_first_ones(tiny, rows):
     assert kv.num_columns > 3 * SPAN_STEP > MIN_CAPACITY
     late = [(step, n) for step, n in enumerate(counts) if n != counts[0]]
     assert not late, f"graphs compiled at (step, graphs so far): {late}"
-
-
-@pytest.fixture(scope="module")
-def mha_float32(tmp_path_factory, tokenizer):
-    """A one-layer float32 Llama whose keys have as many heads as its queries (the bundled suite's
-    kind: attention runs on the CPU's flash kernel, which reads the cache buffers as they are)."""
-    from specserve.models.loading import load_model
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)  # fmt: skip
-    path = tmp_path_factory.mktemp("mha") / "target"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return load_model(str(path), dtype="float32").model
 
 
 def test_a_compiled_step_of_several_rows_writes_only_its_new_columns(mha_float32):
