@@ -21,6 +21,8 @@ from transformers import DynamicCache, PretrainedConfig
 from transformers.cache_utils import DynamicLayer
 
 MIN_CAPACITY = 64
+MIN_ROWS = 2  # rows a buffer holds at least: a compiled graph traced over a one-row buffer
+# specializes that size to 1, and a lone row left in a batch's larger buffer then compiled anew
 
 
 def layers(cache: DynamicCache) -> list:
@@ -102,7 +104,7 @@ class GrowingLayer(DynamicLayer):
 
     def _reserve(self, rows: int, columns: int) -> None:
         b, n = self._b, self._kn
-        rows, columns = max(rows, self._k.shape[0]), max(columns, self._k.shape[2])
+        rows, columns = max(rows, self._k.shape[0], MIN_ROWS), max(columns, self._k.shape[2])
         # zeros, not garbage: a compiled step attends over the whole capacity, and a masked NaN
         # would still poison the weighted sum (0 x NaN)
         k = self._k.new_zeros(rows, self._k.shape[1], columns, self._k.shape[3])

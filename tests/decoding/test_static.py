@@ -73,3 +73,24 @@ def test_a_compiled_step_of_several_rows_writes_only_its_new_columns(mha_float32
     assert compiled.calls == 3 and loops, "the steps ran compiled"
     over_rows_and_columns = [line for line in loops if re.search(r"ks\d+\*ks\d+", line)]
     assert not over_rows_and_columns
+
+
+def test_a_lone_row_in_a_batchs_buffers_runs_on_the_one_row_graph(tiny):
+    """A request alone from the start and one left alone in a batch's larger buffers (rows kept
+    for joins) run on the same one-row graph: the buffers never hold fewer than MIN_ROWS rows, so
+    their row count is never traced as 1. (It was, at the warm-up's lone request, and the first
+    batch to shrink to one row compiled a graph of its own mid-serving, seconds on the engine
+    thread.)"""
+    model = copy.deepcopy(tiny["target"].model)
+    compiled = CompiledForward(model, "target")
+    counts = []
+    for spare in (0, 7):
+        kv = KVState.empty(model, 1, compiled=compiled)
+        kv.forward(model, [[5, 6, 7] * 10], logits="last")
+        for layer in layers(kv.cache):
+            layer.reserve(1 + spare, 1)  # (a batch's buffers: rows to spare)
+        for step in range(3):
+            kv.forward(model, [[11 + step]])
+            counts.append(compiled.compiles)
+    assert layers(kv.cache)[0].capacity[0] >= 8 and counts[0] >= 1
+    assert counts == [counts[0]] * len(counts), f"graphs compiled so far, step by step: {counts}"
