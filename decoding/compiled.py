@@ -220,7 +220,7 @@ class CompiledForward:
         self.calls += 1
         if counters["stats"]["unique_graphs"] != graphs:
             self.compiles += 1
-            if not self.compiled_now:  # a guard failed: another thread count, grad mode, a size
+            if key in self.graphs:  # a guard failed: another thread count, grad mode, a size
                 log.info("compiled another graph of the %s's (%d threads) in %.1f s", self.role,
                          torch.get_num_threads(), time.perf_counter() - t0)  # fmt: skip
             self.compiled_now = True

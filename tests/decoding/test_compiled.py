@@ -151,9 +151,13 @@ def test_the_engine_thread_gets_the_recompile_limit(tiny, caplog):
                 kv.forward(model, [[9] * width])
 
     caplog.set_level(logging.WARNING, logger="torch._dynamo")
+    caplog.set_level(logging.INFO, logger="specserve.decoding.compiled")
     worker = threading.Thread(target=run)
     worker.start()
     worker.join(600)
     torch.set_num_threads(before)
     assert compiled.enabled and compiled.calls == 10
     assert not [r for r in caplog.records if "recompile_limit" in r.getMessage()]
+    # every graph beyond a kind's first is logged (a recompile stalls the engine thread)
+    again = [r for r in caplog.records if "compiled another graph" in r.getMessage()]
+    assert len(again) == compiled.compiles - len(compiled.graphs) > 0
