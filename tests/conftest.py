@@ -44,7 +44,16 @@ def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
 
 
 def save_tiny(
-    path: Path, tokenizer, *, layers: int, hidden: int, seed: int, vocab: int | None = None, logit_scale=1.0
+    path: Path,
+    tokenizer,
+    *,
+    layers: int,
+    hidden: int,
+    seed: int,
+    vocab: int | None = None,
+    logit_scale=1.0,
+    heads: int = 4,
+    kv_heads: int = 2,
 ) -> Path:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
@@ -52,8 +61,8 @@ def save_tiny(
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=192,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -94,3 +103,16 @@ def tiny(tiny_paths):
         "target": load_model(tiny_paths["target"], dtype="float64"),
         "draft": load_model(tiny_paths["draft"], dtype="float64"),
     }
+
+
+@pytest.fixture(scope="session")
+def mha_float32(tmp_path_factory, tokenizer):
+    """A one-layer float32 Llama of the bundled suite's kind: keys with as many heads as queries
+    (attention runs on the CPU's flash kernel, which reads the cache buffers as they are) and a
+    head size of 64, the compiled step's span step (a span that size once shared its symbol with
+    the head size)."""
+    from specserve.models.loading import load_model
+
+    path = save_tiny(tmp_path_factory.mktemp("mha") / "target", tokenizer, layers=1, hidden=128, seed=0,
+                     heads=2, kv_heads=2)  # fmt: skip
+    return load_model(str(path), dtype="float32").model

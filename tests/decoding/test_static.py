@@ -8,29 +8,11 @@ import re
 import pytest
 import torch
 from torch._inductor.utils import run_and_get_code
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from specserve.decoding.cache import MIN_CAPACITY, layers
 from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.static import SPAN_STEP
-
-
-@pytest.fixture(scope="module")
-def mha_float32(tmp_path_factory, tokenizer):
-    """A one-layer float32 Llama of the bundled suite's kind: keys with as many heads as queries
-    (attention runs on the CPU's flash kernel, which reads the cache buffers as they are) and a
-    head size of SPAN_STEP columns (a span that size once shared its symbol with the head size)."""
-    from specserve.models.loading import load_model
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=2 * SPAN_STEP, intermediate_size=128,
-                      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                      max_position_embeddings=512)  # fmt: skip
-    path = tmp_path_factory.mktemp("mha") / "target"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return load_model(str(path), dtype="float32").model
 
 
 @pytest.mark.parametrize("rows", [1, 2])
