@@ -9,7 +9,7 @@ of several rows compile when first needed (logged; the thread tuner and adaptive
 step's time), as do the graphs dynamo makes once a cache outgrows 64 columns (it keeps the first
 column count static): compiling all of them here measured 68 s of warm-up with a warm cache,
 223 s cold, against a start-up target of 15 s and 60 s.
-Inductor keeps every graph on disk, so a restart finds them.
+Inductor keeps every graph on disk, so a restart finds them (dynamo still traces each one again).
 """
 
 from __future__ import annotations

@@ -161,3 +161,23 @@ def test_the_engine_thread_gets_the_recompile_limit(tiny, caplog):
     # every graph beyond a kind's first is logged (a recompile stalls the engine thread)
     again = [r for r in caplog.records if "compiled another graph" in r.getMessage()]
     assert len(again) == compiled.compiles - len(compiled.graphs) > 0
+
+
+def test_a_graph_is_traced_once():
+    """dynamo traces a model's Python float attributes (norm eps, rope scaling) as symbols under
+    dynamic shapes, fails to make them tensors and traces the whole forward again: a second trace
+    for every model's first graph at start-up. Floats are specialized: no compile restarts."""
+    from torch._dynamo.utils import get_compilation_metrics
+
+    from specserve.decoding.compiled import CompiledForward
+    from specserve.decoding.kv import KVState
+
+    model = _family("qwen2")  # a model of its own: its first graph compiles here
+    compiled = CompiledForward(model, "target")
+    seen = len(get_compilation_metrics())
+    kv = KVState.empty(model, 1, compiled=compiled)
+    kv.forward(model, [[5, 6, 7, 8]], logits="last")
+    kv.forward(model, [[9]])
+    metrics = get_compilation_metrics()[seen:]
+    assert compiled.calls == 1 and metrics
+    assert [m.restart_reasons for m in metrics] == [set()] * len(metrics)
