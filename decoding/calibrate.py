@@ -75,16 +75,32 @@ def step_costs(engine: Engine, method: str, rows: int, k_max: int) -> list[float
     return time_steps(engine.target, batch, rows, k_max, plan, engine.compiles)
 
 
-def calibrate(engine: Engine, methods: tuple[str, ...] | None = None) -> None:
+def calibrate(
+    engine: Engine, methods: tuple[str, ...] | None = None, buckets: tuple[int, ...] | None = None
+) -> None:
     """Measure the policy's step costs now (else at a method's first step at each bucket), for
-    every batch-size bucket up to the engine's max_batch_size (methods a schedule names: none)."""
-    policy = engine.policy
+    `buckets` (default: every batch-size bucket up to the engine's max_batch_size; methods a
+    schedule names: none)."""
     for method in methods or engine.methods:
-        if method == "none" or method in policy.schedule or "*" in policy.schedule:
+        if not needs_costs(engine, method):
             continue
-        k_max = AUTO_MAX_TOKENS if method != "medusa" else min(AUTO_MAX_TOKENS, engine.medusa[1].max_depth)
-        for b in sorted({bucket(n) for n in range(1, engine.max_batch_size + 1)}):
-            policy.step_costs(method, b, k_max)
+        for b in buckets or all_buckets(engine):
+            engine.policy.step_costs(method, b, k_max(engine, method))
+
+
+def needs_costs(engine: Engine, method: str) -> bool:
+    """Whether `auto` times this method's steps (not plain decoding, nor a method on a schedule)."""
+    schedule = engine.policy.schedule
+    return method != "none" and method not in schedule and "*" not in schedule
+
+
+def k_max(engine: Engine, method: str) -> int:
+    """The largest K `auto` weighs for a method (Medusa: its tree's depth)."""
+    return AUTO_MAX_TOKENS if method != "medusa" else min(AUTO_MAX_TOKENS, engine.medusa[1].max_depth)
+
+
+def all_buckets(engine: Engine) -> tuple[int, ...]:
+    return tuple(sorted({bucket(n) for n in range(1, engine.max_batch_size + 1)}))
 
 
 def _drop(row: Row, tokens: list[int]) -> None:

@@ -1,25 +1,29 @@
-"""Start-up warm-up of compiled decode steps (`--compile`).
+"""Start-up warm-up of compiled decode steps (`--compile`), and what it leaves for idle time.
 
-Before the first request, each model the methods use runs the forwards a lone request runs — one
-token a row (plain steps, a draft's proposals) and several (verification, a draft catching up;
-with hidden states where Medusa reads them) — on a scratch cache, under each thread count the
-engine may step with (inductor builds kernels for one count; dynamo guards on it), so their graphs
-are compiled and, under `auto`, judged against eager (decoding/compiled.py). Graphs for batches
-of several rows compile when first needed (logged; the thread tuner and adaptive K ignore that
-step's time), as do the graphs dynamo makes once a cache outgrows 64 columns (it keeps the first
-column count static): compiling all of them here measured 68 s of warm-up with a warm cache,
-223 s cold, against a start-up target of 15 s and 60 s.
-Inductor keeps every graph on disk, so a restart finds them (dynamo still traces each one again).
+Before the first request, each model the default method uses runs the forwards a lone request
+runs — one token a row (plain steps, a draft's proposals) and several (verification, a draft
+catching up; with hidden states where Medusa and EAGLE read them) — on a scratch cache, under each
+thread count the engine may step with (inductor builds kernels for one count; dynamo guards on
+it), so their graphs are compiled and, under `auto`, judged against eager (decoding/compiled.py).
+The graphs of several rows, the K policy's step costs at each batch-size bucket and the other
+methods' are `idle_tasks`, which the engine thread runs while no request is in flight
+(server/service.py); whatever a step needs before they ran it does then (logged; the thread tuner
+and the K policy ignore that step's time). Inductor keeps every graph on disk, so a restart finds
+them, but dynamo still traces each one again: about 1.6 s a graph for the bundled target here,
+which is most of a warm start (docs/batch-tradeoffs.md).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
+from specserve.decoding.calibrate import all_buckets, calibrate, needs_costs
 from specserve.decoding.compiled import COMPILE_MODES, TRIALS, kind_name
 from specserve.decoding.engine import Engine
 from specserve.decoding.kv import KVState
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 
 PROMPT_TOKENS = 32  # the scratch cache's prefill
 WIDE = 4  # tokens a row of the "several tokens" forwards (any T > 1 shares their graph)
+
+Task = tuple[str, Callable[[], object]]  # (what it does, for the log; the work)
 
 
 @dataclass
@@ -39,10 +45,13 @@ class WarmUp:
     verdicts: dict[str, str] = field(default_factory=dict)  # "role rows, tokens a row" -> compiled/eager
 
 
-def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, ...] = ()) -> WarmUp:
-    """Compile (and under `auto`, judge) the lone-request forwards of the models `methods` use,
-    under each torch thread count in `threads` the engine may step with (inductor's kernels are
-    built for one count, and dynamo guards on it; none: the current count)."""
+def warm_up(
+    engine: Engine, mode: str, methods: list[str], threads: tuple[int, ...] = (), rows: int = 1
+) -> WarmUp:
+    """Compile (and under `auto`, judge) the lone-request forwards of the models `methods` use
+    (rows > 1: those of a batch), under each torch thread count in `threads` the engine may step
+    with (inductor's kernels are built for one count, and dynamo guards on it; none: the current
+    count)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode == "off" or not engine.compiled:
@@ -61,12 +70,12 @@ def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, .
     for n in threads or (before,):
         torch.set_num_threads(n)
         for role, model, hidden in runs:
-            log.info("warm-up: the %s's decode forwards%s, %d threads", role,
-                     " with hidden states" if hidden else "", n)  # fmt: skip
+            log.info("warm-up: the %s's decode forwards%s, %d row%s, %d threads", role,
+                     " with hidden states" if hidden else "", rows, "s" if rows > 1 else "", n)  # fmt: skip
             if role == "eagle":
-                _forwards(model.decoder, engine.compiled[role], hidden, model.embed)
+                _forwards(model.decoder, engine.compiled[role], hidden, rows, model.embed)
             else:
-                _forwards(model, engine.compiled[role], hidden)
+                _forwards(model, engine.compiled[role], hidden, rows)
     torch.set_num_threads(before)
     report = WarmUp(mode, compiled=any(c.enabled for c in engine.compiled.values()))
     report.seconds = time.perf_counter() - t0
@@ -81,24 +90,44 @@ def warm_up(engine: Engine, mode: str, methods: list[str], threads: tuple[int, .
     return report
 
 
+def idle_tasks(engine: Engine, mode: str, method: str, threads: tuple[int, ...] = ()) -> list[Task]:
+    """What start-up leaves for the engine thread's idle time (`EngineService.idle`), in order:
+    the default method's forwards of several rows under each thread count, and the K policy's
+    step costs at each batch-size bucket above one; then for each other method its lone-request
+    forwards, those of several rows, and its step costs at every bucket. A step that needs one of
+    them before it ran does it then (compiling or timing on the engine thread, as without this)."""
+    counts = threads or (torch.get_num_threads(),)
+    tasks: list[Task] = []
+    for m in [method] + [x for x in engine.methods if x not in (method, "none")]:
+        if mode != "off" and engine.compiled:
+            for rows in (1, 2) if m != method else (2,):
+                tasks += [(f"{m}'s forwards of {rows} row{'s' * (rows > 1)}, {n} threads",
+                           partial(warm_up, engine, mode, [m], (n,), rows)) for n in counts]  # fmt: skip
+        if needs_costs(engine, m):
+            tasks += [(f"{m}'s step costs at {b} rows", partial(calibrate, engine, (m,), (b,)))
+                      for b in all_buckets(engine) if m != method or b > 1]  # fmt: skip
+    return tasks
+
+
 @torch.no_grad()
-def _forwards(model, compiled, hidden: bool, embed=None) -> None:
-    """One row's forwards of one token and of WIDE tokens, enough of each to compile the graph
+def _forwards(model, compiled, hidden: bool, rows: int = 1, embed=None) -> None:
+    """`rows` rows' forwards of one token and of WIDE tokens, enough of each to compile the graph
     and time it both ways; each forward's tokens are rolled back, so the cache stays small.
     embed: an EAGLE head's (tokens, features) -> input embeddings (fed with zero features)."""
     vocab = model.get_output_embeddings().weight.shape[0]
     tokens = torch.randint(0, vocab, (PROMPT_TOKENS,), generator=torch.Generator().manual_seed(0)).tolist()
-    kv = KVState.empty(model, 1, compiled=compiled)
+    kv = KVState.empty(model, rows, compiled=compiled)
 
     def embeds(toks: list[int]) -> torch.Tensor | None:
         if embed is None:
             return None
-        ids = torch.tensor([toks], device=kv.mask.device)
+        ids = torch.tensor([toks] * rows, device=kv.mask.device)
         p = next(model.parameters())
-        return embed(ids, torch.zeros(1, len(toks), model.config.hidden_size, dtype=p.dtype, device=p.device))
+        features = torch.zeros(rows, len(toks), model.config.hidden_size, dtype=p.dtype, device=p.device)
+        return embed(ids, features)
 
-    kv.forward(model, [tokens], logits="last", embeds=embeds(tokens))  # the prefill: eager
+    kv.forward(model, [tokens] * rows, logits="last", embeds=embeds(tokens))  # the prefill: eager
     for width in (1, WIDE):
         for _ in range(2 * TRIALS + 1):  # the first compiles; then both ways, TRIALS each
-            kv.forward(model, [tokens[:width]], hidden=hidden, embeds=embeds(tokens[:width]))
-            kv.rollback(torch.zeros(1, width, dtype=torch.bool, device=kv.mask.device))
+            kv.forward(model, [tokens[:width]] * rows, hidden=hidden, embeds=embeds(tokens[:width]))
+            kv.rollback(torch.zeros(rows, width, dtype=torch.bool, device=kv.mask.device))

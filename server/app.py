@@ -17,7 +17,7 @@ from specserve.decoding import Engine
 from specserve.decoding.calibrate import calibrate
 from specserve.decoding.compiled import use_compile_cache
 from specserve.decoding.policy import parse_schedule
-from specserve.decoding.warmup import warm_up
+from specserve.decoding.warmup import idle_tasks, warm_up
 from specserve.metrics.accounting import build_accountant
 from specserve.metrics.peaks import device_peaks
 from specserve.metrics.prometheus import ServerMetrics
@@ -89,22 +89,25 @@ class StampArrival:
 
 
 def warm_and_start(state: ServerState) -> None:
-    """Compile (or not: `--compile`) the decode steps, then start the engine thread. Runs while the
+    """Compile (or not: `--compile`) the decode steps a lone request of the default method runs and
+    time its steps for choosing K, then start the engine thread; graphs for batches, step costs at
+    larger batch sizes and the other methods' are left for the engine's idle time. Runs while the
     server already listens: /health and the generation routes answer 503 until it is done."""
-    settings, engine = state.settings, state.engine
+    settings, engine, service = state.settings, state.engine, state.service
+    t0 = time.perf_counter()
     try:
-        warm_up(engine, settings.compile, [settings.method], state.service.tuner.candidates)
-        t0 = time.perf_counter()
-        calibrate(engine, (settings.method,))  # the K policy's step costs (other methods: when first run)
-        log.info("step costs for choosing K measured in %.1f s", time.perf_counter() - t0)
+        warm_up(engine, settings.compile, [settings.method], service.tuner.candidates)
+        calibrate(engine, (settings.method,), (1,))  # the K policy's step costs at batch size 1
+        service.idle.extend(idle_tasks(engine, settings.compile, settings.method, service.tuner.candidates))
     except Exception:  # a compile failure is handled inside; anything else must not keep us down
         log.exception("warm-up failed; serving with what it left")
     finally:
-        state.service.start()
+        service.start()
         state.ready = True
     log.info(
-        "serving %s (methods: %s) on %s:%d",
+        "serving %s (methods: %s) on %s:%d: ready %.1f s after loading, %d warm-up tasks left for idle",
         settings.model_name, ", ".join(engine.methods), settings.host, settings.port,
+        time.perf_counter() - t0, len(service.idle),
     )  # fmt: skip
 
 

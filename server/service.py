@@ -4,6 +4,10 @@ Requests cross threads only through `submit` / `abort` (engine side: a locked qu
 per-request `asyncio.Queue`s (server side), fed once per prefill or sub-batch decode: one
 `call_soon_threadsafe` carries every request's events of it, so the event loop wakes once per
 phase, not once per row (at batch 32 the wake-ups alone cost the engine thread GIL time).
+
+What start-up leaves undone (graphs for batches, step costs at each batch size:
+`decoding/warmup.py:idle_tasks`) runs here one task at a time, once no request has been in
+flight for IDLE_S; a request that arrives meanwhile waits for that task only.
 """
 
 from __future__ import annotations
@@ -11,14 +15,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 
 from specserve.decoding import Engine
 from specserve.decoding.row import Row
 from specserve.decoding.stats import StepStats
+from specserve.decoding.warmup import Task
 from specserve.server.threads import ThreadTuner
 
 log = logging.getLogger(__name__)
+
+IDLE_S = 1.0  # seconds without work before an idle task starts (not between a client's requests)
 
 
 class QueueFull(Exception):
@@ -47,6 +56,9 @@ class EngineService:
         self.finish_listeners: list = []  # callables taking each finished Row (metrics)
         self.token_listeners: list = []  # callables taking (Row, tokens) per emission (metrics)
         self.accepting = True
+        self.idle: deque[Task] = deque()  # run one at a time while idle (start-up's leftovers)
+        self._idle_since = time.monotonic()
+        self._idle_s = 0.0  # spent on idle tasks so far
         self._pending: list[tuple[tuple[asyncio.AbstractEventLoop, asyncio.Queue], Event]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -119,7 +131,10 @@ class EngineService:
     def _run(self) -> None:
         while not self._stop.is_set():
             if not self.engine.has_work():
-                self._wake.wait(0.5)
+                if self.idle and time.monotonic() - self._idle_since >= IDLE_S:
+                    self._run_idle_task()
+                    continue
+                self._wake.wait(IDLE_S / 2 if self.idle else 0.5)
                 self._wake.clear()
                 continue
             try:
@@ -136,6 +151,20 @@ class EngineService:
                     except Exception:
                         log.exception("a finish listener failed for request %s", row.request_id)
             self._flush()
+            self._idle_since = time.monotonic()
+
+    def _run_idle_task(self) -> None:
+        what, work = self.idle.popleft()
+        t0 = time.perf_counter()
+        try:
+            work()
+        except Exception:  # a warm-up left undone is done when first needed instead
+            log.exception("idle-time warm-up failed: %s", what)
+        seconds = time.perf_counter() - t0
+        self._idle_s += seconds
+        log.info("idle-time warm-up: %s in %.1f s (%d left)", what, seconds, len(self.idle))
+        if not self.idle:
+            log.info("idle-time warm-up done in %.1f s", self._idle_s)
 
 
 def _deliver(items: list[tuple[asyncio.Queue, Event]]) -> None:

@@ -118,3 +118,46 @@ def test_engine_steps_on_another_thread_reuse_the_warm_up_graphs(tiny):
     worker.join(300)
     torch.set_num_threads(before)
     assert compiled.calls > calls and compiled.compiles == warmed
+
+
+def test_idle_tasks_compile_a_batchs_graphs_and_time_every_bucket(tiny):
+    """What start-up leaves for idle time: the default method's graphs of several rows under each
+    thread count and its step costs above batch size 1, then the other methods' (lone-request
+    forwards first). Run, a batch of several rows compiles nothing more."""
+    from specserve.decoding.warmup import idle_tasks
+
+    engine = Engine(tiny["target"].model, tiny["draft"].model, eos_token_ids=tiny["target"].eos_token_ids,
+                    max_batch_size=4, compile="on")  # fmt: skip
+    warm_up(engine, "on", ["draft"], threads=(1,))
+    tasks = idle_tasks(engine, "on", "draft", (1, 2))
+    assert [what for what, _ in tasks] == [
+        "draft's forwards of 2 rows, 1 threads", "draft's forwards of 2 rows, 2 threads",
+        "draft's step costs at 2 rows", "draft's step costs at 4 rows",
+        "ngram's forwards of 1 row, 1 threads", "ngram's forwards of 1 row, 2 threads",
+        "ngram's forwards of 2 rows, 1 threads", "ngram's forwards of 2 rows, 2 threads",
+        "ngram's step costs at 1 rows", "ngram's step costs at 2 rows", "ngram's step costs at 4 rows",
+    ]  # fmt: skip
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        for _, work in idle_tasks(engine, "on", "draft", (1,)):  # (one count: compiling is slow)
+            work()
+    finally:
+        torch.set_num_threads(before)
+    batch = {(False, True, False), (False, False, False)}  # several rows: one token a row, and more
+    assert batch <= set(engine.compiled["target"].graphs) and batch <= set(engine.compiled["draft"].graphs)
+    assert set(engine.policy.costs) == {(m, b) for m in ("draft", "ngram") for b in (2, 4)} | {("ngram", 1)}
+    compiles = {role: c.compiles for role, c in engine.compiled.items()}
+    torch.set_num_threads(1)
+    try:
+        engine.generate(
+            [[5, 6, 7], [8, 9]], SamplingParams(max_new_tokens=8, ignore_eos=True), SpecParams("draft", 3)
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert {role: c.compiles for role, c in engine.compiled.items()} == compiles
+    off = Engine(tiny["target"].model, tiny["draft"].model, max_batch_size=2)
+    assert [what for what, _ in idle_tasks(off, "off", "none", (1,))] == [
+        "draft's step costs at 1 rows", "draft's step costs at 2 rows",
+        "ngram's step costs at 1 rows", "ngram's step costs at 2 rows",
+    ]  # fmt: skip

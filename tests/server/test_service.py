@@ -43,3 +43,55 @@ def test_events_go_out_once_per_phase_and_the_first_token_right_after_prefill(ti
     assert flushes[0] == [[tokens[0]], [tokens[6]]] and flushes[1] == [[tokens[12]]]
     # then one hand-off per sub-batch step carrying all its rows' events (none: 2 rows, draft: 1)
     assert flushes[2] == [[tokens[1]], [tokens[7]]] and len(flushes[3]) == 1
+
+
+def test_idle_tasks_run_on_the_engine_thread_once_no_request_is_in_flight(tiny, monkeypatch):
+    """Start-up's leftovers wait for IDLE_S without work: requests come first, also one sent right
+    after another ends (a client's next request), each task runs alone on the engine thread, and
+    one that fails does not stop the rest."""
+    import threading
+    import time
+
+    from specserve.server import service as service_module
+
+    monkeypatch.setattr(service_module, "IDLE_S", 0.5)
+    engine = Engine(tiny["target"].model, max_batch_size=2)
+    service = EngineService(engine, max_waiting=4)
+    ran: list[tuple[str, bool, str, float]] = []  # (task, work in flight, thread, when)
+
+    def task(name: str):
+        def work() -> None:
+            ran.append((name, engine.has_work(), threading.current_thread().name, time.monotonic()))
+            if name == "fails":
+                raise RuntimeError("no")
+
+        return name, work
+
+    async def serve(request_id: str) -> None:
+        row = engine.make_row([5, 6, 7], SamplingParams(max_new_tokens=40, ignore_eos=True), SpecParams(),
+                              request_id=request_id)  # fmt: skip
+        q = service.submit(row)
+        if not service._thread.is_alive():
+            service.start()
+        while (await asyncio.wait_for(q.get(), 30)).row is None:
+            pass
+
+    async def run() -> float:
+        service.idle.extend([task("first"), task("fails"), task("last")])
+        try:
+            await serve("a")
+            await asyncio.sleep(0.05)  # a client's think time, under IDLE_S
+            await serve("b")
+            served = time.monotonic()
+            for _ in range(100):  # bounded: 10 s
+                if len(ran) == 3:
+                    break
+                await asyncio.sleep(0.1)
+            return served
+        finally:
+            service.stop()
+
+    served = asyncio.run(run())
+    assert [name for name, *_ in ran] == ["first", "fails", "last"] and not service.idle
+    assert all(not busy and thread == "specserve-engine" for _, busy, thread, _ in ran)
+    assert ran[0][3] > served
