@@ -70,6 +70,22 @@ def check_server(args: argparse.Namespace, http: httpx.Client) -> dict:
     return card
 
 
+def wait_for_warm_up(http: httpx.Client, timeout_s: float, poll_s: float = 2.0) -> None:
+    """Wait until the server's idle-time warm-up has ended (/health's warm_up_tasks_left: 0; a
+    server without it: at once), at most timeout_s: it runs only while the server is idle, and
+    a task it started between two levels would stall the next one."""
+    deadline, said = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        left = http.get("/health").json().get("warm_up_tasks_left", 0)
+        if not left:
+            return
+        if left != said:
+            log.info("waiting for the server's idle-time warm-up: %d tasks left", left)
+            said = left
+        time.sleep(poll_s)
+    log.warning("the server's idle-time warm-up did not end in %.0f s; measuring anyway", timeout_s)
+
+
 def run_level(
     cfg: loadgen.LoadConfig,
     http: httpx.Client,
@@ -155,6 +171,8 @@ def run(args: argparse.Namespace, texts: list[str], load: Callable[[str], Any]) 
     levels = levels_of(args)
     with httpx.Client(base_url=cfg.url, headers=headers, timeout=10.0) as http:
         card = check_server(args, http)
+        if args.wait_warm_up_s:
+            wait_for_warm_up(http, args.wait_warm_up_s)
         if not scrape.metrics_enabled(scrape.scrape(http)):
             log.warning(
                 "the server's metrics are off (--no-metrics?): acceptance, batch size, MBU, MFU stay empty"

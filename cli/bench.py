@@ -99,6 +99,13 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--warmup", type=_count, default=1, help="unmeasured requests per method before the sweep")
     p.add_argument(
+        "--wait-warm-up-s",
+        type=_seconds,
+        default=900.0,
+        help="first wait (at most this long) for the server's idle-time warm-up (graphs for batches, "
+        "step costs, other methods: /health's warm_up_tasks_left) to end, so it stalls no level; 0: no wait",
+    )
+    p.add_argument(
         "--warmup-levels",
         action="store_true",
         help="run every method once at each level, unmeasured, before its repeats (a fresh server "

@@ -45,33 +45,49 @@ class WarmUp:
     verdicts: dict[str, str] = field(default_factory=dict)  # "role rows, tokens a row" -> compiled/eager
 
 
+Run = tuple[str, bool]  # a model's forwards: (role, with hidden states)
+
+
+def runs(engine: Engine, methods: list[str]) -> list[Run]:
+    """The forwards `methods` run: the target's (with hidden states for Medusa and EAGLE heads),
+    the draft's, the EAGLE head's."""
+    out = [("target", False)]
+    if ("medusa" in methods and engine.medusa is not None) or (
+        "eagle" in methods and engine.eagle is not None
+    ):
+        out.append(("target", True))
+    if "draft" in methods and "draft" in engine.compiled:
+        out.append(("draft", False))
+    if "eagle" in methods and "eagle" in engine.compiled:
+        out.append(("eagle", True))
+    return out
+
+
 def warm_up(
-    engine: Engine, mode: str, methods: list[str], threads: tuple[int, ...] = (), rows: int = 1
+    engine: Engine,
+    mode: str,
+    methods: list[str],
+    threads: tuple[int, ...] = (),
+    rows: int = 1,
+    only: list[Run] | None = None,
 ) -> WarmUp:
     """Compile (and under `auto`, judge) the lone-request forwards of the models `methods` use
-    (rows > 1: those of a batch), under each torch thread count in `threads` the engine may step
-    with (inductor's kernels are built for one count, and dynamo guards on it; none: the current
-    count)."""
+    (rows > 1: those of a batch; only: just these), under each torch thread count in `threads` the
+    engine may step with (inductor's kernels are built for one count, and dynamo guards on it;
+    none: the current count)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode == "off" or not engine.compiled:
         return WarmUp(mode, compiled=False)
     t0 = time.perf_counter()
-    runs = [("target", engine.target, False)]
-    if ("medusa" in methods and engine.medusa is not None) or (
-        "eagle" in methods and engine.eagle is not None
-    ):
-        runs.append(("target", engine.target, True))
-    if "draft" in methods and "draft" in engine.compiled:
-        runs.append(("draft", engine.draft, False))
-    if "eagle" in methods and "eagle" in engine.compiled:
-        runs.append(("eagle", engine.eagle, True))
+    models = {"target": engine.target, "draft": engine.draft, "eagle": engine.eagle}
     before = torch.get_num_threads()
     for n in threads or (before,):
         torch.set_num_threads(n)
-        for role, model, hidden in runs:
+        for role, hidden in runs(engine, methods) if only is None else only:
             log.info("warm-up: the %s's decode forwards%s, %d row%s, %d threads", role,
                      " with hidden states" if hidden else "", rows, "s" if rows > 1 else "", n)  # fmt: skip
+            model = models[role]
             if role == "eagle":
                 _forwards(model.decoder, engine.compiled[role], hidden, rows, model.embed)
             else:
@@ -85,8 +101,8 @@ def warm_up(
             if j.compiled is not None:
                 report.verdicts[f"{c.role} {kind_name(kind)}"] = "compiled" if j.compiled else "eager"
     found = "".join(f"; {k}: {v}" for k, v in report.verdicts.items())
-    log.info("warm-up: %d compiled graphs in %.1f s%s", report.graphs, report.seconds,
-             found if report.compiled else "; running eagerly")  # fmt: skip
+    log.log(logging.INFO if only is None else logging.DEBUG, "warm-up: %d compiled graphs in %.1f s%s",
+            report.graphs, report.seconds, found if report.compiled else "; running eagerly")  # fmt: skip
     return report
 
 
@@ -97,12 +113,18 @@ def idle_tasks(engine: Engine, mode: str, method: str, threads: tuple[int, ...] 
     forwards, those of several rows, and its step costs at every bucket. A step that needs one of
     them before it ran does it then (compiling or timing on the engine thread, as without this)."""
     counts = threads or (torch.get_num_threads(),)
+    compiling = mode != "off" and bool(engine.compiled)
+    done = {(run, 1, n) for run in runs(engine, [method]) for n in counts}  # (start-up's)
     tasks: list[Task] = []
     for m in [method] + [x for x in engine.methods if x not in (method, "none")]:
-        if mode != "off" and engine.compiled:
-            for rows in (1, 2) if m != method else (2,):
-                tasks += [(f"{m}'s forwards of {rows} row{'s' * (rows > 1)}, {n} threads",
-                           partial(warm_up, engine, mode, [m], (n,), rows)) for n in counts]  # fmt: skip
+        for rows in (1, 2) if compiling else ():
+            for n in counts:
+                for run in runs(engine, [m]):  # one model's graphs a task: a request waits less
+                    if (run, rows, n) not in done:
+                        done.add((run, rows, n))
+                        what = (f"the {run[0]}'s forwards{' with hidden states' * run[1]}, {rows} row"
+                                f"{'s' * (rows > 1)}, {n} threads")  # fmt: skip
+                        tasks.append((what, partial(warm_up, engine, mode, [m], (n,), rows, [run])))
         if needs_costs(engine, m):
             tasks += [(f"{m}'s step costs at {b} rows", partial(calibrate, engine, (m,), (b,)))
                       for b in all_buckets(engine) if m != method or b > 1]  # fmt: skip

@@ -59,6 +59,7 @@ class EngineService:
         self.idle: deque[Task] = deque()  # run one at a time while idle (start-up's leftovers)
         self._idle_since = time.monotonic()
         self._idle_s = 0.0  # spent on idle tasks so far
+        self._idle_running = False
         self._pending: list[tuple[tuple[asyncio.AbstractEventLoop, asyncio.Queue], Event]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -74,6 +75,11 @@ class EngineService:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+
+    @property
+    def idle_left(self) -> int:
+        """Idle-time warm-up tasks not done yet (the one running included)."""
+        return len(self.idle) + self._idle_running
 
     @property
     def num_waiting(self) -> int:
@@ -154,12 +160,15 @@ class EngineService:
             self._idle_since = time.monotonic()
 
     def _run_idle_task(self) -> None:
+        self._idle_running = True
         what, work = self.idle.popleft()
         t0 = time.perf_counter()
         try:
             work()
         except Exception:  # a warm-up left undone is done when first needed instead
             log.exception("idle-time warm-up failed: %s", what)
+        finally:
+            self._idle_running = False
         seconds = time.perf_counter() - t0
         self._idle_s += seconds
         log.info("idle-time warm-up: %s in %.1f s (%d left)", what, seconds, len(self.idle))

@@ -16,7 +16,8 @@ async def health(request: Request) -> JSONResponse:
     state = getattr(request.app.state, "specserve", None)
     if state is None or not state.ready or not state.service.accepting:
         return JSONResponse({"status": "unavailable"}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    # ready; what start-up left for idle time (graphs for batches, other methods) may still run
+    return JSONResponse({"status": "ok", "warm_up_tasks_left": state.service.idle_left})
 
 
 @router.get("/v1/models", dependencies=[Depends(require_key)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import logging
 import socket
 
 import pytest
@@ -346,3 +347,28 @@ def test_warmup_levels_run_each_level_once_unmeasured(live, tmp_path):
         before, "specserve_generation_tokens_total"
     )
     assert delta == 2 * levels[0]["output_tokens"]
+
+
+def test_bench_serve_waits_for_the_servers_idle_time_warm_up(caplog):
+    """/health's warm_up_tasks_left: polled until 0 (a server without the field: no wait), at most
+    the timeout, then measured anyway with a warning."""
+    import httpx
+
+    from specserve.bench.serve import wait_for_warm_up
+
+    left = [3, 2, 2, 0]
+    polls = []
+
+    def health(request: httpx.Request) -> httpx.Response:
+        polls.append(request.url.path)
+        return httpx.Response(200, json={"status": "ok", "warm_up_tasks_left": left.pop(0) if left else 5})
+
+    with httpx.Client(base_url="http://server", transport=httpx.MockTransport(health)) as http:
+        wait_for_warm_up(http, timeout_s=10, poll_s=0.01)
+        assert polls == ["/health"] * 4 and not left
+        caplog.set_level(logging.WARNING)
+        wait_for_warm_up(http, timeout_s=0.05, poll_s=0.01)  # 5 left for good
+        assert "did not end in 0 s; measuring anyway" in caplog.text
+    other = httpx.MockTransport(lambda request: httpx.Response(200, json={"status": "ok"}))
+    with httpx.Client(base_url="http://server", transport=other) as http:
+        wait_for_warm_up(http, timeout_s=10, poll_s=10)  # returns at once
