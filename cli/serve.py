@@ -47,6 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true", default=None)
     p.add_argument("--no-metrics", dest="metrics", action="store_false", default=None,
                    help="skip Prometheus metrics and per-request bytes/FLOPs accounting")  # fmt: skip
+    p.add_argument("--no-idle-warm-up", dest="idle_warm_up", action="store_false", default=None,
+                   help="compile and time what start-up leaves at first need, not while idle")  # fmt: skip
     add_log_level(p)
     p.set_defaults(func=run)
 
@@ -58,7 +60,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
     given = {
         k: getattr(args, k)
-        for k in [*FLAGS, "trust_remote_code", "metrics"]
+        for k in [*FLAGS, "trust_remote_code", "metrics", "idle_warm_up"]
         if getattr(args, k, None) is not None
     }
     try:

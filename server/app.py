@@ -98,7 +98,9 @@ def warm_and_start(state: ServerState) -> None:
     try:
         warm_up(engine, settings.compile, [settings.method], service.tuner.candidates)
         calibrate(engine, (settings.method,), (1,))  # the K policy's step costs at batch size 1
-        service.idle.extend(idle_tasks(engine, settings.compile, settings.method, service.tuner.candidates))
+        if settings.idle_warm_up:  # the rest while no request is in flight
+            later = idle_tasks(engine, settings.compile, settings.method, service.tuner.candidates)
+            service.idle.extend(later)
     except Exception:  # a compile failure is handled inside; anything else must not keep us down
         log.exception("warm-up failed; serving with what it left")
     finally:

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     compile_cache: str | None = Field(
         None, description="inductor's cache of compiled graphs (default ~/.cache)"
     )
+    idle_warm_up: bool = Field(
+        True,
+        description="while no request is in flight, compile and time what start-up leaves (graphs for "
+        "batches, step costs at larger batch sizes, the other methods'); off: each when first needed",
+    )
     peak_bandwidth: float | None = Field(
         None, gt=0, description="device peak bytes/s (default: table or probe)"
     )

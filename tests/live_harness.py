@@ -109,6 +109,7 @@ def serving(tiny_paths: dict[str, str], **overrides: Any) -> Iterator[LiveServer
         "shutdown_timeout_s": 2.0,
         "served_model_name": MODEL,
         "compile": "off",
+        "idle_warm_up": False,  # (tests/server/test_warmup.py runs it)
     }
     live = start_server(Settings(**(kw | overrides)))
     try:

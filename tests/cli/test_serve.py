@@ -30,8 +30,11 @@ def test_flags_become_settings(tiny_paths):
         "--num-speculative-tokens", "5", "--max-batch-size", "4", "--max-waiting", "0",
         "--dtype", "float64", "--port", "0", "--api-key", "k", "--trust-remote-code",
         "--request-timeout-s", "2.5", "--max-body-bytes", "4096", "--served-model-name", "m",
+        "--no-idle-warm-up",
     )  # fmt: skip
     s = settings_from_args(args)
+    default = settings_from_args(_serve_args("--target", tiny_paths["target"]))
+    assert not s.idle_warm_up and default.idle_warm_up
     assert (s.method, s.num_speculative_tokens, s.max_batch_size, s.max_waiting) == ("ngram", 5, 4, 0)
     assert (s.dtype, s.port, s.request_timeout_s, s.max_body_bytes) == ("float64", 0, 2.5, 4096)
     assert s.api_key is not None and s.api_key.get_secret_value() == "k"
