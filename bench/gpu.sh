@@ -42,10 +42,11 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '')" | tee "$OUT/
   --methods "${METHODS[@]}" --k 3 --batch-sizes "${BATCHES[@]}" --max-new-tokens "$TOKENS" \
   --repeats "$REPEATS" --no-hf --out "$OUT/decode.json" 2>&1 | tail -n 60
 
-# 2. over HTTP: a server on this machine (compiled where its warm-up finds it faster)
+# 2. over HTTP: a server on this machine (compiled where its warm-up finds it faster; nothing at idle
+# time: the other methods' graphs would cost minutes of a short lease, so they compile at first need)
 PORT=${PORT:-8765}
 "$PY" -m specserve serve "${MODELS[@]}" --device "$DEVICE" --dtype "$DTYPE" --port "$PORT" \
-  --compile "$SERVE_COMPILE" --log-level WARNING > "$OUT/server.log" 2>&1 &
+  --compile "$SERVE_COMPILE" --no-idle-warm-up --log-level WARNING > "$OUT/server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do
