@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import product
 
 import torch
 
@@ -117,14 +118,15 @@ def idle_tasks(engine: Engine, mode: str, method: str, threads: tuple[int, ...] 
     done = {(run, 1, n) for run in runs(engine, [method]) for n in counts}  # (start-up's)
     tasks: list[Task] = []
     for m in [method] + [x for x in engine.methods if x not in (method, "none")]:
-        for rows in (1, 2) if compiling else ():
-            for n in counts:
-                for run in runs(engine, [m]):  # one model's graphs a task: a request waits less
-                    if (run, rows, n) not in done:
-                        done.add((run, rows, n))
-                        what = (f"the {run[0]}'s forwards{' with hidden states' * run[1]}, {rows} row"
-                                f"{'s' * (rows > 1)}, {n} threads")  # fmt: skip
-                        tasks.append((what, partial(warm_up, engine, mode, [m], (n,), rows, [run])))
+        # one model's graphs a task (a request waits less), none twice
+        for rows, n, run in product((1, 2) if compiling else (), counts, runs(engine, [m])):
+            if (run, rows, n) in done:
+                continue
+            done.add((run, rows, n))
+            role, hidden = run
+            what = f"the {role}'s forwards{' with hidden states' * hidden}, {rows} row{'s' * (rows > 1)}"
+            what += f", {n} threads"
+            tasks.append((what, partial(warm_up, engine, mode, [m], (n,), rows, [run])))
         if needs_costs(engine, m):
             tasks += [(f"{m}'s step costs at {b} rows", partial(calibrate, engine, (m,), (b,)))
                       for b in all_buckets(engine) if m != method or b > 1]  # fmt: skip
