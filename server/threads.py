@@ -22,6 +22,8 @@ from specserve.decoding.stats import StepStats
 
 log = logging.getLogger(__name__)
 
+PLAIN = "plain"  # the method of every K = 0 step's arm (what the proposer adds is not run)
+
 
 def thread_candidates(threads: int, device: str, cores: int | None = None) -> tuple[int, ...]:
     """--threads N: (N,), fixed. On CPU by default: 1, the powers of two below the core count,
@@ -44,7 +46,8 @@ class _Arm:
 
 @dataclass
 class ThreadTuner:
-    """Per kind of step (prefill or decode, method, K) and batch-size bucket: interleaved trial
+    """Per kind of step (prefill or decode; method and K, or plain: every method at K = 0 runs
+    the same target forward, so they share one choice) and batch-size bucket: interleaved trial
     steps until every candidate has `trials` that fed as many tokens (to a power of two: prompt
     lookup's steps at one K feed 1 to K + 1 tokens a row, and a token fed costs less in a wider
     step), then the fastest of those (median seconds per token fed) until `recheck` steps later.
@@ -62,7 +65,7 @@ class ThreadTuner:
         """Threads for the step about to run; sets them (call on the engine thread)."""
         if not self.candidates:
             return torch.get_num_threads()
-        key = (phase, method, k, bucket(rows))
+        key = (phase, method if k else PLAIN, k, bucket(rows))
         arm = self.arms.get(key)
         if arm is None:  # (not setdefault: that would build an arm on every step)
             arm = self.arms[key] = _Arm({c: [] for c in self.candidates})

@@ -46,8 +46,8 @@ def test_small_steps_keep_one_thread_large_ones_take_two(set_threads):
     small, large = drive(tuner, 2, 200), drive(tuner, 32, 200)
     assert small[:8].count(1) == small[:8].count(2) == 4  # the trials interleave
     assert set(small[8:]) == {1} and set(large[8:]) == {2}
-    assert tuner.arms[("decode", "none", 0, 2)].choice == 1  # rows 2
-    assert tuner.arms[("decode", "none", 0, 32)].choice == 2  # rows 17-32
+    assert tuner.arms[("decode", "plain", 0, 2)].choice == 1  # rows 2
+    assert tuner.arms[("decode", "plain", 0, 32)].choice == 2  # rows 17-32
     assert set_threads[-1] == 2 == tuner.current
     assert len(set_threads) <= 2 * 8 + 2  # set only when the count changes
 
@@ -62,27 +62,39 @@ def test_kinds_of_step_are_timed_apart(set_threads):
         assert drive(tuner, 1, 1, k=0) == [1] and drive(tuner, 1, 1, k=4) == [2]
 
 
+def test_every_method_at_k_0_shares_one_choice(set_threads):
+    """A plain step of any method is the same target forward: one arm, one set of trials. Timed
+    apart, two methods' noisy trials could settle on different counts for the same work (a
+    1-thread draft beside a 2-thread `none` at 32 rows ran at 0.80x of it, K = 0 throughout)."""
+    tuner = ThreadTuner((1, 2), trials=4, recheck=1000)
+    drive(tuner, 32, 20)  # `none`'s steps make the choice
+    for method in ("draft", "ngram", "medusa", "eagle"):
+        assert tuner.plan("decode", method, 0, 32) == 2 and tuner._trial is None  # no trial
+    assert tuner.plan("decode", "draft", 3, 32) in (1, 2) and tuner._trial is not None  # K > 0: its own
+    assert {key[1] for key in tuner.arms} == {"plain", "draft"}
+
+
 def test_a_choice_is_checked_again_and_follows_a_change(set_threads):
     tuner = ThreadTuner((1, 2), trials=2, recheck=50)
     drive(tuner, 16, 30)
-    assert tuner.arms[("decode", "none", 0, 16)].choice == 2
+    assert tuner.arms[("decode", "plain", 0, 16)].choice == 2
     slower_now = lambda t, rows, k: 2e-3 if t == 2 else 1e-3  # noqa: E731 (say, clients took the core)
     chosen = drive(tuner, 16, 120, cost=slower_now)
-    assert tuner.arms[("decode", "none", 0, 16)].choice == 1
+    assert tuner.arms[("decode", "plain", 0, 16)].choice == 1
     assert chosen.count(2) <= 50 + 2  # the old choice holds until its re-check, then 2 trials
 
 
 def test_untimed_steps_fixed_threads_and_none(set_threads):
     tuner = ThreadTuner((1, 2), trials=2)
-    tuner.plan("decode", "none", 0, 4)
+    tuner.plan("decode", "plain", 0, 4)
     tuner.observe(StepStats("none", "decode", 4))  # fed nothing (every row aborted): not a sample
-    assert not any(tuner.arms[("decode", "none", 0, 4)].samples.values())
+    assert not any(tuner.arms[("decode", "plain", 0, 4)].samples.values())
     fixed = ThreadTuner((3,))
     assert set(drive(fixed, 32, 20)) == {3} and set_threads[-1] == 3
-    assert not any(fixed.arms[("decode", "none", 0, 32)].samples.values())  # nothing to time
+    assert not any(fixed.arms[("decode", "plain", 0, 32)].samples.values())  # nothing to time
     n = len(set_threads)
     gpu = ThreadTuner(())
-    gpu.plan("decode", "none", 0, 32)
+    gpu.plan("decode", "plain", 0, 32)
     gpu.observe(StepStats("none", "decode", 32, verify_s=1.0))
     assert len(set_threads) == n and not gpu.arms  # torch's threads left alone
 
@@ -120,8 +132,8 @@ def test_the_engine_plans_each_sub_batch_step(tiny, set_threads):
     assert calls[:4] == [("prefill", "none", 0, 2), ("prefill", "draft", 0, 1),
                          ("decode", "none", 0, 2), ("decode", "draft", 2, 1)]  # fmt: skip
     arms = service.tuner.arms
-    assert [len(x) for x in arms[("prefill", "none", 0, 2)].samples.values()] == [1, 0]  # one trial
-    assert arms[("decode", "none", 0, 2)].choice in (1, 2)  # two decode steps: a trial on each
+    assert [len(x) for x in arms[("prefill", "plain", 0, 2)].samples.values()] == [1, 0]  # one trial
+    assert arms[("decode", "plain", 0, 2)].choice in (1, 2)  # two decode steps: a trial on each
 
 
 def test_a_step_that_compiled_is_not_a_sample(set_threads):
