@@ -64,6 +64,14 @@ def runs(engine: Engine, methods: list[str]) -> list[Run]:
     return out
 
 
+def describe(run: Run, rows: int, threads: int) -> str:
+    """A model's forwards as the log and the idle tasks name them: "the draft's forwards, 2 rows,
+    1 threads"."""
+    role, hidden = run
+    return (f"the {role}'s forwards{' with hidden states' * hidden}, {rows} row{'s' * (rows > 1)}, "
+            f"{threads} threads")  # fmt: skip
+
+
 def warm_up(
     engine: Engine,
     mode: str,
@@ -86,8 +94,7 @@ def warm_up(
     for n in threads or (before,):
         torch.set_num_threads(n)
         for role, hidden in runs(engine, methods) if only is None else only:
-            log.info("warm-up: the %s's decode forwards%s, %d row%s, %d threads", role,
-                     " with hidden states" if hidden else "", rows, "s" if rows > 1 else "", n)  # fmt: skip
+            log.info("warm-up: %s", describe((role, hidden), rows, n))
             model = models[role]
             if role == "eagle":
                 _forwards(model.decoder, engine.compiled[role], hidden, rows, model.embed)
@@ -123,10 +130,7 @@ def idle_tasks(engine: Engine, mode: str, method: str, threads: tuple[int, ...] 
             if (run, rows, n) in done:
                 continue
             done.add((run, rows, n))
-            role, hidden = run
-            what = f"the {role}'s forwards{' with hidden states' * hidden}, {rows} row{'s' * (rows > 1)}"
-            what += f", {n} threads"
-            tasks.append((what, partial(warm_up, engine, mode, [m], (n,), rows, [run])))
+            tasks.append((describe(run, rows, n), partial(warm_up, engine, mode, [m], (n,), rows, [run])))
         if needs_costs(engine, m):
             tasks += [(f"{m}'s step costs at {b} rows", partial(calibrate, engine, (m,), (b,)))
                       for b in all_buckets(engine) if m != method or b > 1]  # fmt: skip
