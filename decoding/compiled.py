@@ -16,6 +16,12 @@ Once a graph has run, later calls check only the guards that tell this function'
 (`skip_guard_eval_unsafe`): dynamo's full guard check costs about 0.25 ms a call, 9% of a batch-1
 step of the bundled target (plain decoding 399 -> 424 tok/s, draft 322 -> 358 with it).
 
+One graph serves every torch thread count the thread tuner tries: inductor's CPU kernels read
+the count when they run (`cpp.dynamic_threads`) and dynamo's global-state guard, which holds the
+count (with grad mode and the default dtype, fixed in the engine: its steps run without grad), is
+filtered out. Guarded, each count traced and compiled its own copy of every graph: twice the
+start-up (docs/batch-tradeoffs.md).
+
 Compiled need not be faster for every model and batch size (on the bundled suite it is at 1-32
 rows, 1.14-1.88x; docs/batch-tradeoffs.md), so under `--compile auto` each kind of forward (rows
 bucket, one token a row or more, hidden states or not, thread count) is timed both ways on
@@ -38,6 +44,7 @@ from pathlib import Path
 
 import torch
 import torch._dynamo.config as dynamo_config
+import torch._inductor.config as inductor_config
 import torch.fx.experimental._config as fx_config
 from torch._dynamo.utils import counters
 from transformers import PreTrainedModel
@@ -92,7 +99,7 @@ def kind_name(kind: Kind) -> str:
             f"{', with hidden states' if hidden else ''}, {threads} threads")  # fmt: skip
 
 
-RECOMPILE_LIMIT = 32  # graphs per model: 4 kinds x the thread counts the tuner tries (a guard), x2
+RECOMPILE_LIMIT = 32  # graphs per model: 4 shapes x hidden or not on CPU; on CUDA one per shape met
 _CODES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its forward's code object
 
 
@@ -106,8 +113,17 @@ def _tracing():
     model's float attributes (norm eps, rope scaling) as symbols, fails to turn them into tensors
     and traces the whole forward again (the start-up warm-up went 22.7 -> 17.5 s with a warm cache,
     90.7 -> 74.9 s cold)."""
-    with fx_config.patch(use_duck_shape=False), dynamo_config.patch(specialize_float=True):
+    with (
+        fx_config.patch(use_duck_shape=False),
+        dynamo_config.patch(specialize_float=True),
+        inductor_config.patch({"cpp.dynamic_threads": True}),  # (kernels: any thread count)
+    ):
         yield
+
+
+def _any_thread_count(guards) -> list[bool]:
+    """dynamo's guard filter: every guard but the global state's (module docstring)."""
+    return [g.guard_type != "GLOBAL_STATE" for g in guards]
 
 
 class CompiledForward:
@@ -140,8 +156,8 @@ class CompiledForward:
         if model not in _CODES:
             _CODES[model] = CompiledForward._forward.__code__.replace(co_name=f"forward_{len(_CODES)}")
         own = types.MethodType(types.FunctionType(_CODES[model], CompiledForward._forward.__globals__), self)
-        mode = "reduce-overhead" if cuda else None
-        self.fn = torch.compile(own, dynamic=True, mode=mode, recompile_limit=RECOMPILE_LIMIT)
+        how = {"mode": "reduce-overhead"} if cuda else {"options": {"guard_filter_fn": _any_thread_count}}
+        self.fn = torch.compile(own, dynamic=True, recompile_limit=RECOMPILE_LIMIT, **how)
         self.enabled = True
         self.graphs: dict[tuple[bool, bool, bool], float] = {}  # (one row, one token, hidden) -> seconds
         self.calls = 0  # compiled forwards run
@@ -227,7 +243,7 @@ class CompiledForward:
         self.calls += 1
         if counters["stats"]["unique_graphs"] != graphs:
             self.compiles += 1
-            if key in self.graphs:  # a guard failed: another thread count, grad mode, a size
+            if key in self.graphs:  # a guard failed: a size, a dtype
                 log.info("compiled another graph of the %s's (%d threads) in %.1f s", self.role,
                          torch.get_num_threads(), time.perf_counter() - t0)  # fmt: skip
             self.compiled_now = True

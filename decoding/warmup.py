@@ -2,9 +2,9 @@
 
 Before the first request, each model the default method uses runs the forwards a lone request
 runs — one token a row (plain steps, a draft's proposals) and several (verification, a draft
-catching up; with hidden states where Medusa and EAGLE read them) — on a scratch cache, under each
-thread count the engine may step with (inductor builds kernels for one count; dynamo guards on
-it), so their graphs are compiled and, under `auto`, judged against eager (decoding/compiled.py).
+catching up; with hidden states where Medusa and EAGLE read them) — on a scratch cache, so their
+graphs are compiled, and under each thread count the engine may step with, so under `auto` each
+is judged against eager at that count (one graph serves every count; decoding/compiled.py).
 The graphs of several rows, the K policy's step costs at each batch-size bucket and the other
 methods' are `idle_tasks`, which the engine thread runs while no request is in flight
 (server/service.py); whatever a step needs before they ran it does then (logged; the thread tuner
@@ -82,8 +82,8 @@ def warm_up(
 ) -> WarmUp:
     """Compile (and under `auto`, judge) the lone-request forwards of the models `methods` use
     (rows > 1: those of a batch; only: just these), under each torch thread count in `threads` the
-    engine may step with (inductor's kernels are built for one count, and dynamo guards on it;
-    none: the current count)."""
+    engine may step with (the graphs compile under the first; each count is judged apart; none:
+    the current count)."""
     if mode not in COMPILE_MODES:
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if mode == "off" or not engine.compiled:
