@@ -120,7 +120,7 @@ def test_catching_up_after_plain_steps_is_reported_as_switching_cost(model, prom
     report none."""
 
     class Spy(Cycle):
-        def observe(self, stats, seconds, sampled=None):
+        def observe(self, stats, seconds):
             super().observe(stats, seconds)
             self.seen_at.append((stats.k, stats.sync_s))
 
