@@ -249,7 +249,7 @@ class Engine:
             return _fail(rows + [r for r in (running.rows if running else []) if r not in rows])
         return []
 
-    @torch.no_grad()  # (grad mode is per thread and a dynamo guard: the warm-up's graphs run too)
+    @torch.no_grad()  # (as the warm-up: what lets compiled.py drop dynamo's global-state guard)
     def step(self) -> list[Row]:
         """Admit, decode one step for each sub-batch, retire. Returns the rows that finished.
 
