@@ -26,6 +26,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--medusa", help="Medusa heads folder for --method medusa (default: the bundled heads)")
     g.add_argument("--eagle", help="EAGLE head folder for --method eagle (default: the bundled head)")
     g.add_argument("--dtype", choices=DTYPES, default="float32")
+    g.add_argument(
+        "--eagle-dtype", choices=("auto", *DTYPES), default="auto",
+        help="the EAGLE head's precision: auto (bfloat16 for a float32 target on a CPU with native "
+        "bfloat16, else --dtype's) or a dtype; lossless at any",
+    )  # fmt: skip
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (accelerate device_map)")
     g.add_argument(
         "--trust-remote-code", action="store_true", help="run model code from the Hub (off by default)"
@@ -110,6 +115,7 @@ def load_models(
             dtype=args.dtype,
             device=args.device,
             trust_remote_code=args.trust_remote_code,
+            eagle_dtype=args.eagle_dtype,
         )
     except ValueError as e:
         raise SystemExit(f"error: {e}") from e

@@ -25,6 +25,8 @@ FLAGS = {  # flag -> help; every one maps to the Settings field of the same name
     "max_waiting": "queued requests beyond this get 429",
     "prefix_cache_mb": "MiB of prompt keys/values kept per model for prompts that start alike (256; 0: off)",
     "dtype": "float32, float64, bfloat16 or float16",
+    "eagle_dtype": "the EAGLE head's precision: auto (bfloat16 for a float32 target on a bfloat16 CPU), "
+    "or a dtype; lossless at any",
     "device": "cpu, cuda, cuda:N or auto",
     "host": "address to bind (default 127.0.0.1)",
     "port": "port (default 8000)",

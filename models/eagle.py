@@ -9,10 +9,17 @@ feeds the guessed feature back with the sampled token, K times.
 The head shares the target's token embedding and lm_head (frozen, not stored). Stored: safetensors
 of `fc`, the layer and the norm, plus a JSON config naming the target and a digest of its lm_head,
 so a head is refused for any other target.
+
+The head may run at another precision than the target (`load(dtype=...)`, `--eagle-dtype`): it then
+projects with its own copy of the target's embedding and lm_head in that precision. Lossless at any
+precision, since q is whatever the head computes; only acceptance can change. On a CPU whose L3
+cannot hold target and head, a bfloat16 head reads half the bytes per forward (the lm_head is most
+of them): docs/batch-tradeoffs.md has the measurements.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -89,6 +96,11 @@ class EagleHead(nn.Module):
         self.decoder.model.embed_tokens = target.get_input_embeddings()
         self.decoder.lm_head = target.get_output_embeddings()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The head's precision (its own modules')."""
+        return self.fc.weight.dtype
+
     def embed(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """tokens [B, T] (the token after each feature's position), features [B, T, H] -> [B, T, H]."""
         e = self.decoder.model.embed_tokens(tokens).to(features.dtype)
@@ -122,8 +134,9 @@ class EagleHead(nn.Module):
         (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path, target: PreTrainedModel) -> EagleHead:
-        """Load a head for `target`; refuse one trained for another target."""
+    def load(cls, path: str | Path, target: PreTrainedModel, dtype: torch.dtype | None = None) -> EagleHead:
+        """Load a head for `target`, at `dtype` (default: the target's); refuse one trained for
+        another target."""
         path = Path(path)
         if not (path / CONFIG_NAME).is_file():
             raise ValueError(f"no EAGLE head at {str(path)!r} (missing {CONFIG_NAME})")
@@ -146,6 +159,16 @@ class EagleHead(nn.Module):
                 f"the EAGLE head at {str(path)!r} does not fit: missing {missing}, extra {unexpected}"
             )
         param = next(target.parameters())
+        dtype = dtype or param.dtype
         for module in head.own_modules():  # (the shared ones are the target's: left as they are)
-            module.to(device=param.device, dtype=param.dtype)
+            module.to(device=param.device, dtype=dtype)
+        if dtype != param.dtype:  # copies of the target's modules at the head's precision
+            head.decoder.model.embed_tokens = _copy(target.get_input_embeddings(), dtype)
+            head.decoder.lm_head = _copy(target.get_output_embeddings(), dtype)
         return head.eval().requires_grad_(False)
+
+
+def _copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A frozen copy of one of the target's modules at `dtype` (the target's stays as it is)."""
+    out = copy.deepcopy(module).to(dtype)
+    return out.requires_grad_(False)

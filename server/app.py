@@ -40,6 +40,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
     models = load_models(
         str(settings.target), settings.draft, settings.medusa, settings.eagle,
         dtype=settings.dtype, device=settings.device, trust_remote_code=settings.trust_remote_code,
+        eagle_dtype=settings.eagle_dtype,
     )  # fmt: skip
     target, draft, heads = models.target, models.draft, models.medusa
     engine = Engine(
@@ -70,6 +71,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         "version": __version__, "target": str(settings.target), "draft": settings.draft or "",
         "medusa": settings.medusa or "", "eagle": settings.eagle or "", "device": str(target.device),
         "dtype": settings.dtype,
+        "eagle_dtype": str(models.eagle.dtype).removeprefix("torch.") if models.eagle else "",
         "methods": ",".join(engine.methods),
     })  # fmt: skip
     return ServerState(settings, target, draft, engine, service, metrics, int(time.time()))

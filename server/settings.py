@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=512)
     max_waiting: int = Field(64, ge=0, le=100_000, description="queued requests beyond this get 429")
     dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    eagle_dtype: Literal["auto", "float32", "float64", "bfloat16", "float16"] = Field(
+        "auto",
+        description="the EAGLE head's precision; auto: bfloat16 for a float32 target on a CPU "
+        "with native bfloat16, else dtype's (lossless at any)",
+    )
     device: str = "cpu"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

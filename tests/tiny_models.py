@@ -44,6 +44,12 @@ def random_eagle(model, seed: int = 6) -> EagleHead:
     return head
 
 
+def eagle_at(head: EagleHead, target, dtype: torch.dtype, folder) -> EagleHead:
+    """`head` saved to `folder` and loaded back for `target` at another precision (`--eagle-dtype`)."""
+    head.save(folder)
+    return EagleHead.load(folder, target, dtype)
+
+
 def attentionless_model(seed: int = 7) -> LlamaForCausalLM:
     """One layer whose attention output is zero: each position's last hidden state depends on its
     own token only (so an EAGLE head can copy the target exactly)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from scripted import Cycle
-from tiny_models import V, attentionless_model, copying_eagle, random_eagle, small_model
+from tiny_models import V, attentionless_model, copying_eagle, eagle_at, random_eagle, small_model
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding import eagle as eagle_mod
@@ -67,6 +67,16 @@ def test_a_head_that_copies_the_target_accepts_everything(prompts, batch_size):
     assert [r.token_ids for r in res] == _plain(target, prompts)
     assert all(r.stats.acceptance_rate == 1.0 for r in res)
     assert max(r.stats.mean_accepted_length for r in res) > 3.0
+
+
+@pytest.mark.parametrize("batch_size,compile", [(1, "off"), (4, "off"), (2, "on")])
+def test_a_bfloat16_head_keeps_greedy_identity(model, prompts, batch_size, compile, tmp_path):
+    """--eagle-dtype bfloat16 on a float64 target: q is the head's, whatever its precision."""
+    head = eagle_at(random_eagle(model), model, torch.bfloat16, tmp_path / "h")
+    engine = Engine(model, eagle=head, max_batch_size=batch_size, compile=compile)
+    res = _eagle(engine, prompts, SpecParams("eagle", 4))
+    assert [r.token_ids for r in res] == _plain(model, prompts)
+    assert sum(r.stats.accepted_tokens for r in res) > 0
 
 
 def test_plain_stretches_and_joining_rows_keep_identity(model, prompts, monkeypatch):

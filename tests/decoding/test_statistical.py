@@ -16,7 +16,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 from scripted import Always
-from tiny_models import random_eagle
+from tiny_models import eagle_at, random_eagle
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
@@ -145,15 +145,17 @@ def test_seeded_draft_sampling_matches_target(pair):
 
 
 @pytest.mark.parametrize(
-    "sampling,seeded",
+    "sampling,seeded,dtype",
     [
-        (SamplingParams(temperature=1.0), False),  # rejection sampling against the head's q
-        (SamplingParams(temperature=0.8, top_k=2), False),
-        (SamplingParams(temperature=1.0), True),  # seeded rows: matched with the positions' uniforms
+        (SamplingParams(temperature=1.0), False, None),  # rejection sampling against the head's q
+        (SamplingParams(temperature=0.8, top_k=2), False, None),
+        (SamplingParams(temperature=1.0), True, None),  # seeded rows: matched with the positions' uniforms
+        (SamplingParams(temperature=1.0), False, torch.bfloat16),  # a head at another precision
     ],
 )
-def test_eagle_sampling_matches_target(pair, sampling, seeded):
+def test_eagle_sampling_matches_target(pair, sampling, seeded, dtype, tmp_path):
     target, draft = pair
-    counts = sample_joint(target, draft, "eagle", sampling, eagle=random_eagle(target), seeded=seeded)
+    head = random_eagle(target) if dtype is None else eagle_at(random_eagle(target), target, dtype, tmp_path)
+    counts = sample_joint(target, draft, "eagle", sampling, eagle=head, seeded=seeded)
     assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
     assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import attentionless_model, copying_eagle, random_eagle, small_model
+from tiny_models import attentionless_model, copying_eagle, eagle_at, random_eagle, small_model
 
 from specserve.cli.main import main
 from specserve.decoding import Engine, SamplingParams, SpecParams
@@ -20,7 +20,7 @@ from specserve.models.eagle_train import (
     train_eagle,
     unrolled,
 )
-from specserve.models.loading import load_model
+from specserve.models.loading import load_model, load_models
 from specserve.models.suite.train import TokenWindows
 
 
@@ -38,6 +38,22 @@ def test_save_load_round_trip_and_refusal_for_another_target(tmp_path):
         EagleHead.load(tmp_path / "h", small_model(seed=9))  # same shapes, other weights
     with pytest.raises(ValueError, match="no EAGLE head"):
         EagleHead.load(tmp_path / "nothing", target)
+
+
+def test_a_head_at_another_precision_projects_with_its_own_copies(tmp_path):
+    """--eagle-dtype: the head's modules and its copies of the target's embedding and lm_head are
+    at the head's precision; the target's stay as they were, and the copies are never stored."""
+    target = small_model()
+    before = target.lm_head.weight.clone()
+    head = eagle_at(random_eagle(target), target, torch.bfloat16, tmp_path / "h")
+    assert {p.dtype for p in head.parameters()} == {torch.bfloat16}
+    assert head.decoder.lm_head is not target.lm_head
+    assert torch.equal(head.decoder.lm_head.weight, before.to(torch.bfloat16))
+    assert target.lm_head.weight.dtype == torch.float64 and torch.equal(target.lm_head.weight, before)
+    assert target.get_input_embeddings().weight.dtype == torch.float64
+    assert set(head.own_state()) == set(random_eagle(target).own_state())
+    with pytest.raises(ValueError, match="eagle_dtype"):
+        load_models(str(tmp_path / "no-target"), eagle=str(tmp_path / "h"), eagle_dtype="fp8")
 
 
 def test_unrolled_training_pass_is_what_drafting_computes():

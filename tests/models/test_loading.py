@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specserve.models.loading import count_parameters, load_model
+from specserve.models.loading import count_parameters, eagle_precision, load_model
 
 
 def test_weight_bytes_and_non_embedding_params_by_hand(tiny_paths):
@@ -34,3 +34,20 @@ def test_bad_inputs_are_clear(tiny_paths, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             load_model(tiny_paths["target"], device="cuda")
+
+
+@pytest.mark.parametrize(
+    "name,target,device,native,expected",
+    [
+        ("auto", torch.float32, "cpu", True, torch.bfloat16),  # half the bytes a head forward reads
+        ("auto", torch.float32, "cpu", False, torch.float32),  # no bfloat16 units: emulated, slower
+        ("auto", torch.float64, "cpu", True, torch.float64),  # (the tests' targets: left as they are)
+        ("auto", torch.float32, "cuda", True, torch.float32),
+        ("float32", torch.float32, "cpu", True, torch.float32),  # named: as named
+        ("bfloat16", torch.float64, "cpu", False, torch.bfloat16),
+    ],
+)
+def test_eagle_precision(monkeypatch, name, target, device, native, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native, raising=False)
+    assert eagle_precision(name, target, torch.device(device)) == expected

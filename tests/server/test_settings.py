@@ -58,6 +58,7 @@ def test_the_bundled_suite_is_the_default(monkeypatch, tiny_paths):
         ("shutdown_timeout_s", [-1], [0]),
         ("threads", [-1], [0, 2]),
         ("dtype", ["float8", "fp32"], ["float64", "bfloat16"]),
+        ("eagle_dtype", ["float8", None], ["auto", "bfloat16"]),
         ("method", ["beam", "eagle"], ["none", "ngram"]),
     ],
 )
