@@ -204,9 +204,9 @@ class Models:
 def eagle_precision(name: str, target_dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The EAGLE head's dtype: as named, or for "auto" bfloat16 where the target runs in float32 on
     a CPU that computes bfloat16 natively (AVX512-BF16 or AMX), else the target's. A bfloat16 head
-    reads half the bytes a forward (its lm_head is most of them) and is as lossless: on this
-    project's AMD CPU it made `eagle:4` 1.1-1.2x faster at batch 1 and 1.3x at 4 and 16
-    (docs/batch-tradeoffs.md)."""
+    reads half the bytes a forward (its lm_head is most of them) and is as lossless: on an AMD
+    CPU whose L3 cannot hold target and head it made `eagle:4` 1.07-1.15x faster at batch 1 and
+    1.3x at 4 and 16 (docs/batch-tradeoffs.md)."""
     if name != "auto":
         return DTYPES[name]
     if target_dtype != torch.float32 or device.type != "cpu":
