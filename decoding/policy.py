@@ -2,8 +2,10 @@
 
 K(method, b) is the K in 0..k_max with the most tokens per second, E(K) / t(b, K), and 0 unless it
 beats a plain step by MARGIN. E(K) = 1 + reach_0 + ... + reach_{K-1}, reach_j the share of rows
-that emit candidate j (a moving average per method; a position never offered continues the last
-measured ratio, PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
+that emit candidate j (a moving average per method and kind of row, greedy or sampled, weighed by
+the step's rows of each kind: sampled rows accept far less, and one average for both kept a greedy
+request plain after a sampled one; a position never offered continues the last measured ratio,
+PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
 the method's first step at b (`decoding/calibrate.py`), plus what real steps took beyond the timing,
 plain and speculative apart (not a proposer's catch-up on what plain steps piled up,
 `StepStats.sync_s`: the price of switching, which charged to K would keep a method plain). Every
@@ -78,12 +80,13 @@ class Acceptance:
             reach.append(last)
         return 1.0 + sum(reach)
 
-    def add(self, stats: StepStats) -> None:
-        w = 1.0 - (1.0 - ALPHA) ** stats.batch_size
-        for j, accepted in enumerate(stats.accepted_per_position[: stats.k]):
+    def add(self, accepted: list[int], k: int) -> None:
+        """A step's rows (of this kind): the candidates each accepted, of k offered at most."""
+        w = 1.0 - (1.0 - ALPHA) ** len(accepted)
+        for j in range(k):
             if j == len(self.reach):
                 self.reach.append(self.expected(j + 1) - self.expected(j))  # start from the guess
-            self.reach[j] += w * (accepted / stats.batch_size - self.reach[j])
+            self.reach[j] += w * (sum(a > j for a in accepted) / len(accepted) - self.reach[j])
 
 
 @dataclass
@@ -93,31 +96,36 @@ class SchedulePolicy:
     timer: Timer  # measures t(b, K) for a method (the engine's scratch decode steps)
     schedule: Schedule = field(default_factory=dict)
     costs: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # (method, b) -> t(b, K)
-    accept: dict[str, Acceptance] = field(default_factory=dict)
+    accept: dict[tuple[str, bool], Acceptance] = field(default_factory=dict)  # (method, sampled)
     steps: dict[tuple[str, int], int] = field(default_factory=dict)  # steps chosen per (method, b)
     real: dict[tuple[str, int, bool], float] = field(default_factory=dict)  # (method, b, K > 0) ->
     # real step seconds less the timed ones, moving average
 
-    def choose(self, method: str, batch_size: int, k_max: int) -> int:
-        """K for the next step of `batch_size` rows of `method`, at most k_max."""
+    def choose(self, method: str, batch_size: int, k_max: int, sampled: int = 0) -> int:
+        """K for the next step of `batch_size` rows of `method` (`sampled` of them not greedy), at
+        most k_max."""
         table = self.schedule.get(method, self.schedule.get("*"))
         if table is not None:  # the K of its largest batch size at or below this one
             return min(table[max(b for b in table if b <= batch_size)], k_max)
         b = bucket(batch_size)
-        k = self.best(method, b, k_max)
+        share = sampled / batch_size
+        k = self.best(method, b, k_max, share)
         n = self.steps[method, b] = self.steps.get((method, b), 0) + 1
         if n % PROBE_EVERY:
             return k
         if k:  # one candidate more: the positions past K stay measured
             return min(k + 1, k_max)
-        return min(PROBE_K, k_max) if self.best(method, b, k_max, perfect=True) else 0
+        return min(PROBE_K, k_max) if self.best(method, b, k_max, share, perfect=True) else 0
 
-    def best(self, method: str, b: int, k_max: int, perfect: bool = False) -> int:
-        """The rule's K at bucket b (perfect: were every candidate accepted)."""
+    def best(self, method: str, b: int, k_max: int, share: float = 0.0, perfect: bool = False) -> int:
+        """The rule's K at bucket b with `share` of the rows sampled (perfect: were every candidate
+        accepted)."""
         t = self.step_costs(method, b, k_max)
-        acc = self.accept.setdefault(method, Acceptance())
+        greedy, sampled = (self.accept.setdefault((method, s), Acceptance()) for s in (False, True))
         cost = [t[k] + self.real.get((method, b, k > 0), 0.0) for k in range(k_max + 1)]
-        rate = [(1 + k if perfect else acc.expected(k)) / max(cost[k], 1e-9) for k in range(k_max + 1)]
+        tokens = [1 + k if perfect else (1 - share) * greedy.expected(k) + share * sampled.expected(k)
+                  for k in range(k_max + 1)]  # fmt: skip
+        rate = [tokens[k] / max(cost[k], 1e-9) for k in range(k_max + 1)]
         k = max(range(k_max + 1), key=rate.__getitem__)
         return k if rate[k] >= (1 + MARGIN) * rate[0] else 0
 
@@ -130,15 +138,18 @@ class SchedulePolicy:
                      ", ".join(f"{x * 1e3:.2f}" for x in t))  # fmt: skip
         return t
 
-    def observe(self, stats: StepStats, seconds: float) -> None:
+    def observe(self, stats: StepStats, seconds: float, sampled: list[bool] | None = None) -> None:
         """A decode step that ran with K = stats.k for the adaptive rows, in `seconds` of wall time
         (of which stats.sync_s, a proposer catching up on what plain steps piled up, is the price of
-        switching, not of K: left out)."""
+        switching, not of K: left out); sampled: which of its rows were not greedy (None: none)."""
         if not stats.batch_size:
             return
         seconds -= stats.sync_s
-        if stats.k:
-            self.accept.setdefault(stats.method, Acceptance()).add(stats)
+        kinds = sampled or [False] * stats.batch_size
+        for kind in (False, True) if stats.k else ():
+            accepted = [a for a, s in zip(stats.accepted_per_row, kinds, strict=True) if s == kind]
+            if accepted:
+                self.accept.setdefault((stats.method, kind), Acceptance()).add(accepted, stats.k)
         b = bucket(stats.batch_size)
         t = self.costs.get((stats.method, b))
         if t is None or stats.k >= len(t) or stats.compiled:

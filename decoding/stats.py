@@ -29,6 +29,7 @@ class StepStats:
     accepted_per_position: list[int] = field(default_factory=list)  # [K] rows accepting position j
     reached_per_position: list[int] = field(default_factory=list)  # [K] rows that tested position j
     drafted_per_position: list[int] = field(default_factory=list)  # [K] rows proposing position j
+    accepted_per_row: list[int] = field(default_factory=list)  # [B] candidates each row accepted
     prefill_s: float = 0.0
     propose_s: float = 0.0
     verify_s: float = 0.0

@@ -257,6 +257,7 @@ def record_step(
     K = stats.k
     stats.drafted_per_position = [sum(d > j for d in drafted) for j in range(K)]
     stats.accepted_per_position = [sum(a > j for a in accepted) for j in range(K)]
+    stats.accepted_per_row = list(accepted)
     stats.reached_per_position = [
         sum(d > j and a >= j for d, a in zip(drafted, accepted, strict=True)) for j in range(K)
     ]

@@ -11,10 +11,10 @@ class Always:
     def __init__(self, k: int | None = None) -> None:
         self.k, self.seen = k, []  # seen: the StepStats of every step it chose K for
 
-    def choose(self, method: str, batch_size: int, k_max: int) -> int:
+    def choose(self, method: str, batch_size: int, k_max: int, sampled: int = 0) -> int:
         return k_max if self.k is None else min(self.k, k_max)
 
-    def observe(self, stats: StepStats, seconds: float) -> None:
+    def observe(self, stats: StepStats, seconds: float, sampled: list[bool] | None = None) -> None:
         self.seen.append(stats)
 
 
@@ -27,7 +27,7 @@ class Cycle(Always):
         super().__init__()
         self.script, self.steps = script or self.script, 0
 
-    def choose(self, method: str, batch_size: int, k_max: int) -> int:
+    def choose(self, method: str, batch_size: int, k_max: int, sampled: int = 0) -> int:
         self.steps += 1
         return min(self.script[(self.steps - 1) % len(self.script)], k_max)
 
@@ -38,5 +38,6 @@ def spec_step(k: int, accepted: int, batch: int = 1, seconds: float = 0.014) -> 
     stats.drafted_per_position = [batch] * k
     stats.reached_per_position = [batch if j <= accepted else 0 for j in range(k)]
     stats.accepted_per_position = [batch if j < accepted else 0 for j in range(k)]
+    stats.accepted_per_row = [accepted] * batch
     stats.emitted_tokens = batch * (1 + accepted)
     return stats

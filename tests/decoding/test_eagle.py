@@ -130,7 +130,7 @@ def test_catching_up_after_plain_steps_is_reported_as_switching_cost(model, prom
     report none."""
 
     class Spy(Cycle):
-        def observe(self, stats, seconds):
+        def observe(self, stats, seconds, sampled=None):
             super().observe(stats, seconds)
             self.seen_at.append((stats.k, stats.sync_s))
 

@@ -46,7 +46,7 @@ def test_expected_tokens_continue_the_last_measured_ratio():
 def test_acceptance_moves_toward_what_steps_gave():
     acc = Acceptance()
     for _ in range(200):
-        acc.add(spec_step(k=3, accepted=1, batch=4))  # every row emits candidate 0, none candidate 1
+        acc.add([1, 1, 1, 1], 3)  # every row emits candidate 0, none candidate 1
     assert acc.reach[0] == pytest.approx(1.0, abs=1e-3) and acc.reach[1] == pytest.approx(0.0, abs=1e-3)
     assert acc.expected(5) == pytest.approx(2.0, abs=1e-2)
 
@@ -65,7 +65,7 @@ def test_real_steps_dearer_than_the_timed_ones_stop_speculation():
     """Scratch rows miss what real steps pay (a draft catching up, rows joining, the hand-off): the
     policy adds what real steps took beyond the timing, speculative and plain steps apart."""
     policy = SchedulePolicy(cheap_at_one)
-    policy.accept["draft"] = Acceptance([0.5, 0.25])
+    policy.accept["draft", False] = Acceptance([0.5, 0.25])
     assert policy.choose("draft", 1, 6) > 0
     for _ in range(300):
         k = policy.choose("draft", 1, 6) or PROBE_K
@@ -85,15 +85,32 @@ def test_a_step_that_compiled_or_a_spike_barely_moves_the_real_costs():
     assert policy.real["draft", 1, False] == pytest.approx(ALPHA * 0.5)  # timed 1.0, counted 1.5
 
 
+def test_greedy_and_sampled_rows_keep_their_own_acceptance():
+    """Sampled rows accept far less than greedy ones. Kept in one average, a sampled request
+    dragged it down and the greedy request after it stepped plainly where K > 0 paid; apart, each
+    step weighs the two by its rows of each kind."""
+    policy = SchedulePolicy(cheap_at_one)
+    step = spec_step(k=4, accepted=4, batch=2)
+    step.accepted_per_row = [4, 0]  # a greedy row accepting every candidate, a sampled row none
+    for _ in range(200):
+        policy.observe(step, 1.2, [False, True])
+    greedy, sampled = policy.accept["draft", False], policy.accept["draft", True]
+    assert greedy.expected(4) == pytest.approx(5.0, abs=1e-2)
+    assert sampled.expected(4) == pytest.approx(1.0, abs=1e-2)
+    assert policy.best("draft", 1, 6, share=0.0) > 0  # a greedy row: speculate
+    assert policy.best("draft", 1, 6, share=1.0) == 0  # a sampled row: nothing would be accepted
+    assert policy.choose("draft", 1, 6, sampled=0) > 0
+
+
 def test_margin_keeps_plain_steps_when_speculation_barely_wins():
     flat = SchedulePolicy(lambda m, rows, k_max: [1.0] + [1.9] * k_max)
-    flat.accept["ngram"] = Acceptance([1.0])  # K = 1: 2 tokens for 1.9x the time: +5% only
+    flat.accept["ngram", False] = Acceptance([1.0])  # K = 1: 2 tokens for 1.9x the time: +5% only
     assert 1 + MARGIN > 2 / 1.9 and flat.best("ngram", 1, 1) == 0
 
 
 def test_plain_buckets_probe_only_where_perfect_acceptance_would_pay():
     policy = SchedulePolicy(cheap_at_one)
-    policy.accept["draft"] = Acceptance([0.0])  # measured: nothing accepted
+    policy.accept["draft", False] = Acceptance([0.0])  # measured: nothing accepted
     ks = [policy.choose("draft", 1, 6) for _ in range(3 * PROBE_EVERY)]
     assert ks.count(PROBE_K) == 3 and set(ks) == {0, PROBE_K}
     hopeless = SchedulePolicy(lambda m, rows, k_max: [1.0 + 2.0 * k for k in range(k_max + 1)])
@@ -104,7 +121,7 @@ def test_speculating_buckets_probe_one_candidate_deeper():
     """Positions past the chosen K are measured only when offered: every PROBE_EVERY-th step
     offers one more, so a deeper K is found when acceptance there turns out better."""
     policy = SchedulePolicy(lambda m, rows, k_max: [1.0 + 0.3 * k for k in range(k_max + 1)])
-    policy.accept["ngram"] = Acceptance([0.9, 0.8, 0.05])  # stale: position 2 bad
+    policy.accept["ngram", False] = Acceptance([0.9, 0.8, 0.05])  # stale: position 2 bad
     ks = [policy.choose("ngram", 1, 6) for _ in range(2 * PROBE_EVERY)]
     assert set(ks) == {2, 3} and ks.count(3) == 2
     for _ in range(100):  # the probes find position 2 accepted after all
