@@ -194,8 +194,10 @@ class Engine:
         and the outcome back to the policy. A step during which a graph compiled is marked: its
         time is not what the step costs."""
         B, k_max = len(batch.rows), self._k_max(batch)
-        sampled = [not r.sampling.greedy for r in batch.rows]  # (acceptance is kept per kind)
-        k = self.policy.choose(batch.method, B, k_max, sum(sampled)) if k_max else None
+        k = sampled = None
+        if k_max:  # (acceptance is kept per kind of row: only the policy needs them)
+            sampled = [not r.sampling.greedy for r in batch.rows]
+            k = self.policy.choose(batch.method, B, k_max, sum(sampled))
         self.on_plan("decode", batch.method, batch.fixed_k if k is None else k, B)
         compiles, t0 = self.compiles(), time.perf_counter()
         stats = decode_step(self.target, batch, self.on_tokens, k)
