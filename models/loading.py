@@ -241,9 +241,9 @@ def load_models(
     if drafted is not None:
         check_draft_compatible(loaded, drafted)
     heads = MedusaHeads.load(medusa, loaded.model) if medusa else None
-    head_dtype = eagle_precision(eagle_dtype, loaded.dtype, loaded.device)
-    eagle_head = EagleHead.load(eagle, loaded.model, head_dtype) if eagle else None
-    if eagle_head is not None:
-        precision = str(head_dtype).removeprefix("torch.")
-        log.info("EAGLE head %s at %s (--eagle-dtype %s)", eagle, precision, eagle_dtype)
+    eagle_head = None
+    if eagle:
+        head_dtype = eagle_precision(eagle_dtype, loaded.dtype, loaded.device)
+        eagle_head = EagleHead.load(eagle, loaded.model, head_dtype)
+        log.info("EAGLE head %s at %s (--eagle-dtype %s)", eagle, eagle_head.dtype, eagle_dtype)
     return Models(loaded, drafted, heads, medusa if heads is not None else None, eagle_head)
