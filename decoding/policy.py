@@ -1,14 +1,15 @@
 """How `auto` chooses K, per method and batch-size bucket b. The whole rule is here.
 
 K(method, b) is the K in 0..k_max with the most tokens per second, E(K) / t(b, K), and 0 unless it
-beats a plain step by MARGIN. E(K) = 1 + reach_0 + ... + reach_{K-1}, reach_j the share of rows
-that emit candidate j (a moving average per method and kind of row, greedy or sampled, weighed by
-the step's rows of each kind: sampled rows accept far less, and one average for both kept a greedy
-request plain after a sampled one; a position never offered continues the last measured ratio,
-PRIOR before any). t(b, K) is a real decode step of b scratch rows at K, timed at
-the method's first step at b (`decoding/calibrate.py`), plus what real steps took beyond the timing,
-plain and speculative apart (not a proposer's catch-up on what plain steps piled up,
-`StepStats.sync_s`: the price of switching, which charged to K would keep a method plain). Every
+beats a plain step by MARGIN. E(K) = 1 + first * (1 + then + ... + then^(K-1)): `first` the share
+of rows that emit candidate 0, `then` the share of later candidates emitted when offered after an
+emitted one, one ratio for every depth (moving averages per method and kind of row, greedy or
+sampled, weighed by the step's rows of each kind: sampled rows accept far less, and one average
+for both kept a greedy request plain after a sampled one; PRIOR before any is measured). t(b, K)
+is a real decode step of b scratch rows at K, timed at the method's first step at b
+(`decoding/calibrate.py`), plus what real steps took beyond the timing, plain and speculative
+apart (not a proposer's catch-up on what plain steps piled up, `StepStats.sync_s`: the price of
+switching, which charged to K would keep a method plain). Every
 PROBE_EVERY-th step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at
 PROBE_K (only if perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as
 vLLM's and TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
@@ -63,30 +64,29 @@ def parse_schedule(text: str) -> Schedule:
 
 @dataclass
 class Acceptance:
-    """Per position j, reach[j]: the share of rows that emit candidate j, a moving average over the
-    steps that offered position j."""
+    """Acceptance of one method and kind of row, as two moving averages: `first`, the share of rows
+    that emit candidate 0, and `then`, the share of later candidates emitted of those offered after
+    an emitted one. Every position past the first shares `then`, which every step of K >= 2
+    measures: a deep position that steps seldom offer keeps no stale value of its own."""
 
-    reach: list[float] = field(default_factory=list)
+    first: float = PRIOR
+    then: float = PRIOR
 
     def expected(self, k: int) -> float:
-        """E(K): 1 + the reach of positions 0..K-1 (unmeasured ones continue the last ratio)."""
-        reach, last, ratio = [], 1.0, PRIOR
-        for j in range(k):
-            if j < len(self.reach):
-                ratio = self.reach[j] / last if last > 0 else 0.0
-                last = self.reach[j]
-            else:
-                last *= min(ratio, 1.0)
-            reach.append(last)
-        return 1.0 + sum(reach)
+        """E(K) = 1 + first * (1 + then + ... + then^(K-1))."""
+        return 1.0 + self.first * sum(self.then**j for j in range(k))
 
     def add(self, accepted: list[int], k: int) -> None:
         """A step's rows (of this kind): the candidates each accepted, of k offered at most."""
-        w = 1.0 - (1.0 - ALPHA) ** len(accepted)
-        for j in range(k):
-            if j == len(self.reach):
-                self.reach.append(self.expected(j + 1) - self.expected(j))  # start from the guess
-            self.reach[j] += w * (sum(a > j for a in accepted) / len(accepted) - self.reach[j])
+        self.first += _weight(len(accepted)) * (sum(a > 0 for a in accepted) / len(accepted) - self.first)
+        offered = sum(min(a, k - 1) for a in accepted if a)  # candidates 1.. met after an emitted one
+        if offered:
+            self.then += _weight(offered) * (sum(a - 1 for a in accepted if a) / offered - self.then)
+
+
+def _weight(n: int) -> float:
+    """The weight of n outcomes in a moving average, ALPHA each."""
+    return 1.0 - (1.0 - ALPHA) ** n
 
 
 @dataclass

@@ -34,21 +34,34 @@ def test_buckets_are_powers_of_two():
     assert [bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 32)] == [1, 2, 4, 4, 8, 8, 16, 32]
 
 
-def test_expected_tokens_continue_the_last_measured_ratio():
+def test_expected_tokens_are_the_first_share_then_one_ratio_per_position():
     acc = Acceptance()
     assert acc.expected(0) == 1.0
     assert acc.expected(2) == pytest.approx(1 + PRIOR + PRIOR**2)  # nothing measured: the prior
-    acc.reach = [0.6, 0.3]
+    acc = Acceptance(first=0.6, then=0.5)
     assert acc.expected(2) == pytest.approx(1.9)
-    assert acc.expected(4) == pytest.approx(1.9 + 0.15 + 0.075)  # ratio 0.5 carried on
+    assert acc.expected(4) == pytest.approx(1.9 + 0.15 + 0.075)
 
 
 def test_acceptance_moves_toward_what_steps_gave():
     acc = Acceptance()
     for _ in range(200):
         acc.add([1, 1, 1, 1], 3)  # every row emits candidate 0, none candidate 1
-    assert acc.reach[0] == pytest.approx(1.0, abs=1e-3) and acc.reach[1] == pytest.approx(0.0, abs=1e-3)
+    assert acc.first == pytest.approx(1.0, abs=1e-3) and acc.then == pytest.approx(0.0, abs=1e-3)
     assert acc.expected(5) == pytest.approx(2.0, abs=1e-2)
+
+
+def test_deep_positions_follow_what_shallow_steps_measure():
+    """A request that accepted little at K = 5, then one accepting every candidate at K = 2: the
+    positions K = 2 never offers follow what it measures. (Kept per position, they held the first
+    request's values, and `auto` stayed at a small K where a deep one paid.)"""
+    acc = Acceptance()
+    for _ in range(100):
+        acc.add([1], 5)  # candidate 0 emitted, candidate 1 rejected
+    assert acc.expected(5) == pytest.approx(2.0, abs=1e-2)
+    for _ in range(200):
+        acc.add([2], 2)  # both candidates offered emitted
+    assert acc.expected(5) == pytest.approx(6.0, abs=0.05)
 
 
 def test_speculates_where_it_pays_and_steps_plainly_where_it_does_not():
@@ -65,7 +78,7 @@ def test_real_steps_dearer_than_the_timed_ones_stop_speculation():
     """Scratch rows miss what real steps pay (a draft catching up, rows joining, the hand-off): the
     policy adds what real steps took beyond the timing, speculative and plain steps apart."""
     policy = SchedulePolicy(cheap_at_one)
-    policy.accept["draft", False] = Acceptance([0.5, 0.25])
+    policy.accept["draft", False] = Acceptance(first=0.5, then=0.5)
     assert policy.choose("draft", 1, 6) > 0
     for _ in range(300):
         k = policy.choose("draft", 1, 6) or PROBE_K
@@ -104,13 +117,13 @@ def test_greedy_and_sampled_rows_keep_their_own_acceptance():
 
 def test_margin_keeps_plain_steps_when_speculation_barely_wins():
     flat = SchedulePolicy(lambda m, rows, k_max: [1.0] + [1.9] * k_max)
-    flat.accept["ngram", False] = Acceptance([1.0])  # K = 1: 2 tokens for 1.9x the time: +5% only
+    flat.accept["ngram", False] = Acceptance(first=1.0)  # K = 1: 2 tokens for 1.9x the time: +5% only
     assert 1 + MARGIN > 2 / 1.9 and flat.best("ngram", 1, 1) == 0
 
 
 def test_plain_buckets_probe_only_where_perfect_acceptance_would_pay():
     policy = SchedulePolicy(cheap_at_one)
-    policy.accept["draft", False] = Acceptance([0.0])  # measured: nothing accepted
+    policy.accept["draft", False] = Acceptance(first=0.0)  # measured: nothing accepted
     ks = [policy.choose("draft", 1, 6) for _ in range(3 * PROBE_EVERY)]
     assert ks.count(PROBE_K) == 3 and set(ks) == {0, PROBE_K}
     hopeless = SchedulePolicy(lambda m, rows, k_max: [1.0 + 2.0 * k for k in range(k_max + 1)])
@@ -118,17 +131,18 @@ def test_plain_buckets_probe_only_where_perfect_acceptance_would_pay():
 
 
 def test_speculating_buckets_probe_one_candidate_deeper():
-    """Positions past the chosen K are measured only when offered: every PROBE_EVERY-th step
-    offers one more, so a deeper K is found when acceptance there turns out better."""
+    """Steps at K = 1 never offer a second candidate, so `then` is measured only when one is
+    offered: every PROBE_EVERY-th step offers one more, and a deeper K is found when acceptance
+    there turns out better."""
     policy = SchedulePolicy(lambda m, rows, k_max: [1.0 + 0.3 * k for k in range(k_max + 1)])
-    policy.accept["ngram", False] = Acceptance([0.9, 0.8, 0.05])  # stale: position 2 bad
+    policy.accept["ngram", False] = Acceptance(first=0.9, then=0.0)  # later candidates looked bad
     ks = [policy.choose("ngram", 1, 6) for _ in range(2 * PROBE_EVERY)]
-    assert set(ks) == {2, 3} and ks.count(3) == 2
-    for _ in range(100):  # the probes find position 2 accepted after all
-        stats = spec_step(k=3, accepted=3)
+    assert set(ks) == {1, 2} and ks.count(2) == 2
+    for _ in range(100):  # the probes find the second candidate accepted after all
+        stats = spec_step(k=2, accepted=2)
         stats.method = "ngram"
-        policy.observe(stats, 1.9)
-    assert policy.choose("ngram", 1, 6) >= 3
+        policy.observe(stats, 1.6)
+    assert policy.choose("ngram", 1, 6) >= 2
 
 
 def test_a_given_schedule_replaces_the_rule_and_never_times_steps(tmp_path):
