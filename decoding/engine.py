@@ -81,8 +81,9 @@ class Engine:
         self.on_tokens = on_tokens or (lambda row, toks: None)
         self.on_step = on_step or (lambda stats: None)
         self.charge = charge
-        self.on_plan: Callable[[str, str, int, int], None] = lambda phase, method, k, rows: None
-        # ^ (phase, method, K, rows) before each prefill or decode of a sub-batch: a thread tuner
+        self.on_plan: Callable[[str, str, int, int], bool] = lambda phase, method, k, rows: False
+        # ^ (phase, method, K, rows) before each prefill or decode of a sub-batch: a thread tuner;
+        # True: the step is one of its trials
         self.waiting: deque[Row] = deque()
         self.batches: dict[str, SubBatch] = {}
         self.policy = SchedulePolicy(partial(step_costs, self), schedule or {})  # K for "auto" rows
@@ -198,10 +199,10 @@ class Engine:
         if k_max:  # (acceptance is kept per kind of row: only the policy needs them)
             sampled = [not r.sampling.greedy for r in batch.rows]
             k = self.policy.choose(batch.method, B, k_max, sum(sampled))
-        self.on_plan("decode", batch.method, batch.fixed_k if k is None else k, B)
+        trial = self.on_plan("decode", batch.method, batch.fixed_k if k is None else k, B)
         compiles, t0 = self.compiles(), time.perf_counter()
         stats = decode_step(self.target, batch, self.on_tokens, k)
-        stats.compiled = self.compiles() > compiles
+        stats.compiled, stats.trial = self.compiles() > compiles, trial
         if k is not None:
             self.policy.observe(stats, time.perf_counter() - t0, sampled)
         return stats

@@ -9,7 +9,7 @@ for both kept a greedy request plain after a sampled one; PRIOR before any is me
 is a real decode step of b scratch rows at K, timed at the method's first step at b
 (`decoding/calibrate.py`), plus what real steps took beyond the timing, plain and speculative
 apart (not a proposer's catch-up on what plain steps piled up, `StepStats.sync_s`: the price of
-switching, which charged to K would keep a method plain). Every
+switching, which charged to K would keep a method plain; nor a thread tuner's trial). Every
 PROBE_EVERY-th step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at
 PROBE_K (only if perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as
 vLLM's and TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
@@ -152,7 +152,7 @@ class SchedulePolicy:
                 self.accept.setdefault((stats.method, kind), Acceptance()).add(accepted, stats.k)
         b = bucket(stats.batch_size)
         t = self.costs.get((stats.method, b))
-        if t is None or stats.k >= len(t) or stats.compiled:
+        if t is None or stats.k >= len(t) or stats.compiled or stats.trial:
             return
         key = (stats.method, b, stats.k > 0)
         now = self.real.get(key, 0.0)  # the timing's word until real steps say otherwise

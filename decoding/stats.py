@@ -36,6 +36,7 @@ class StepStats:
     sync_s: float = 0.0  # of propose_s: a draft or EAGLE head catching up on what plain steps left
     k: int = 0  # speculative tokens asked for this step
     compiled: bool = False  # a graph compiled during the step: its time is not the step's
+    trial: bool = False  # it ran at a thread count on trial: its time is the trial's, not the step's
     forwards: list[Forward] = field(default_factory=list)  # every model forward the step ran
     bytes_read: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> weights/kv -> bytes
     flops: dict[str, float] = field(default_factory=dict)  # model -> FLOPs (filled by an accountant)

@@ -61,10 +61,11 @@ class ThreadTuner:
     current: int = 0  # threads set on the engine thread (0: not set yet)
     _trial: tuple[tuple, int] | None = None  # (arm, threads) of a step being timed
 
-    def plan(self, phase: str, method: str, k: int, rows: int) -> int:
-        """Threads for the step about to run; sets them (call on the engine thread)."""
+    def plan(self, phase: str, method: str, k: int, rows: int) -> bool:
+        """Sets the threads for the step about to run (call on the engine thread). Returns whether
+        the step is a trial: its time a thread count's sample, not what such a step costs."""
         if not self.candidates:
-            return torch.get_num_threads()
+            return False
         key = (phase, method if k else PLAIN, k, bucket(rows))
         arm = self.arms.get(key)
         if arm is None:  # (not setdefault: that would build an arm on every step)
@@ -81,7 +82,7 @@ class ThreadTuner:
         if threads != self.current:
             torch.set_num_threads(threads)
             self.current = threads
-        return threads
+        return self._trial is not None
 
     def observe(self, stats: StepStats) -> None:
         """The step just planned ran: its time per token fed, if it was a trial."""

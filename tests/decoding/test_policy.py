@@ -89,10 +89,13 @@ def test_real_steps_dearer_than_the_timed_ones_stop_speculation():
     assert policy.choose("draft", 1, 6) == 0
 
 
-def test_a_step_that_compiled_or_a_spike_barely_moves_the_real_costs():
+def test_a_step_that_compiled_a_thread_trial_or_a_spike_barely_moves_the_real_costs():
+    """At one row a two-thread trial of the thread tuner's takes 1.7x a step: counted, four of
+    them raised a K's real cost by 12% and kept a method plain, where nothing updates it again."""
     policy = SchedulePolicy(cheap_at_one)
     policy.choose("draft", 1, 6)
     policy.observe(StepStats("draft", "decode", 1, k=0, compiled=True), 50.0)  # a compile: skipped
+    policy.observe(StepStats("draft", "decode", 1, k=0, trial=True), 50.0)  # a thread trial: skipped
     assert ("draft", 1, False) not in policy.real
     policy.observe(StepStats("draft", "decode", 1, k=0), 50.0)  # a preemption: clipped to 1.5x
     assert policy.real["draft", 1, False] == pytest.approx(ALPHA * 0.5)  # timed 1.0, counted 1.5
@@ -180,6 +183,17 @@ def test_the_engine_times_real_steps_and_stays_lossless(tiny):
     out = engine.generate(prompts, sampling, SpecParams.parse("draft", "auto"))
     assert [r.token_ids for r in out] == plain
     assert engine.waiting == deque() and engine.num_running == 0  # scratch rows never joined
+
+
+def test_the_engine_marks_thread_trials_and_they_leave_the_real_costs_alone(tiny):
+    engine = Engine(tiny["target"].model, tiny["draft"].model, max_batch_size=1)
+    sampling, auto = SamplingParams(max_new_tokens=8), SpecParams.parse("draft", "auto")
+    engine.on_plan = lambda phase, method, k, rows: True  # every step is a thread tuner's trial
+    engine.generate([[5, 6, 7, 5, 6, 7, 5]], sampling, auto)
+    assert ("draft", 1) in engine.policy.costs and not engine.policy.real
+    engine.on_plan = lambda phase, method, k, rows: False
+    engine.generate([[5, 6, 7, 5, 6, 7, 5]], sampling, auto)
+    assert engine.policy.real
 
 
 @pytest.mark.parametrize("method,batch_size", [("draft", 1), ("draft", 4), ("ngram", 4)])

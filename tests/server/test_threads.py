@@ -33,8 +33,8 @@ def drive(tuner: ThreadTuner, rows: int, steps: int, k: int = 0, cost=seconds_pe
     """Plan and observe `steps` decode steps of `rows` rows at K = k; the threads of each."""
     chosen = []
     for _ in range(steps):
-        t = tuner.plan("decode", "draft" if k else "none", k, rows)
-        fed = rows * (k + 1)
+        tuner.plan("decode", "draft" if k else "none", k, rows)
+        t, fed = tuner.current, rows * (k + 1)
         tuner.observe(StepStats("none", "decode", rows, k=k, verify_s=cost(t, rows, k) * fed,
                                 forwards=[Forward("target", [k + 1] * rows, 10)]))  # fmt: skip
         chosen.append(t)
@@ -69,8 +69,8 @@ def test_every_method_at_k_0_shares_one_choice(set_threads):
     tuner = ThreadTuner((1, 2), trials=4, recheck=1000)
     drive(tuner, 32, 20)  # `none`'s steps make the choice
     for method in ("draft", "ngram", "medusa", "eagle"):
-        assert tuner.plan("decode", method, 0, 32) == 2 and tuner._trial is None  # no trial
-    assert tuner.plan("decode", "draft", 3, 32) in (1, 2) and tuner._trial is not None  # K > 0: its own
+        assert not tuner.plan("decode", method, 0, 32) and tuner.current == 2  # no trial
+    assert tuner.plan("decode", "draft", 3, 32)  # K > 0: its own arm, a trial
     assert {key[1] for key in tuner.arms} == {"plain", "draft"}
 
 
@@ -105,7 +105,7 @@ def test_the_engine_plans_each_sub_batch_step(tiny, set_threads):
     calls: list[tuple] = []
 
     class Spy(ThreadTuner):
-        def plan(self, phase: str, method: str, k: int, rows: int) -> int:
+        def plan(self, phase: str, method: str, k: int, rows: int) -> bool:
             calls.append((phase, method, k, rows))
             return super().plan(phase, method, k, rows)
 
@@ -152,7 +152,8 @@ def test_trials_compare_steps_that_fed_as_many_tokens(set_threads):
     tuner = ThreadTuner((1, 2), trials=4)
     widths = [1, 8] * 4 + [8, 1] * 4  # the trials alternate 1, 2, 1, ...: 1 thread draws 1 token first
     for w in widths + [8] * 10:
-        t = tuner.plan("decode", "ngram", 6, 1)
+        tuner.plan("decode", "ngram", 6, 1)
+        t = tuner.current
         seconds = (1.0 if t == 1 else 1.2) * (1e-3 + 1e-4 * w)
         tuner.observe(StepStats("ngram", "decode", 1, k=6, verify_s=seconds,
                                 forwards=[Forward("target", [w], 10)]))  # fmt: skip
