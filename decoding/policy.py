@@ -29,9 +29,10 @@ from specserve.decoding.stats import StepStats
 log = logging.getLogger(__name__)
 
 MARGIN = 0.1  # K > 0 must promise this much more tokens/s than a plain step
-ALPHA = 0.05  # weight of a row's outcome in the acceptance averages, of a step in the real costs
+ALPHA = 0.01  # weight of a row's outcome in the acceptance averages, of a step in the real costs
+# (slow: at one row the averages span a few requests, and follow the mix, not each request)
 CLIP = 1.5  # a step counts at most CLIP x its expected seconds (preemptions)
-PRIOR = 0.8  # reach ratio assumed per position before any is measured (optimistic: it measures)
+PRIOR = 0.8  # `first` and `then` before any step is measured (optimistic: it speculates and measures)
 PROBE_EVERY = 32  # steps of a (method, bucket) between probes: at K + 1, or at PROBE_K for 0
 PROBE_K = 2
 

@@ -23,6 +23,8 @@ from specserve.decoding.policy import (
 )
 from specserve.decoding.stats import StepStats
 
+STEPS = int(10 / ALPHA)  # steps after which a moving average has all but forgotten its start (e^-10)
+
 
 def cheap_at_one(method: str, rows: int, k_max: int) -> list[float]:
     """A machine where verifying more tokens is nearly free for one row and dear for many."""
@@ -45,7 +47,7 @@ def test_expected_tokens_are_the_first_share_then_one_ratio_per_position():
 
 def test_acceptance_moves_toward_what_steps_gave():
     acc = Acceptance()
-    for _ in range(200):
+    for _ in range(STEPS):
         acc.add([1, 1, 1, 1], 3)  # every row emits candidate 0, none candidate 1
     assert acc.first == pytest.approx(1.0, abs=1e-3) and acc.then == pytest.approx(0.0, abs=1e-3)
     assert acc.expected(5) == pytest.approx(2.0, abs=1e-2)
@@ -56,10 +58,10 @@ def test_deep_positions_follow_what_shallow_steps_measure():
     positions K = 2 never offers follow what it measures. (Kept per position, they held the first
     request's values, and `auto` stayed at a small K where a deep one paid.)"""
     acc = Acceptance()
-    for _ in range(100):
+    for _ in range(STEPS):
         acc.add([1], 5)  # candidate 0 emitted, candidate 1 rejected
     assert acc.expected(5) == pytest.approx(2.0, abs=1e-2)
-    for _ in range(200):
+    for _ in range(STEPS):
         acc.add([2], 2)  # both candidates offered emitted
     assert acc.expected(5) == pytest.approx(6.0, abs=0.05)
 
@@ -68,7 +70,7 @@ def test_speculates_where_it_pays_and_steps_plainly_where_it_does_not():
     policy = SchedulePolicy(cheap_at_one)
     assert policy.choose("draft", 1, 6) > 0  # cheap candidates, a hopeful prior: speculate
     assert policy.choose("draft", 32, 6) == 0  # each candidate costs a whole step: never pays
-    for _ in range(100):
+    for _ in range(STEPS):
         policy.observe(spec_step(k=4, accepted=0), 1.2)  # nothing is ever accepted
     assert policy.choose("draft", 1, 6) == 0
     assert set(policy.costs) == {("draft", 1), ("draft", 32)}  # each bucket timed once
@@ -80,7 +82,7 @@ def test_real_steps_dearer_than_the_timed_ones_stop_speculation():
     policy = SchedulePolicy(cheap_at_one)
     policy.accept["draft", False] = Acceptance(first=0.5, then=0.5)
     assert policy.choose("draft", 1, 6) > 0
-    for _ in range(300):
+    for _ in range(STEPS):
         k = policy.choose("draft", 1, 6) or PROBE_K
         policy.observe(spec_step(k=k, accepted=1), cheap_at_one("draft", 1, 6)[k] + 2.0)  # 2 s more
         policy.observe(StepStats("draft", "decode", 1, k=0), cheap_at_one("draft", 1, 6)[0])
@@ -108,7 +110,7 @@ def test_greedy_and_sampled_rows_keep_their_own_acceptance():
     policy = SchedulePolicy(cheap_at_one)
     step = spec_step(k=4, accepted=4, batch=2)
     step.accepted_per_row = [4, 0]  # a greedy row accepting every candidate, a sampled row none
-    for _ in range(200):
+    for _ in range(STEPS):
         policy.observe(step, 1.2, [False, True])
     greedy, sampled = policy.accept["draft", False], policy.accept["draft", True]
     assert greedy.expected(4) == pytest.approx(5.0, abs=1e-2)
@@ -141,7 +143,7 @@ def test_speculating_buckets_probe_one_candidate_deeper():
     policy.accept["ngram", False] = Acceptance(first=0.9, then=0.0)  # later candidates looked bad
     ks = [policy.choose("ngram", 1, 6) for _ in range(2 * PROBE_EVERY)]
     assert set(ks) == {1, 2} and ks.count(2) == 2
-    for _ in range(100):  # the probes find the second candidate accepted after all
+    for _ in range(STEPS):  # the probes find the second candidate accepted after all
         stats = spec_step(k=2, accepted=2)
         stats.method = "ngram"
         policy.observe(stats, 1.6)
