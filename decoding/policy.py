@@ -18,11 +18,9 @@ docs/batch-tradeoffs.md has the measurements.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from specserve.decoding.stats import StepStats
 
@@ -37,30 +35,13 @@ PROBE_EVERY = 32  # steps of a (method, bucket) between probes: at K + 1, or at 
 PROBE_K = 2
 
 Timer = Callable[[str, int, int], list[float]]  # (method, rows, k_max) -> [k_max + 1] step seconds
-Schedule = dict[str, dict[int, int]]  # method ("*": any) -> {smallest batch size: K}
+Schedule = dict[str, dict[int, int]]  # method ("*": any) -> {smallest batch size: K}, sorted
+# (`--speculation-schedule`, validated in server/settings.py)
 
 
 def bucket(batch_size: int) -> int:
     """Batch sizes grouped by powers of two: 1, 2, 3-4, 5-8, ... (shared with the thread tuner)."""
     return 1 << max(batch_size - 1, 0).bit_length()
-
-
-def parse_schedule(text: str) -> Schedule:
-    """`--speculation-schedule`: JSON (or a JSON file) mapping a method, or "*" for every method,
-    to {smallest batch size: K}, e.g. {"draft": {"1": 3, "5": 1, "9": 0}, "*": {"1": 4}}."""
-    path = Path(text)
-    raw = json.loads(path.read_text() if not text.lstrip().startswith("{") and path.is_file() else text)
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError('a speculation schedule is a JSON object such as {"draft": {"1": 3, "9": 0}}')
-    out: Schedule = {}
-    for method, steps in raw.items():
-        if not isinstance(steps, dict) or not steps:
-            raise ValueError(f"schedule for {method!r}: expected {{smallest batch size: K}}, got {steps!r}")
-        table = {int(b): int(k) for b, k in steps.items()}
-        if min(table) != 1 or min(table.values()) < 0:
-            raise ValueError(f"schedule for {method!r} must start at batch size 1 with K >= 0")
-        out[method] = dict(sorted(table.items()))
-    return out
 
 
 @dataclass

@@ -16,7 +16,6 @@ from specserve import __version__
 from specserve.decoding import Engine
 from specserve.decoding.calibrate import calibrate
 from specserve.decoding.compiled import use_compile_cache
-from specserve.decoding.policy import parse_schedule
 from specserve.decoding.warmup import idle_tasks, warm_up
 from specserve.metrics.accounting import build_accountant
 from specserve.metrics.peaks import device_peaks
@@ -52,7 +51,7 @@ def load_state(settings: Settings, registry: CollectorRegistry | None = None) ->
         max_batch_size=settings.max_batch_size,
         prefix_cache_bytes=int(settings.prefix_cache_mb * 2**20),
         compile=settings.compile,
-        schedule=parse_schedule(settings.speculation_schedule) if settings.speculation_schedule else None,
+        schedule=settings.speculation_schedule,
     )
     service = EngineService(engine, settings.max_waiting, tuner)
     metrics = ServerMetrics(registry or CollectorRegistry())

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, NonNegativeInt, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from specserve.decoding.params import MAX_SPECULATIVE_TOKENS
-from specserve.decoding.policy import parse_schedule
 from specserve.models.suite_paths import default_suite
 
 
@@ -25,10 +26,10 @@ class Settings(BaseSettings):
     num_speculative_tokens: Annotated[int, Field(ge=1, le=MAX_SPECULATIVE_TOKENS)] | Literal["auto"] = Field(
         "auto", description="K per step, or auto: chosen per step"
     )
-    speculation_schedule: str | None = Field(
+    speculation_schedule: Annotated[dict[str, dict[int, NonNegativeInt]] | None, NoDecode] = Field(
         None,
-        description='K for "auto" by method and batch size, JSON or a JSON file: {"draft": {"1": 3, "9": 0}} '
-        '("*": every method); default: measured (decoding/policy.py)',
+        description='K for "auto" by method and smallest batch size, JSON or a JSON file: {"draft": {"1": 3, '
+        '"9": 0}} ("*": every method); default: measured (decoding/policy.py)',
     )
     max_batch_size: int = Field(32, ge=1, le=512)
     max_waiting: int = Field(64, ge=0, le=100_000, description="queued requests beyond this get 429")
@@ -69,12 +70,23 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(600.0, gt=0, description="a request still running after this is dropped")
     shutdown_timeout_s: float = Field(30.0, ge=0, description="SIGTERM: time given to requests in flight")
 
+    @field_validator("speculation_schedule", mode="before")
+    @classmethod
+    def _schedule_json(cls, value: Any) -> Any:
+        """A flag's or an environment variable's text: JSON, or the path of a JSON file."""
+        if isinstance(value, str) and not value.lstrip().startswith("{") and Path(value).is_file():
+            value = Path(value).read_text()
+        return json.loads(value) if isinstance(value, str) else value
+
     @field_validator("speculation_schedule")
     @classmethod
-    def _schedule(cls, text: str | None) -> str | None:
-        if text is not None:
-            parse_schedule(text)  # a ValueError names what is wrong
-        return text
+    def _schedule(cls, schedule: dict[str, dict[int, int]] | None) -> dict[str, dict[int, int]] | None:
+        if schedule is not None and not schedule:
+            raise ValueError('expected a method\'s batch sizes and K, such as {"draft": {"1": 3, "9": 0}}')
+        for method, table in (schedule or {}).items():
+            if not table or min(table) != 1:
+                raise ValueError(f"schedule for {method!r} must start at batch size 1")
+        return schedule and {method: dict(sorted(table.items())) for method, table in schedule.items()}
 
     @model_validator(mode="after")
     def _resolve_models(self) -> Settings:

@@ -47,7 +47,9 @@ def test_flags_override_environment(monkeypatch, tiny_paths):
     assert settings_from_args(_serve_args()).max_batch_size == 3
     assert settings_from_args(_serve_args("--max-batch-size", "5")).max_batch_size == 5
     sched = '{"draft": {"1": 3, "9": 0}}'
-    assert settings_from_args(_serve_args("--speculation-schedule", sched)).speculation_schedule == sched
+    assert settings_from_args(_serve_args("--speculation-schedule", sched)).speculation_schedule == {
+        "draft": {1: 3, 9: 0}
+    }
 
 
 @pytest.mark.parametrize(

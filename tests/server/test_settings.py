@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -68,6 +70,37 @@ def test_bounds(tiny_paths, field, bad, good):
             Settings(target=tiny_paths["target"], **{field: value})
     for value in good:
         assert getattr(Settings(target=tiny_paths["target"], **{field: value}), field) == value
+
+
+def test_a_speculation_schedule_is_json_or_a_json_file(monkeypatch, tmp_path, tiny_paths):
+    text = '{"draft": {"9": 0, "1": 3, "5": 1}, "*": {"1": 2}}'
+    s = Settings(target=tiny_paths["target"], speculation_schedule=text)
+    assert s.speculation_schedule == {"draft": {1: 3, 5: 1, 9: 0}, "*": {1: 2}}
+    assert list(s.speculation_schedule["draft"]) == [1, 5, 9]  # sorted: the engine reads it in order
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps({"medusa": {"1": 4}}))
+    assert Settings(target=tiny_paths["target"], speculation_schedule=str(path)).speculation_schedule == {
+        "medusa": {1: 4}
+    }
+    monkeypatch.setenv("SPECSERVE_SPECULATION_SCHEDULE", str(path))  # a path, not JSON, in a variable
+    assert Settings(target=tiny_paths["target"]).speculation_schedule == {"medusa": {1: 4}}
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ('{"draft": {"2": 3}}', "start at batch size 1"),
+        ('{"draft": {"1": -1}}', "greater than or equal to 0"),
+        ("[1, 2]", "valid dictionary"),
+        ('{"draft": 3}', "valid dictionary"),
+        ('{"draft": {}}', "start at batch size 1"),
+        ("{}", "expected a method"),
+        ("{not json", "Expecting property name"),
+    ],
+)
+def test_bad_speculation_schedules_are_refused_with_a_message(tiny_paths, bad, message):
+    with pytest.raises(ValidationError, match=message):
+        Settings(target=tiny_paths["target"], speculation_schedule=bad)
 
 
 def test_unknown_setting_is_refused(tiny_paths):
