@@ -7,12 +7,14 @@ emitted one, one ratio for every depth (moving averages per method and kind of r
 sampled, weighed by the step's rows of each kind: sampled rows accept far less, and one average
 for both kept a greedy request plain after a sampled one; PRIOR before any is measured). t(b, K)
 is a real decode step of b scratch rows at K, timed at the method's first step at b
-(`decoding/calibrate.py`), plus what real steps took beyond the timing, plain and speculative
-apart (not a proposer's catch-up on what plain steps piled up, `StepStats.sync_s`: the price of
-switching, which charged to K would keep a method plain; nor a thread tuner's trial). Every
-PROBE_EVERY-th step probes, so acceptance stays measured: at K + 1, or where the rule says 0 at
-PROBE_K (only if perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as
-vLLM's and TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
+(`decoding/calibrate.py`), plus what steady real steps took beyond the timing, plain and
+speculative apart (not a step whose proposer caught up on what plain steps piled up,
+`StepStats.sync_s`: the price of switching, which charged to K would keep a method plain; nor a
+thread tuner's trial). Where the rule's K is below PROBE_K, one step in PROBE_EVERY * b runs at
+PROBE_K, so acceptance stays measured (from 0 only if perfect acceptance would pay): a probe
+measures its b rows at about b times a row's price. A user's schedule
+(`--speculation-schedule`, as vLLM's and TensorRT-LLM's batch-size schedules) replaces the rule
+for the methods it names.
 docs/batch-tradeoffs.md has the measurements.
 """
 
@@ -31,8 +33,8 @@ ALPHA = 0.01  # weight of a row's outcome in the acceptance averages, of a step 
 # (slow: at one row the averages span a few requests, and follow the mix, not each request)
 CLIP = 1.5  # a step counts at most CLIP x its expected seconds (preemptions)
 PRIOR = 0.8  # `first` and `then` before any step is measured (optimistic: it speculates and measures)
-PROBE_EVERY = 32  # steps of a (method, bucket) between probes: at K + 1, or at PROBE_K for 0
-PROBE_K = 2
+PROBE_EVERY = 32  # steps of a (method, bucket b) between probes where K < PROBE_K, times b
+PROBE_K = 2  # the least K that measures `then`
 
 Timer = Callable[[str, int, int], list[float]]  # (method, rows, k_max) -> [k_max + 1] step seconds
 Schedule = dict[str, dict[int, int]]  # method ("*": any) -> {smallest batch size: K}, sorted
@@ -93,11 +95,9 @@ class SchedulePolicy:
         share = sampled / batch_size
         k = self.best(method, b, k_max, share)
         n = self.steps[method, b] = self.steps.get((method, b), 0) + 1
-        if n % PROBE_EVERY:
+        if k >= PROBE_K or n % (PROBE_EVERY * b):
             return k
-        if k:  # one candidate more: the positions past K stay measured
-            return min(k + 1, k_max)
-        return min(PROBE_K, k_max) if self.best(method, b, k_max, share, perfect=True) else 0
+        return min(PROBE_K, k_max) if k or self.best(method, b, k_max, share, perfect=True) else 0
 
     def best(self, method: str, b: int, k_max: int, share: float = 0.0, perfect: bool = False) -> int:
         """The rule's K at bucket b with `share` of the rows sampled (perfect: were every candidate
@@ -121,12 +121,10 @@ class SchedulePolicy:
         return t
 
     def observe(self, stats: StepStats, seconds: float, sampled: list[bool] | None = None) -> None:
-        """A decode step that ran with K = stats.k for the adaptive rows, in `seconds` of wall time
-        (of which stats.sync_s, a proposer catching up on what plain steps piled up, is the price of
-        switching, not of K: left out); sampled: which of its rows were not greedy (None: none)."""
+        """A decode step that ran with K = stats.k for the adaptive rows, in `seconds` of wall time;
+        sampled: which of its rows were not greedy (None: none)."""
         if not stats.batch_size:
             return
-        seconds -= stats.sync_s
         kinds = sampled or [False] * stats.batch_size
         for kind in (False, True) if stats.k else ():
             accepted = [a for a, s in zip(stats.accepted_per_row, kinds, strict=True) if s == kind]
@@ -134,8 +132,8 @@ class SchedulePolicy:
                 self.accept.setdefault((stats.method, kind), Acceptance()).add(accepted, stats.k)
         b = bucket(stats.batch_size)
         t = self.costs.get((stats.method, b))
-        if t is None or stats.k >= len(t) or stats.compiled or stats.trial:
-            return
+        if t is None or stats.k >= len(t) or stats.compiled or stats.trial or stats.sync_s:
+            return  # not a steady step: a compile, a thread trial, or a proposer catching up
         key = (stats.method, b, stats.k > 0)
         now = self.real.get(key, 0.0)  # the timing's word until real steps say otherwise
         timed = t[stats.k]

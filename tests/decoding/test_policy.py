@@ -89,15 +89,20 @@ def test_real_steps_dearer_than_the_timed_ones_stop_speculation():
     assert policy.choose("draft", 1, 6) == 0
 
 
-def test_a_step_that_compiled_a_thread_trial_or_a_spike_barely_moves_the_real_costs():
+def test_a_step_that_compiled_a_thread_trial_a_catch_up_or_a_spike_barely_moves_the_real_costs():
     """At one row a two-thread trial of the thread tuner's takes about 1.7x a step: counted, the
     trials held the draft's speculative steps 15-20% above their timing and kept it plain, where
-    nothing updates that average again."""
+    nothing updates that average again. A step whose draft caught up on plain steps ran its first
+    forward as the catch-up (`sync_s`): less that, it looked cheaper than a steady step by about
+    one draft forward."""
     policy = SchedulePolicy(cheap_at_one)
     policy.choose("draft", 1, 6)
     policy.observe(StepStats("draft", "decode", 1, k=0, compiled=True), 50.0)  # a compile: skipped
     policy.observe(StepStats("draft", "decode", 1, k=0, trial=True), 50.0)  # a thread trial: skipped
-    assert ("draft", 1, False) not in policy.real
+    caught_up = spec_step(k=2, accepted=1)
+    caught_up.sync_s = 0.5
+    policy.observe(caught_up, 0.1)  # a catch-up: skipped
+    assert ("draft", 1, False) not in policy.real and ("draft", 1, True) not in policy.real
     policy.observe(StepStats("draft", "decode", 1, k=0), 50.0)  # a preemption: clipped to 1.5x
     assert policy.real["draft", 1, False] == pytest.approx(ALPHA * 0.5)  # timed 1.0, counted 1.5
 
@@ -130,14 +135,23 @@ def test_plain_buckets_probe_only_where_perfect_acceptance_would_pay():
     policy.accept["draft", False] = Acceptance(first=0.0)  # measured: nothing accepted
     ks = [policy.choose("draft", 1, 6) for _ in range(3 * PROBE_EVERY)]
     assert ks.count(PROBE_K) == 3 and set(ks) == {0, PROBE_K}
+    wide = SchedulePolicy(lambda m, rows, k_max: [1.0 + 0.1 * k for k in range(k_max + 1)])
+    wide.accept["draft", False] = Acceptance(first=0.0)
+    ks = [wide.choose("draft", 16, 6) for _ in range(3 * 16 * PROBE_EVERY)]  # 16 rows a probe:
+    assert ks.count(PROBE_K) == 3 and set(ks) == {0, PROBE_K}  # one in 16 x PROBE_EVERY steps
     hopeless = SchedulePolicy(lambda m, rows, k_max: [1.0 + 2.0 * k for k in range(k_max + 1)])
     assert {hopeless.choose("draft", 1, 6) for _ in range(3 * PROBE_EVERY)} == {0}
 
 
-def test_speculating_buckets_probe_one_candidate_deeper():
+def test_buckets_at_k_1_probe_a_second_candidate_and_deeper_ones_never_probe():
     """Steps at K = 1 never offer a second candidate, so `then` is measured only when one is
-    offered: every PROBE_EVERY-th step offers one more, and a deeper K is found when acceptance
-    there turns out better."""
+    offered: every PROBE_EVERY-th step offers PROBE_K, and a deeper K is found when acceptance
+    there turns out better. Steps at K >= 2 measure `then` themselves: none probes (one more
+    candidate cost EAGLE about 1% at one row, for nothing E(K + 1) did not know)."""
+    deep = SchedulePolicy(lambda m, rows, k_max: [1.0 + 0.1 * k for k in range(k_max + 1)])
+    deep.accept["ngram", False] = Acceptance(first=0.9, then=0.9)
+    assert {deep.choose("ngram", 1, 6) for _ in range(2 * PROBE_EVERY)} == {6}
+    assert {deep.choose("ngram", 1, 3) for _ in range(2 * PROBE_EVERY)} == {3}
     policy = SchedulePolicy(lambda m, rows, k_max: [1.0 + 0.3 * k for k in range(k_max + 1)])
     policy.accept["ngram", False] = Acceptance(first=0.9, then=0.0)  # later candidates looked bad
     ks = [policy.choose("ngram", 1, 6) for _ in range(2 * PROBE_EVERY)]
