@@ -8,10 +8,11 @@ catch-up; its last output is the first candidate), and for each further candidat
 head's own guessed feature and that candidate. `commit` drops those guessed entries again: their
 true features come from the target's verify and are fed at the next catch-up.
 
-Rows at K = 0 are not fed (holes), so a plain step costs what a `none` step costs plus the target's
-features kept; a row left plain for long keeps only its last MAX_PENDING features (older context
-is dropped from the head's view: a lower acceptance, never a different output). Sampling: q is
-the head's distribution, verified by rejection sampling (seeded rows: by matching) like `draft`.
+Rows at K = 0 are not fed (holes), so a plain step costs what a `none` step costs plus writing the
+target's features into a buffer in place. A row left plain for long is caught up on its last
+MAX_PENDING features only (older context is dropped from the head's view: a lower acceptance, never
+a different output). Sampling: q is the head's distribution, verified by rejection sampling
+(seeded rows: by matching) like `draft`.
 """
 
 from __future__ import annotations
@@ -33,15 +34,27 @@ MAX_PENDING = 256  # target features a row keeps for the head's next catch-up
 def append_pending(
     feats: torch.Tensor, n: torch.Tensor, new: torch.Tensor, k: torch.Tensor, cap: int = MAX_PENDING
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row b's first n[b] of feats [B, M, H] followed by its first k[b] of new [B, P, H], at most
-    the last `cap` of them, left-aligned: ([B, M', H], [B] counts)."""
-    M, total = feats.shape[1], n + k
-    drop = (total - cap).clamp(min=0)  # [B] oldest ones over the cap
-    width = int((total - drop).max()) if len(n) else 0
-    v = torch.arange(width, device=n.device)[None, :] + drop[:, None]  # [B, M'] index in old ++ new
-    src = torch.where(v < n[:, None], v, M + v - n[:, None]).clamp(max=M + new.shape[1] - 1)
-    both = torch.cat([feats, new.to(feats.dtype)], dim=1)  # [B, M + P, H]
-    return both.gather(1, src[..., None].expand(-1, -1, both.shape[2])), total - drop
+    """Row b's first k[b] of new [B, P, H] written after its first n[b] of feats [B, W, H], in place
+    (a plain step costs its own features, not a copy of every row's pending ones). When a row
+    would pass the buffer's end, every row first keeps only its last `cap` in a buffer of 2 * cap
+    + P columns: a gather once per cap steps at most. Returns (feats, counts [B])."""
+    B, P = new.shape[:2]
+    if B and int((n + P).max()) > feats.shape[1]:
+        kept = n.clamp(max=cap)
+        old = last_pending(feats, n, kept)  # [B, <= cap, H]
+        feats = torch.nn.functional.pad(old, (0, 0, 0, 2 * cap + P - old.shape[1]))
+        n = kept
+    b, j = (torch.arange(P, device=n.device)[None, :] < k[:, None]).nonzero(as_tuple=True)
+    feats[b, n[b] + j] = new[b, j].to(feats.dtype)
+    return feats, n + k
+
+
+def last_pending(feats: torch.Tensor, n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Row b's last m[b] of its first n[b] in feats [B, W, H], left-aligned: [B, max(m), H]."""
+    T = int(m.max()) if len(m) else 0
+    src = (n - m)[:, None] + torch.arange(T, device=n.device)[None, :]  # [B, T]
+    src = src.clamp(min=0, max=max(feats.shape[1] - 1, 0))  # (past a row's m: unused)
+    return feats.gather(1, src[..., None].expand(-1, -1, feats.shape[2]))
 
 
 def _pad(rows: list[torch.Tensor], width: int) -> torch.Tensor:
@@ -93,13 +106,13 @@ class EagleProposer:
             return Proposal([[] for _ in rows])
         dev = self.n.device
         self._fed = torch.tensor([k > 0 for k in ks], device=dev)  # [B]
-        m = torch.where(self._fed, self.n, 0).tolist()
-        # catch-up: row b's pending entries (feature at t, token at t + 1); rows at K = 0: holes
-        seqs = [r.tokens[len(r.tokens) - mb :] if mb else [] for r, mb in zip(rows, m, strict=True)]
-        T = max(m)
+        m = torch.where(self._fed, self.n.clamp(max=MAX_PENDING), 0)  # [B] entries fed
+        # catch-up: row b's last m[b] pending entries (feature at t, token at t + 1); K = 0: holes
+        seqs = [r.tokens[len(r.tokens) - mb :] if mb else [] for r, mb in zip(rows, m.tolist(), strict=True)]
+        T = max(len(s) for s in seqs)
         ids = torch.tensor([s + [0] * (T - len(s)) for s in seqs], device=dev)  # [B, T]
         before, t0 = self.kv.num_columns, time.perf_counter()
-        embeds = self.head.embed(ids, self.feats[:, :T])  # [B, T, H]
+        embeds = self.head.embed(ids, last_pending(self.feats, self.n, m))  # [B, T, H]
         logits, f = self.kv.forward(self.head.decoder, seqs, logits="last", hidden=True, embeds=embeds)
         self._catchup = self.kv.num_columns - before
         # more pending features than one speculative step leaves (K + 1) were piled up by plain

@@ -10,7 +10,8 @@ from tiny_models import V, attentionless_model, copying_eagle, eagle_at, random_
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding import eagle as eagle_mod
-from specserve.decoding.eagle import append_pending
+from specserve.decoding.eagle import append_pending, last_pending
+from specserve.decoding.params import AUTO_MAX_TOKENS
 
 LENS, NEW = (3, 9, 5, 14), (30, 12, 25, 20)
 
@@ -38,14 +39,28 @@ def _eagle(engine, prompts, spec):
     return engine.generate(prompts, [SamplingParams(max_new_tokens=n) for n in NEW], spec)
 
 
-def test_append_pending_keeps_each_rows_valid_features_in_order():
-    feats = torch.tensor([[[1.0], [2.0], [9.0]], [[9.0], [9.0], [9.0]]])  # [2, 3, 1]: row 1 has none
-    new = torch.tensor([[[3.0], [9.0]], [[4.0], [5.0]]])  # [2, 2, 1]
+def test_append_pending_writes_in_place_while_the_buffer_has_room():
+    feats = torch.tensor([[[1.0], [2.0], [9.0], [9.0]], [[9.0], [9.0], [9.0], [9.0]]])  # [2, 4, 1]
+    new = torch.tensor([[[3.0], [9.0]], [[4.0], [5.0]]])  # [2, 2, 1]: row 0 takes 1, row 1 takes 2
     out, n = append_pending(feats, torch.tensor([2, 0]), new, torch.tensor([1, 2]))
+    assert out.data_ptr() == feats.data_ptr()  # no copy of the rows' pending features
     assert n.tolist() == [3, 2]
     assert out[0, :3, 0].tolist() == [1.0, 2.0, 3.0] and out[1, :2, 0].tolist() == [4.0, 5.0]
-    capped, n = append_pending(feats, torch.tensor([2, 0]), new, torch.tensor([1, 2]), cap=2)
-    assert n.tolist() == [2, 2] and capped[0, :, 0].tolist() == [2.0, 3.0]  # the oldest dropped
+
+
+def test_append_pending_past_the_buffer_keeps_each_rows_last_cap():
+    feats = torch.tensor([[[1.0], [2.0], [3.0]], [[7.0], [9.0], [9.0]]])  # [2, 3, 1]: 3 and 1 held
+    new = torch.tensor([[[4.0]], [[8.0]]])  # [2, 1, 1]
+    out, n = append_pending(feats, torch.tensor([3, 1]), new, torch.tensor([1, 1]), cap=2)
+    assert out.shape[1] == 2 * 2 + 1  # room for cap more before the next gather
+    assert n.tolist() == [3, 2]
+    assert out[0, :3, 0].tolist() == [2.0, 3.0, 4.0] and out[1, :2, 0].tolist() == [7.0, 8.0]
+
+
+def test_last_pending_left_aligns_each_rows_newest():
+    feats = torch.tensor([[[1.0], [2.0], [3.0]], [[7.0], [8.0], [9.0]]])  # [2, 3, 1]
+    out = last_pending(feats, torch.tensor([3, 2]), torch.tensor([2, 1]))
+    assert out[0, :, 0].tolist() == [2.0, 3.0] and out[1, 0, 0].item() == 8.0
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 2])  # 2: four requests through two slots (rows join)
@@ -85,11 +100,14 @@ def test_plain_stretches_and_joining_rows_keep_identity(model, prompts, monkeypa
     monkeypatch.setattr(eagle_mod, "MAX_PENDING", 4)
     engine = Engine(model, eagle=random_eagle(model), max_batch_size=2)
     engine.policy = Cycle()
+    fed: list[int] = []  # entries the head was fed per row, forward by forward
+    engine.on_step = lambda st: fed.extend(t for f in st.forwards if f.model == "eagle" for t in f.tokens)
     specs = [SpecParams.parse("eagle", k) for k in ("auto", "2", "auto", "auto")]
     res = engine.generate(prompts, [SamplingParams(max_new_tokens=n) for n in NEW], specs)
     assert [r.token_ids for r in res] == _plain(model, prompts)
+    assert max(fed) == 4  # a catch-up after a plain stretch: the last MAX_PENDING entries only
     proposer = engine.batches["eagle"].proposer
-    assert proposer.feats.shape[1] <= 4 and proposer.kv.batch_size == 0
+    assert proposer.feats.shape[1] <= 2 * 4 + AUTO_MAX_TOKENS + 1 and proposer.kv.batch_size == 0
 
 
 def test_copying_head_with_the_prefix_cache_and_compiled_steps(prompts):
