@@ -28,7 +28,7 @@ from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
 from specserve.decoding.sampling import Warp, draw_candidate
 
-MAX_PENDING = 256  # target features a row keeps for the head's next catch-up
+MAX_PENDING = 256  # target features a catch-up feeds the head a row at most (the buffer keeps up to 2x)
 
 
 def append_pending(
