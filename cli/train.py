@@ -43,9 +43,12 @@ def run_train_suite(args: argparse.Namespace) -> int:
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `train suite` to a CLI's subparsers; the handler is set as `func` (called with the Namespace)."""
     train = subparsers.add_parser("train", help="train models (the bundled default suite)")
-    what = train.add_subparsers(dest="train_command", metavar="{suite,medusa,eagle}", required=True)
+    what = train.add_subparsers(
+        dest="train_command", metavar="{suite,medusa,eagle,eagle-vocab}", required=True
+    )
     add_medusa_parser(what)
     add_eagle_parser(what)
+    add_eagle_vocab_parser(what)
     suite = what.add_parser(
         "suite",
         help="corpus -> tokenizer -> target -> draft -> distillation -> evaluation -> model card",
@@ -193,6 +196,10 @@ def add_eagle_parser(what: argparse._SubParsersAction) -> None:
         "--unroll", type=int, default=3, help="chain depths trained (1: EAGLE-1's teacher forcing)"
     )
     p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts the evaluation continues")
+    p.add_argument(
+        "--draft-vocab", type=int, default=0, metavar="N",
+        help="draft over the N tokens most frequent in the training data (0: all; EAGLE-3's reduction)",
+    )  # fmt: skip
     _add_head_run_args(p, "runs/eagle", "corpus shards and checkpoints go here")
     p.add_argument(
         "--resume", action=argparse.BooleanOptionalAction, default=True, help="continue from a checkpoint"
@@ -207,6 +214,7 @@ def run_train_eagle(args: argparse.Namespace) -> int:
     cfg = EagleTrainConfig(
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, unroll=args.unroll,
         warmup_steps=min(50, args.steps), max_seconds=args.max_seconds, eval_prompts=args.eval_prompts,
+        draft_vocab=args.draft_vocab,
     )  # fmt: skip
     try:
         report = train_eagle(
@@ -218,4 +226,40 @@ def run_train_eagle(args: argparse.Namespace) -> int:
     a = report["acceptance"]
     log.info("eagle: acceptance by position %s, %.2f tokens per forward", a["acceptance_per_position"],
              a["tokens_per_forward"])  # fmt: skip
+    return 0
+
+
+def add_eagle_vocab_parser(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser(
+        "eagle-vocab",
+        help="restrict a trained EAGLE head to the tokens most frequent in its training data (EAGLE-3's "
+        "reduced draft vocabulary), in place",
+    )
+    p.add_argument("--eagle", required=True, help="the head's folder (rewritten)")
+    p.add_argument("--size", type=int, required=True, help="tokens the head may draft")
+    p.add_argument("--target", default=None, help="the target (default: the bundled suite's)")
+    p.add_argument(
+        "--corpus-dir", action="append", default=None, metavar="DIR",
+        help="the .py files the head trained on (default: this machine's stdlib and site-packages)",
+    )  # fmt: skip
+    p.add_argument("--work-dir", default="runs/eagle", help="corpus shards go here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.set_defaults(func=run_eagle_vocab, max_seconds=None)
+
+
+def run_eagle_vocab(args: argparse.Namespace) -> int:
+    from specserve.models.eagle_train import add_draft_vocab
+
+    target = _head_target(args, ("size",))
+    try:
+        v = add_draft_vocab(
+            Path(args.eagle), target, args.size, Path(args.work_dir),
+            [Path(d) for d in args.corpus_dir] if args.corpus_dir else None, args.device,
+        )  # fmt: skip
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from e
+    log.info("eagle: %d tokens (%.2f%% of the training tokens); %.2f tokens per forward, %.2f with all",
+             v["size"], 100 * v["coverage_of_training_tokens"], v["acceptance"]["tokens_per_forward"],
+             v["acceptance_full"]["tokens_per_forward"])  # fmt: skip
     return 0

@@ -11,8 +11,8 @@ true features come from the target's verify and are fed at the next catch-up.
 Rows at K = 0 are not fed (holes), so a plain step costs what a `none` step costs plus writing the
 target's features into a buffer in place. A row left plain for long is caught up on its last
 MAX_PENDING features only (older context is dropped from the head's view: a lower acceptance, never
-a different output). Sampling: q is the head's distribution, verified by rejection sampling
-(seeded rows: by matching) like `draft`.
+a different output). Sampling: q is the head's distribution (0 outside a reduced draft
+vocabulary), verified by rejection sampling (seeded rows: by matching) like `draft`.
 """
 
 from __future__ import annotations
@@ -120,8 +120,13 @@ class EagleProposer:
         sync_s = time.perf_counter() - t0 if T > K + 1 else 0.0
         sampled = not bool(warp.greedy.all())
         cands, qs = [], []
+        vocab = self.head.vocab  # [V'] the tokens the head drafts (None: all V)
         for j in range(K):
-            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V] or None
+            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V'] or None
+            if vocab is not None:  # the target's ids; q is 0 outside the head's vocabulary: [B, V]
+                c = vocab[c]
+                if q is not None:
+                    q = q.new_zeros(len(c), self.head.config.vocab_size).index_copy_(1, vocab, q)
             cands.append(c)
             qs.append(q)
             if j < K - 1:  # the head's guessed feature with the candidate: [B, 1, H]

@@ -10,6 +10,11 @@ The head shares the target's token embedding and lm_head (frozen, not stored). S
 of `fc`, the layer and the norm, plus a JSON config naming the target and a digest of its lm_head,
 so a head is refused for any other target.
 
+A head may draft over part of the vocabulary (EAGLE-3's reduced draft vocabulary, `restrict`): its
+lm_head keeps the rows of the tokens it may propose (stored with the head as `vocab`), and q is 0
+for the rest. Lossless as any q; it loses only the acceptance of tokens left out, for a projection
+that reads fewer bytes every forward.
+
 The head may run at another precision than the target (`load(dtype=...)`, `--eagle-dtype`): it then
 projects with its own copy of the target's embedding and lm_head in that precision. Lossless at any
 precision, since q is whatever the head computes; only acceptance can change. On a CPU whose L3
@@ -33,6 +38,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "eagle_head.safetensors"
 SHARED = ("decoder.model.embed_tokens.", "decoder.lm_head.")  # the target's: never stored
+VOCAB = "vocab"  # the draft vocabulary's token ids in the weights file (absent: the whole vocabulary)
 
 
 @dataclass
@@ -95,6 +101,7 @@ class EagleHead(nn.Module):
         self.decoder = LlamaForCausalLM(layer_config)
         self.decoder.model.embed_tokens = target.get_input_embeddings()
         self.decoder.lm_head = target.get_output_embeddings()
+        self.vocab: torch.Tensor | None = None  # [V'] token ids the head drafts (None: all V)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -114,6 +121,27 @@ class EagleHead(nn.Module):
         h = h.last_hidden_state
         return h, self.decoder.lm_head(h)
 
+    def restrict(self, ids: torch.Tensor) -> None:
+        """Draft over the tokens `ids` only: the lm_head keeps their rows (a copy) and the head's
+        logits index into `vocab`, the sorted ids."""
+        ids = torch.as_tensor(ids).long().flatten()
+        V = self.config.vocab_size
+        if len(ids) == 0 or ids.unique().numel() != len(ids) or int(ids.min()) < 0 or int(ids.max()) >= V:
+            raise ValueError(f"a draft vocabulary needs distinct token ids in 0..{V - 1}, got {len(ids)} ids")
+        old = self.decoder.lm_head
+        ids = ids.sort().values.to(old.weight.device)
+        new = nn.Linear(old.weight.shape[1], len(ids), bias=getattr(old, "bias", None) is not None)
+        new = new.to(device=old.weight.device, dtype=old.weight.dtype).requires_grad_(False)
+        with torch.no_grad():
+            new.weight.copy_(old.weight[ids])
+            if new.bias is not None:
+                new.bias.copy_(old.bias[ids])
+        self.decoder.lm_head, self.vocab = new, ids
+
+    def token_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Indices into the head's logits -> the target's token ids."""
+        return index if self.vocab is None else self.vocab[index]
+
     def own_modules(self) -> list[nn.Module]:
         """fc, the layer, the norm and the rotary embedding: everything but the target's modules."""
         m = self.decoder.model
@@ -130,7 +158,8 @@ class EagleHead(nn.Module):
     def save(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.own_state().items()}, str(path / WEIGHTS_NAME))
+        state = self.own_state() | ({VOCAB: self.vocab.cpu()} if self.vocab is not None else {})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path / WEIGHTS_NAME))
         (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
 
     @classmethod
@@ -150,6 +179,7 @@ class EagleHead(nn.Module):
             )
         head = cls(config, target)
         state = load_file(str(path / WEIGHTS_NAME))
+        vocab = state.pop(VOCAB, None)
         for module in head.own_modules():  # at the stored precision, then the target's
             module.to(next(iter(state.values())).dtype)
         missing, unexpected = head.load_state_dict(state, strict=False)
@@ -165,6 +195,8 @@ class EagleHead(nn.Module):
         if dtype != param.dtype:  # copies of the target's modules at the head's precision
             head.decoder.model.embed_tokens = _copy(target.get_input_embeddings(), dtype)
             head.decoder.lm_head = _copy(target.get_output_embeddings(), dtype)
+        if vocab is not None:
+            head.restrict(vocab)
         return head.eval().requires_grad_(False)
 
 

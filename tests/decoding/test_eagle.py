@@ -94,6 +94,29 @@ def test_a_bfloat16_head_keeps_greedy_identity(model, prompts, batch_size, compi
     assert sum(r.stats.accepted_tokens for r in res) > 0
 
 
+@pytest.mark.parametrize("batch_size,compile", [(1, "off"), (4, "off"), (2, "on")])
+def test_a_reduced_draft_vocabulary_keeps_greedy_identity(model, prompts, batch_size, compile, monkeypatch):
+    """EAGLE-3's reduced draft vocabulary: candidates come from it only, the output is plain's."""
+    head = random_eagle(model)
+    head.restrict(torch.arange(0, V, 2))  # even tokens: the odd ones plain decoding emits are never guessed
+    proposed, propose = [], eagle_mod.EagleProposer.propose
+
+    def spy(self, *args):
+        prop = propose(self, *args)
+        proposed.extend(t for row in prop.tokens for t in row)
+        return prop
+
+    monkeypatch.setattr(eagle_mod.EagleProposer, "propose", spy)
+    engine = Engine(model, eagle=head, max_batch_size=batch_size, compile=compile)
+    res = _eagle(engine, prompts, SpecParams("eagle", 4))
+    want = _plain(model, prompts)
+    assert [r.token_ids for r in res] == want
+    assert proposed and set(proposed) <= set(range(0, V, 2)) < {t for w in want for t in w} | set(
+        range(0, V, 2)
+    )
+    assert sum(r.stats.accepted_tokens for r in res) > 0
+
+
 def test_plain_stretches_and_joining_rows_keep_identity(model, prompts, monkeypatch):
     """K = 0 steps pile up pending features (capped small here: old context dropped), fixed-K and
     auto rows share the sub-batch, rows join as others leave."""

@@ -151,11 +151,19 @@ def test_seeded_draft_sampling_matches_target(pair):
         (SamplingParams(temperature=0.8, top_k=2), False, None),
         (SamplingParams(temperature=1.0), True, None),  # seeded rows: matched with the positions' uniforms
         (SamplingParams(temperature=1.0), False, torch.bfloat16),  # a head at another precision
+        (SamplingParams(temperature=1.0), False, "half"),  # a reduced draft vocabulary: q = 0 off it
+        (SamplingParams(temperature=1.0), True, "half"),
     ],
 )
 def test_eagle_sampling_matches_target(pair, sampling, seeded, dtype, tmp_path):
     target, draft = pair
-    head = random_eagle(target) if dtype is None else eagle_at(random_eagle(target), target, dtype, tmp_path)
+    head = (
+        random_eagle(target)
+        if dtype in (None, "half")
+        else eagle_at(random_eagle(target), target, dtype, tmp_path)
+    )
+    if dtype == "half":
+        head.restrict(torch.arange(0, V, 2))
     counts = sample_joint(target, draft, "eagle", sampling, eagle=head, seeded=seeded)
     assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
     assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6

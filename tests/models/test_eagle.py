@@ -1,5 +1,6 @@
-"""EAGLE heads: files, refusal for another target, the training unroll against real drafting, and
-`train eagle` end to end on a tiny target (library and CLI)."""
+"""EAGLE heads: files, refusal for another target, a reduced draft vocabulary, the training unroll
+against real drafting, and `train eagle` / `train eagle-vocab` end to end on a tiny target (library
+and CLI)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.models.eagle import EagleHead
 from specserve.models.eagle_train import (
     EagleTrainConfig,
+    add_draft_vocab,
     chain_acceptance,
+    frequent_tokens,
     greedy_continuations,
     train_eagle,
     unrolled,
@@ -54,6 +57,38 @@ def test_a_head_at_another_precision_projects_with_its_own_copies(tmp_path):
     assert set(head.own_state()) == set(random_eagle(target).own_state())
     with pytest.raises(ValueError, match="eagle_dtype"):
         load_models(str(tmp_path / "no-target"), eagle=str(tmp_path / "h"), eagle_dtype="fp8")
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_a_reduced_draft_vocabulary_keeps_its_rows_and_round_trips(tmp_path, dtype):
+    """restrict: the lm_head keeps the chosen tokens' rows (a copy, the target's untouched), logits
+    index into the sorted ids; saved with the head and restored on load, at any precision."""
+    target = small_model()
+    head = random_eagle(target)
+    ids = torch.tensor([9, 0, 4, 7, 2])
+    x, f = torch.tensor([[1, 2, 3]]), torch.randn(1, 3, 32, dtype=torch.float64)
+    full = head(x, f)[1]  # [1, 3, V]
+    head.restrict(ids)
+    assert head.vocab.tolist() == [0, 2, 4, 7, 9] and head.decoder.lm_head is not target.lm_head
+    assert torch.allclose(head(x, f)[1], full[..., head.vocab])  # the same logits, of those tokens only
+    assert head.token_ids(torch.tensor([0, 4])).tolist() == [0, 9]
+    assert target.lm_head.weight.shape[0] == 12
+    head.save(tmp_path / "h")
+    loaded = EagleHead.load(tmp_path / "h", target, dtype)
+    assert loaded.vocab.tolist() == [0, 2, 4, 7, 9]
+    assert loaded.decoder.lm_head.weight.dtype == (dtype or torch.float64)
+    assert torch.equal(
+        loaded.decoder.lm_head.weight, target.lm_head.weight[loaded.vocab].to(dtype or torch.float64)
+    )
+    for bad in ([], [1, 1], [3, 12], [-1]):
+        with pytest.raises(ValueError, match="distinct token ids in 0..11"):
+            random_eagle(target).restrict(torch.tensor(bad, dtype=torch.long))
+
+
+def test_frequent_tokens_are_the_most_common_ids_sorted():
+    ids, coverage = frequent_tokens(np.array([5, 5, 5, 1, 1, 7, 7, 3], dtype=np.uint16), 8, 3)
+    assert ids.tolist() == [1, 5, 7] and coverage == 7 / 8  # 1 and 7 tie: both above 3
+    assert frequent_tokens(np.array([2, 6]), 8, 1)[0].tolist() == [2]  # a tie: the lower id
 
 
 def test_unrolled_training_pass_is_what_drafting_computes():
@@ -114,6 +149,31 @@ def test_train_eagle_tiny_end_to_end_and_resume(tiny_paths, tmp_path):
     )
     want = Engine(target.model).generate([prompt], SamplingParams(max_new_tokens=16), SpecParams())
     assert got[0].token_ids == want[0].token_ids
+    # a draft vocabulary: at the end of training, or added to a trained head
+    small = EagleTrainConfig(**{**cfg.__dict__, "draft_vocab": 20})
+    report = train_eagle(
+        tiny_paths["target"], tmp_path / "v", small, tmp_path / "w2", windows=windows, device="cpu"
+    )
+    assert (
+        report["draft_vocab"]["size"] == 20 and 0 < report["draft_vocab"]["coverage_of_training_tokens"] < 1
+    )
+    V = target.model.get_output_embeddings().weight.shape[0]
+    assert (
+        EagleHead.load(tmp_path / "v", target.model).vocab.tolist()
+        == frequent_tokens(tokens, V, 20)[0].tolist()
+    )
+    assert "Drafts over the 20 tokens" in (tmp_path / "v" / "README.md").read_text()
+    v = add_draft_vocab(out, tiny_paths["target"], 40, windows=windows, device="cpu")
+    assert v["size"] == 40 and set(v) >= {"acceptance_full", "acceptance"}
+    assert json.loads((out / "training.json").read_text())["draft_vocab"] == v
+    head = EagleHead.load(out, target.model)
+    assert len(head.vocab) == 40
+    got = Engine(target.model, eagle=head).generate(
+        [prompt], SamplingParams(max_new_tokens=16), SpecParams("eagle")
+    )
+    assert got[0].token_ids == want[0].token_ids
+    with pytest.raises(ValueError, match="already drafts over 40 tokens"):
+        add_draft_vocab(out, tiny_paths["target"], 30, windows=windows, device="cpu")
 
 
 def test_cli_trains_then_generates_with_eagle(tiny_paths, tmp_path, capsys):
@@ -133,6 +193,12 @@ def test_cli_trains_then_generates_with_eagle(tiny_paths, tmp_path, capsys):
     assert main(argv) == 0
     got = json.loads(capsys.readouterr().out.splitlines()[0])
     assert got["stats"]["method"] == "eagle" and len(got["token_ids"]) == 8
+    argv = ["train", "eagle-vocab", "--eagle", str(out), "--size", "16", "--target", tiny_paths["target"],
+            "--corpus-dir", str(src), "--work-dir", str(tmp_path / "work")]  # fmt: skip
+    assert main(argv) == 0
+    assert json.loads((out / "training.json").read_text())["draft_vocab"]["size"] == 16
+    with pytest.raises(SystemExit, match="--size must be >= 1"):
+        main([*argv[:5], "0", *argv[6:]])
 
 
 @pytest.mark.parametrize(
