@@ -44,11 +44,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     """Add `train suite` to a CLI's subparsers; the handler is set as `func` (called with the Namespace)."""
     train = subparsers.add_parser("train", help="train models (the bundled default suite)")
     what = train.add_subparsers(
-        dest="train_command", metavar="{suite,medusa,eagle,eagle-vocab}", required=True
+        dest="train_command", metavar="{suite,medusa,eagle,eagle-vocab,draft-vocab}", required=True
     )
     add_medusa_parser(what)
     add_eagle_parser(what)
     add_eagle_vocab_parser(what)
+    add_draft_vocab_parser(what)
     suite = what.add_parser(
         "suite",
         help="corpus -> tokenizer -> target -> draft -> distillation -> evaluation -> model card",
@@ -262,4 +263,40 @@ def run_eagle_vocab(args: argparse.Namespace) -> int:
     log.info("eagle: %d tokens (%.2f%% of the training tokens); %.2f tokens per forward, %.2f with all",
              v["size"], 100 * v["coverage_of_training_tokens"], v["acceptance"]["tokens_per_forward"],
              v["acceptance_full"]["tokens_per_forward"])  # fmt: skip
+    return 0
+
+
+def add_draft_vocab_parser(what: argparse._SubParsersAction) -> None:
+    p = what.add_parser(
+        "draft-vocab",
+        help="let a draft model propose only the tokens most frequent in a corpus (writes draft_vocab.json "
+        "into its folder)",
+    )
+    p.add_argument("--draft", required=True, help="the draft model's folder")
+    p.add_argument("--size", type=int, required=True, help="tokens the draft may propose")
+    p.add_argument(
+        "--corpus-dir", action="append", default=None, metavar="DIR",
+        help="count over the .py files under DIR (default: this machine's stdlib and site-packages)",
+    )  # fmt: skip
+    p.add_argument("--work-dir", default="runs/eagle", help="corpus shards go here")
+    p.set_defaults(func=run_draft_vocab)
+
+
+def run_draft_vocab(args: argparse.Namespace) -> int:
+    from specserve.models.draft_vocab import from_corpus
+
+    try:
+        v = from_corpus(
+            args.draft,
+            args.size,
+            Path(args.work_dir),
+            [Path(d) for d in args.corpus_dir] if args.corpus_dir else None,
+        )
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}") from e
+    log.info(
+        "draft: proposes over %d tokens, %.2f%% of the corpus's",
+        v["size"],
+        100 * v["coverage_of_training_tokens"],
+    )
     return 0

@@ -8,6 +8,9 @@ The draft syncs lazily: a joining row is not prefilled in the draft until a step
 plain steps (K = 0, chosen by adaptive speculation) do not feed it, so a plain step of a `draft`
 batch costs what a `none` step costs. The first speculative step prefills the rows the draft has
 never seen apart (a batch of their own, spliced into their places), then catches every row up at once.
+
+A draft model restricted to a reduced vocabulary (models/draft_vocab.py) proposes token ids from it;
+its q is 0 for the other tokens.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from specserve.decoding.kv import KVState
 from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp, draw_candidate
+from specserve.decoding.sampling import Warp, draw_candidate, widen
 
 STEADY_LAG = 2  # tokens a draft is behind after a speculative step (2 when all K were accepted)
 
@@ -39,6 +42,8 @@ class DraftProposer:
         compiled: CompiledForward | None = None,
     ) -> None:
         self.model = model
+        self.vocab = getattr(model, "draft_vocab", None)  # [V'] the tokens it drafts (None: all V)
+        self.size = getattr(model, "draft_vocab_size", 0)  # V, the target's
         self.prefix = prefix  # the draft's prefix cache (decoding/prefix_cache.py), or None
         self.kv = KVState.empty(model, 0, role="draft", compiled=compiled)
         self._catchup = 0  # columns of the last propose's first forward: real tokens, always kept
@@ -93,7 +98,8 @@ class DraftProposer:
         sync_s = (t1 - t0 if synced else 0.0) + (time.perf_counter() - t1 if lag > STEADY_LAG else 0.0)
         cands, qs = [], []
         for j in range(K):
-            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V] or None
+            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V'] or None
+            c, q = widen(c, q, self.vocab, self.size)  # token ids [B], q [B, V] or None
             cands.append(c)
             qs.append(q)
             if j < K - 1:  # the K-th candidate is never fed: the target verifies it

@@ -26,7 +26,7 @@ from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp, draw_candidate
+from specserve.decoding.sampling import Warp, draw_candidate, widen
 
 MAX_PENDING = 256  # target features a catch-up feeds the head a row at most (the buffer keeps up to 2x)
 
@@ -123,10 +123,7 @@ class EagleProposer:
         vocab = self.head.vocab  # [V'] the tokens the head drafts (None: all V)
         for j in range(K):
             c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V'] or None
-            if vocab is not None:  # the target's ids; q is 0 outside the head's vocabulary: [B, V]
-                c = vocab[c]
-                if q is not None:
-                    q = q.new_zeros(len(c), self.head.config.vocab_size).index_copy_(1, vocab, q)
+            c, q = widen(c, q, vocab, self.head.config.vocab_size)  # token ids [B], q [B, V] or None
             cands.append(c)
             qs.append(q)
             if j < K - 1:  # the head's guessed feature with the candidate: [B, 1, H]

@@ -94,6 +94,15 @@ def draw_candidate(
     return torch.where(warp.greedy, c, sample(q, u)), q
 
 
+def widen(c: torch.Tensor, q: torch.Tensor | None, vocab: torch.Tensor | None, size: int):
+    """A drafter over part of the vocabulary (models/draft_vocab.py): its candidates c [B], indices
+    into `vocab` [V'], as token ids, and its q [B, V'] as [B, size], 0 off `vocab`. vocab None:
+    unchanged."""
+    if vocab is None:
+        return c, q
+    return vocab[c], None if q is None else q.new_zeros(len(c), size).index_copy_(1, vocab, q)
+
+
 def position_uniforms(streams: list[UniformStream | None], starts: list[int], n: int, device) -> torch.Tensor:
     """[B, n]: row b's uniforms for positions starts[b] .. + n - 1 (zeros for greedy rows)."""
     rows = [

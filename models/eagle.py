@@ -10,10 +10,9 @@ The head shares the target's token embedding and lm_head (frozen, not stored). S
 of `fc`, the layer and the norm, plus a JSON config naming the target and a digest of its lm_head,
 so a head is refused for any other target.
 
-A head may draft over part of the vocabulary (EAGLE-3's reduced draft vocabulary, `restrict`): its
-lm_head keeps the rows of the tokens it may propose (stored with the head as `vocab`), and q is 0
-for the rest. Lossless as any q; it loses only the acceptance of tokens left out, for a projection
-that reads fewer bytes every forward.
+A head may draft over part of the vocabulary (EAGLE-3's reduced draft vocabulary, `restrict`,
+models/draft_vocab.py): its lm_head keeps the rows of the tokens it may propose (stored with the
+head as `vocab`), and q is 0 for the rest.
 
 The head may run at another precision than the target (`load(dtype=...)`, `--eagle-dtype`): it then
 projects with its own copy of the target's embedding and lm_head in that precision. Lossless at any
@@ -34,6 +33,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from specserve.models.draft_vocab import rows_of
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "eagle_head.safetensors"
@@ -124,19 +125,7 @@ class EagleHead(nn.Module):
     def restrict(self, ids: torch.Tensor) -> None:
         """Draft over the tokens `ids` only: the lm_head keeps their rows (a copy) and the head's
         logits index into `vocab`, the sorted ids."""
-        ids = torch.as_tensor(ids).long().flatten()
-        V = self.config.vocab_size
-        if len(ids) == 0 or ids.unique().numel() != len(ids) or int(ids.min()) < 0 or int(ids.max()) >= V:
-            raise ValueError(f"a draft vocabulary needs distinct token ids in 0..{V - 1}, got {len(ids)} ids")
-        old = self.decoder.lm_head
-        ids = ids.sort().values.to(old.weight.device)
-        new = nn.Linear(old.weight.shape[1], len(ids), bias=getattr(old, "bias", None) is not None)
-        new = new.to(device=old.weight.device, dtype=old.weight.dtype).requires_grad_(False)
-        with torch.no_grad():
-            new.weight.copy_(old.weight[ids])
-            if new.bias is not None:
-                new.bias.copy_(old.bias[ids])
-        self.decoder.lm_head, self.vocab = new, ids
+        self.decoder.lm_head, self.vocab = rows_of(self.decoder.lm_head, ids, self.config.vocab_size)
 
     def token_ids(self, index: torch.Tensor) -> torch.Tensor:
         """Indices into the head's logits -> the target's token ids."""

@@ -230,6 +230,7 @@ def load_models(
     EAGLE head (refused unless trained for this target; at `eagle_dtype`: `eagle_precision`).
 
     Raises ValueError naming what does not fit."""
+    from specserve.models import draft_vocab
     from specserve.models.eagle import EagleHead
     from specserve.models.medusa import MedusaHeads
 
@@ -240,6 +241,10 @@ def load_models(
     drafted = load_model(draft, **kw) if draft else None
     if drafted is not None:
         check_draft_compatible(loaded, drafted)
+        ids = draft_vocab.read(drafted.local_path)
+        if ids is not None:  # (its folder's file; a Hub id's local snapshot's)
+            drafted.weight_bytes -= draft_vocab.restrict_model(drafted.model, ids)
+            log.info("draft %s proposes over %d tokens (%s)", draft, len(ids), draft_vocab.VOCAB_FILE)
     heads = MedusaHeads.load(medusa, loaded.model) if medusa else None
     eagle_head = None
     if eagle:

@@ -1,15 +1,21 @@
 """The draft proposer: seeded rows sample in step with the target (their tokens are plain
-sampling's whatever K), and rows at K = 0 in a speculating batch are not drafted for."""
+sampling's whatever K), rows at K = 0 in a speculating batch are not drafted for, and a draft
+restricted to a reduced vocabulary proposes token ids from it."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+import torch
 from scripted import Always, Cycle
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.decoding import draft as draft_mod
 from specserve.decoding.draft import DraftProposer
 from specserve.metrics.accounting import build_accountant
 from specserve.metrics.peaks import Peaks
+from specserve.models.draft_vocab import restrict_model
 
 PROMPTS = [[5, 6, 7, 5, 6, 7, 5], [9, 10, 11, 9, 10], [12, 13, 14], [3, 4, 3, 4, 3, 4, 3, 4]]
 
@@ -116,3 +122,29 @@ def test_draft_syncs_lazily_across_plain_steps(tiny, draft_kind, batch_size):
     assert sum(r.stats.bytes_read for r in res) == pytest.approx(total)
     if draft_kind == "same":
         assert sum(r.stats.accepted_tokens for r in res) == sum(r.stats.draft_tokens for r in res)
+
+
+@pytest.mark.parametrize("batch_size,compile", [(1, "off"), (4, "off"), (2, "on")])
+def test_a_draft_with_a_reduced_vocabulary_keeps_greedy_identity(tiny, batch_size, compile, monkeypatch):
+    """The target as its own draft, restricted to the even token ids: its candidates are token ids
+    from them (right wherever the target's next token is even), and the output is plain's."""
+    t = tiny["target"].model
+    d = copy.deepcopy(t)
+    V = t.get_output_embeddings().weight.shape[0]
+    restrict_model(d, torch.arange(0, V, 2))
+    proposed, propose = [], DraftProposer.propose
+
+    def spy(self, *args):
+        prop = propose(self, *args)
+        proposed.extend(x for row in prop.tokens for x in row)
+        return prop
+
+    monkeypatch.setattr(draft_mod.DraftProposer, "propose", spy)
+    sampling = SamplingParams(max_new_tokens=20)
+    plain = [r.token_ids for r in Engine(t).generate(PROMPTS, sampling, SpecParams())]
+    out = Engine(t, d, max_batch_size=batch_size, compile=compile).generate(
+        PROMPTS, sampling, SpecParams("draft", 4)
+    )
+    assert [r.token_ids for r in out] == plain
+    assert proposed and all(x % 2 == 0 for x in proposed) and any(x % 2 for p in plain for x in p)
+    assert sum(r.stats.accepted_tokens for r in out) >= sum(x % 2 == 0 for p in plain for x in p) // 2

@@ -21,6 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from specserve.decoding import Engine, SamplingParams, SpecParams
 from specserve.decoding.sampling import Warp, warp_probs
+from specserve.models.draft_vocab import restrict_model
 from specserve.models.medusa import MedusaConfig, MedusaHeads
 
 V, N, NEW = 3, 6000, 4
@@ -126,6 +127,18 @@ def test_compiled_sampling_matches_target(pair, heads, method):
     counts = sample_joint(target, draft, method, sampling, heads, compile="on")
     assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
     assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6
+
+
+@pytest.mark.parametrize("seeded", [False, True])
+def test_a_draft_with_a_reduced_vocabulary_samples_the_target(seeded):
+    """A draft restricted to tokens 0 and 2 (models/draft_vocab.py): q is 0 on token 1, and the
+    output still follows the target's p (rejection sampling; seeded rows: matching)."""
+    target, draft = _model(10, 2), _model(11, 1)  # (a draft of its own: the pair's stays whole)
+    restrict_model(draft, torch.tensor([0, 2]))
+    sampling = SamplingParams(temperature=1.0)
+    counts = sample_joint(target, draft, "draft", sampling, seeded=seeded)
+    assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
+    assert chi2_pvalue(counts, exact_joint(_model(11, 1), sampling)) < 1e-6  # not the draft's joint
 
 
 def test_seeded_draft_sampling_matches_target(pair):
