@@ -111,6 +111,15 @@ def add_medusa_parser(what: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_train_medusa)
 
 
+def _add_corpus_args(p: argparse.ArgumentParser, verb: str, work_dir: str, work_help: str) -> None:
+    """--corpus-dir and --work-dir: the Python files a command tokenizes, and where the shards go."""
+    p.add_argument(
+        "--corpus-dir", action="append", default=None, metavar="DIR",
+        help=f"{verb} the .py files under DIR (default: this machine's stdlib and site-packages)",
+    )  # fmt: skip
+    p.add_argument("--work-dir", default=work_dir, help=work_help)
+
+
 def _add_head_run_args(p: argparse.ArgumentParser, work_dir: str, work_help: str) -> None:
     """The budget, data and device flags `train medusa` and `train eagle` share."""
     p.add_argument(
@@ -119,14 +128,7 @@ def _add_head_run_args(p: argparse.ArgumentParser, work_dir: str, work_help: str
         default=None,
         help="wall-clock budget: fewer steps (and a shorter cosine) when --steps would not fit",
     )
-    p.add_argument(
-        "--corpus-dir",
-        action="append",
-        default=None,
-        metavar="DIR",
-        help="train on the .py files under DIR (default: this machine's stdlib and site-packages)",
-    )
-    p.add_argument("--work-dir", default=work_dir, help=work_help)
+    _add_corpus_args(p, "train on", work_dir, work_help)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
 
@@ -239,11 +241,7 @@ def add_eagle_vocab_parser(what: argparse._SubParsersAction) -> None:
     p.add_argument("--eagle", required=True, help="the head's folder (rewritten)")
     p.add_argument("--size", type=int, required=True, help="tokens the head may draft")
     p.add_argument("--target", default=None, help="the target (default: the bundled suite's)")
-    p.add_argument(
-        "--corpus-dir", action="append", default=None, metavar="DIR",
-        help="the .py files the head trained on (default: this machine's stdlib and site-packages)",
-    )  # fmt: skip
-    p.add_argument("--work-dir", default="runs/eagle", help="corpus shards go here")
+    _add_corpus_args(p, "count over", "runs/eagle", "corpus shards go here")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=run_eagle_vocab, max_seconds=None)
@@ -274,11 +272,7 @@ def add_draft_vocab_parser(what: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--draft", required=True, help="the draft model's folder")
     p.add_argument("--size", type=int, required=True, help="tokens the draft may propose")
-    p.add_argument(
-        "--corpus-dir", action="append", default=None, metavar="DIR",
-        help="count over the .py files under DIR (default: this machine's stdlib and site-packages)",
-    )  # fmt: skip
-    p.add_argument("--work-dir", default="runs/eagle", help="corpus shards go here")
+    _add_corpus_args(p, "count over", "runs/eagle", "corpus shards go here")
     p.set_defaults(func=run_draft_vocab)
 
 
