@@ -12,11 +12,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 VOCAB_FILE = "draft_vocab.json"
+
+
+def check_size(n: int, vocab_size: int) -> None:
+    if not 1 <= n <= vocab_size:
+        raise ValueError(f"a draft vocabulary needs 1..{vocab_size} tokens, got {n}")
+
+
+def frequent_tokens(tokens: np.ndarray, vocab_size: int, n: int) -> tuple[torch.Tensor, float]:
+    """The n most frequent token ids of `tokens` (ties: the lower id), sorted, and the share of
+    `tokens` they cover."""
+    check_size(n, vocab_size)
+    counts = np.bincount(np.asarray(tokens).ravel(), minlength=vocab_size)[:vocab_size]
+    top = np.argsort(-counts, kind="stable")[:n]
+    return torch.from_numpy(np.sort(top)).long(), float(counts[top].sum() / max(int(counts.sum()), 1))
 
 
 def rows_of(linear: nn.Linear, ids: torch.Tensor, vocab_size: int) -> tuple[nn.Linear, torch.Tensor]:
@@ -67,12 +82,11 @@ def from_corpus(folder: str | Path, size: int, work_dir: Path, roots: list[Path]
     `train eagle` tokenizes."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from specserve.models.eagle_train import EagleTrainConfig, frequent_tokens
+    from specserve.models.eagle_train import EagleTrainConfig
     from specserve.models.medusa_train import corpus_windows
 
     vocab_size = AutoConfig.from_pretrained(folder).vocab_size
-    if not 1 <= size <= vocab_size:
-        raise ValueError(f"a draft vocabulary needs 1..{vocab_size} tokens, got {size}")
+    check_size(size, vocab_size)  # before tokenizing the corpus
     train, _ = corpus_windows(AutoTokenizer.from_pretrained(folder), work_dir, EagleTrainConfig(), roots)
     ids, coverage = frequent_tokens(train.tokens, vocab_size, size)
     return write(folder, ids, coverage)

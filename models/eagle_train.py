@@ -24,13 +24,13 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import DynamicCache
 
 from specserve.decoding.attention import AttentionLayout
+from specserve.models.draft_vocab import frequent_tokens
 from specserve.models.eagle import EagleConfig, EagleHead
 from specserve.models.loading import load_model
 from specserve.models.medusa_train import corpus_windows
@@ -237,18 +237,8 @@ def train_eagle(
     return report
 
 
-def frequent_tokens(tokens: np.ndarray, vocab_size: int, n: int) -> tuple[torch.Tensor, float]:
-    """The n most frequent token ids of `tokens` (ties: the lower id), sorted, and the share of
-    `tokens` they cover."""
-    counts = np.bincount(np.asarray(tokens).ravel(), minlength=vocab_size)[:vocab_size]
-    top = np.argsort(-counts, kind="stable")[:n]
-    return torch.from_numpy(np.sort(top)).long(), float(counts[top].sum() / max(int(counts.sum()), 1))
-
-
 def restrict_to_frequent(head: EagleHead, train: TokenWindows, n: int) -> dict:
     """Restrict the head to the n tokens most frequent in the training windows; what it kept."""
-    if not 1 <= n <= head.config.vocab_size:
-        raise ValueError(f"a draft vocabulary needs 1..{head.config.vocab_size} tokens, got {n}")
     ids, coverage = frequent_tokens(train.tokens, head.config.vocab_size, n)
     head.restrict(ids)
     log.info("eagle: drafts over %d tokens, %.2f%% of the training tokens", n, 100 * coverage)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from tiny_models import small_model
@@ -13,6 +14,12 @@ from tiny_models import small_model
 from specserve.cli.main import main
 from specserve.models import draft_vocab
 from specserve.models.loading import load_models
+
+
+def test_frequent_tokens_are_the_most_common_ids_sorted():
+    ids, coverage = draft_vocab.frequent_tokens(np.array([5, 5, 5, 1, 1, 7, 7, 3], dtype=np.uint16), 8, 3)
+    assert ids.tolist() == [1, 5, 7] and coverage == 7 / 8  # 1 and 7 tie: both above 3
+    assert draft_vocab.frequent_tokens(np.array([2, 6]), 8, 1)[0].tolist() == [2]  # a tie: the lower id
 
 
 def test_rows_of_keeps_the_chosen_rows_sorted_and_refuses_bad_ids():

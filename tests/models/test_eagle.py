@@ -13,12 +13,12 @@ from tiny_models import attentionless_model, copying_eagle, eagle_at, random_eag
 
 from specserve.cli.main import main
 from specserve.decoding import Engine, SamplingParams, SpecParams
+from specserve.models.draft_vocab import frequent_tokens
 from specserve.models.eagle import EagleHead
 from specserve.models.eagle_train import (
     EagleTrainConfig,
     add_draft_vocab,
     chain_acceptance,
-    frequent_tokens,
     greedy_continuations,
     train_eagle,
     unrolled,
@@ -83,12 +83,6 @@ def test_a_reduced_draft_vocabulary_keeps_its_rows_and_round_trips(tmp_path, dty
     for bad in ([], [1, 1], [3, 12], [-1]):
         with pytest.raises(ValueError, match="distinct token ids in 0..11"):
             random_eagle(target).restrict(torch.tensor(bad, dtype=torch.long))
-
-
-def test_frequent_tokens_are_the_most_common_ids_sorted():
-    ids, coverage = frequent_tokens(np.array([5, 5, 5, 1, 1, 7, 7, 3], dtype=np.uint16), 8, 3)
-    assert ids.tolist() == [1, 5, 7] and coverage == 7 / 8  # 1 and 7 tie: both above 3
-    assert frequent_tokens(np.array([2, 6]), 8, 1)[0].tolist() == [2]  # a tie: the lower id
 
 
 def test_unrolled_training_pass_is_what_drafting_computes():
