@@ -84,7 +84,7 @@ class DraftProposer:
         t0 = time.perf_counter()
         synced = self._sync_fresh(rows, ks)
         t1 = time.perf_counter()
-        sampled = not bool(warp.greedy.all())
+        sampled = warp.any_sampled
         # rows at K = 0 are not fed (holes): they catch up at their next speculative step
         unseen = [r.tokens[s:] if k else [] for r, s, k in zip(rows, self.kv.seen.tolist(), ks, strict=True)]
         before = self.kv.num_columns
@@ -98,8 +98,8 @@ class DraftProposer:
         sync_s = (t1 - t0 if synced else 0.0) + (time.perf_counter() - t1 if lag > STEADY_LAG else 0.0)
         cands, qs = [], []
         for j in range(K):
-            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V'] or None
-            c, q = widen(c, q, self.vocab, self.size)  # token ids [B], q [B, V] or None
+            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [S, V'] or None
+            c, q = widen(c, q, self.vocab, self.size)  # token ids [B], q [S, V] or None
             cands.append(c)
             qs.append(q)
             if j < K - 1:  # the K-th candidate is never fed: the target verifies it
@@ -109,7 +109,7 @@ class DraftProposer:
                 logits = self.kv.forward(self.model, fed, logits="last")
         self._cands_fed = K - 1
         tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
-        q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
+        q_all = torch.stack(qs, dim=1) if sampled else None  # [S, K, V]
         return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q=q_all, sync_s=sync_s)
 
     def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:

@@ -118,12 +118,12 @@ class EagleProposer:
         # more pending features than one speculative step leaves (K + 1) were piled up by plain
         # steps: that catch-up is the price of switching to speculation, not of speculating
         sync_s = time.perf_counter() - t0 if T > K + 1 else 0.0
-        sampled = not bool(warp.greedy.all())
+        sampled = warp.any_sampled
         cands, qs = [], []
         vocab = self.head.vocab  # [V'] the tokens the head drafts (None: all V)
         for j in range(K):
-            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [B, V'] or None
-            c, q = widen(c, q, vocab, self.head.config.vocab_size)  # token ids [B], q [B, V] or None
+            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [S, V'] or None
+            c, q = widen(c, q, vocab, self.head.config.vocab_size)  # token ids [B], q [S, V] or None
             cands.append(c)
             qs.append(q)
             if j < K - 1:  # the head's guessed feature with the candidate: [B, 1, H]
@@ -134,7 +134,7 @@ class EagleProposer:
                 logits, f = self.kv.forward(self.head.decoder, fed, logits="last", hidden=True, embeds=embeds)
         self._cands_fed = K - 1
         tokens = torch.stack(cands, dim=1).tolist()  # [B, K]
-        q_all = torch.stack(qs, dim=1) if sampled else None  # [B, K, V]
+        q_all = torch.stack(qs, dim=1) if sampled else None  # [S, K, V]
         return Proposal([t[:k] for t, k in zip(tokens, ks, strict=True)], q=q_all, sync_s=sync_s)
 
     def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:

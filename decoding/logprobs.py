@@ -42,7 +42,7 @@ def token_logprobs(
         x = x.gather(1, nodes[idx].clamp(min=0)[..., None].expand(-1, -1, x.shape[-1]))  # [A, D + 1, V]
     sub = warp.select(idx)
     logp = x.double().log_softmax(-1)  # [A, T, V] greedy rows: the unwarped distribution
-    if not bool(sub.greedy.all()):  # sampled rows: the distribution they were drawn from
+    if sub.any_sampled:  # sampled rows: the distribution they were drawn from
         logp = torch.where(sub.greedy[:, None, None], logp, warp_probs(x.double(), sub).log())
     n_top = max(rows[b].sampling.logprobs for b in asked)
     top_lp, top_id = logp.topk(max(n_top, 1), dim=-1)  # [A, T, n]

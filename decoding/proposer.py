@@ -33,8 +33,9 @@ class Proposal:
     """
 
     tokens: list[list[int]]
-    q: torch.Tensor | None = None  # [B, C, V] the draft probs candidate c was sampled from (chain:
-    # C = K, tree: C = N - 1, node c + 1 given its parent); None: deterministic candidates
+    q: torch.Tensor | None = None  # [S, C, V] the draft probs candidate c was sampled from, for the
+    # sampled rows (`Warp.sampled`) only (chain: C = K, tree: C = N - 1, node c + 1 given its
+    # parent); None: deterministic candidates, or every row greedy
     tree: Tree | None = None
     sync_s: float = 0.0  # of the proposing time, spent catching up on what plain steps left (rows
     # that joined, tokens or features piled up): the K policy does not charge it to speculating
@@ -48,7 +49,8 @@ class Proposer(Protocol):
     kv: KVState | None  # the proposer's own cache (a draft model's), if any: its bytes and forwards
 
     def propose(self, rows: list[Row], ks: list[int], warp: Warp, u: torch.Tensor | None) -> Proposal:
-        """Up to ks[b] candidates row b may accept; u [B, K] uniforms when draws_from_q and sampling."""
+        """Up to ks[b] candidates row b may accept; u [S, K] uniforms of the sampled rows when
+        draws_from_q and some row samples."""
         ...
 
     def commit(self, num_accepted: list[int], hidden: torch.Tensor | None = None) -> None:

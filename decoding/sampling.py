@@ -6,7 +6,8 @@ request draws the same numbers whatever else shares its batch, and acceptance st
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -21,6 +22,22 @@ class Warp:
     top_k: torch.Tensor  # [B] long, 0 = off
     top_p: torch.Tensor  # [B], 1.0 = off
     greedy: torch.Tensor  # [B] bool
+    sampled: torch.Tensor = field(init=False)  # [S] the rows that sample (not greedy), in order
+    filtered: bool = field(init=False)  # some row has a top-k or top-p
+
+    def __post_init__(self) -> None:
+        self.sampled = (~self.greedy).nonzero().squeeze(1)
+        self.filtered = bool((self.top_k > 0).any()) or bool((self.top_p < 1).any())
+
+    @property
+    def any_sampled(self) -> bool:
+        return len(self.sampled) > 0
+
+    @cached_property
+    def of_sampled(self) -> Warp:
+        """The sampled rows' filters ([S] each): what a step's sampling work runs over, so one
+        sampled row among many costs one row's sampling, not the batch's."""
+        return self.select(self.sampled)
 
     @classmethod
     def from_params(cls, params: list[SamplingParams], device: torch.device) -> Warp:
@@ -42,7 +59,7 @@ def warp_probs(logits: torch.Tensor, warp: Warp) -> torch.Tensor:
     """
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     x = x / warp.temperature.to(x.dtype)[:, None, None]
-    if bool((warp.top_k > 0).any()) or bool((warp.top_p < 1).any()):
+    if warp.filtered:
         sorted_x, order = x.sort(dim=-1, descending=True)  # [B, T, V]
         drop = torch.zeros_like(sorted_x, dtype=torch.bool)
         rank = torch.arange(x.shape[-1], device=x.device)
@@ -85,39 +102,33 @@ def draw_candidate(
     logits: torch.Tensor, warp: Warp, u: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A drafter's next candidate per row from its logits [B, V]: the argmax for greedy rows, a
-    sample of q (the warped distribution) with uniforms u [B] for the others. Returns the
-    candidates [B] and q [B, V] (None when every row is greedy: u is None)."""
+    sample of q (the warped distribution) with uniforms u [S] for the sampled rows (`warp.sampled`).
+    Returns the candidates [B] and the sampled rows' q [S, V] (None when every row is greedy: u is
+    None)."""
     c = logits.argmax(-1)  # [B]
     if u is None:
         return c, None
-    q = warp_probs(logits[:, None], warp)[:, 0]  # [B, V]
-    return torch.where(warp.greedy, c, sample(q, u)), q
+    s = warp.sampled  # [S]
+    q = warp_probs(logits.index_select(0, s)[:, None], warp.of_sampled)[:, 0]  # [S, V]
+    return c.index_put((s,), sample(q, u)), q
 
 
 def widen(c: torch.Tensor, q: torch.Tensor | None, vocab: torch.Tensor | None, size: int):
     """A drafter over part of the vocabulary (models/draft_vocab.py): its candidates c [B], indices
-    into `vocab` [V'], as token ids, and its q [B, V'] as [B, size], 0 off `vocab`. vocab None:
+    into `vocab` [V'], as token ids, and its q [S, V'] as [S, size], 0 off `vocab`. vocab None:
     unchanged."""
     if vocab is None:
         return c, q
-    return vocab[c], None if q is None else q.new_zeros(len(c), size).index_copy_(1, vocab, q)
+    return vocab[c], None if q is None else q.new_zeros(len(q), size).index_copy_(1, vocab, q)
 
 
-def position_uniforms(streams: list[UniformStream | None], starts: list[int], n: int, device) -> torch.Tensor:
-    """[B, n]: row b's uniforms for positions starts[b] .. + n - 1 (zeros for greedy rows)."""
-    rows = [
-        s.at(a, n) if s is not None else torch.zeros(n, dtype=torch.float64)
-        for s, a in zip(streams, starts, strict=True)
-    ]
+def position_uniforms(streams: list[UniformStream], starts: list[int], n: int, device) -> torch.Tensor:
+    """[S, n]: (sampled) row s's uniforms for positions starts[s] .. + n - 1."""
+    rows = [st.at(a, n) for st, a in zip(streams, starts, strict=True)]
     return torch.stack(rows).to(device) if rows else torch.zeros(0, n, dtype=torch.float64, device=device)
 
 
-def draw_uniforms(generators: list[torch.Generator | None], n: int, device: torch.device) -> torch.Tensor:
-    """n uniforms per row from each row's generator ([B, n]); greedy rows (None) get zeros."""
-    rows = [
-        torch.rand(n, generator=g, dtype=torch.float64)
-        if g is not None
-        else torch.zeros(n, dtype=torch.float64)
-        for g in generators
-    ]
+def draw_uniforms(generators: list[torch.Generator], n: int, device: torch.device) -> torch.Tensor:
+    """n uniforms per (sampled) row from each row's own generator ([S, n])."""
+    rows = [torch.rand(n, generator=g, dtype=torch.float64) for g in generators]
     return torch.stack(rows).to(device) if rows else torch.zeros(0, n, dtype=torch.float64, device=device)

@@ -45,9 +45,10 @@ def prefill(
     cached = [len(s) - len(f) for s, f in zip(seqs, fed, strict=True)]  # (before emit grows r.tokens)
     warp = _warp(new, logits.device)
     first = logits.argmax(-1)  # [B_new]
-    if not bool(warp.greedy.all()):
-        u = position_uniforms([r.stream for r in new], [0] * len(new), 1, logits.device)[:, 0]  # [B_new]
-        first = torch.where(warp.greedy, first, sample(warp_probs(logits[:, None], warp)[:, 0], u))
+    if warp.any_sampled:  # (the sampled rows only)
+        s = warp.sampled  # [S]
+        u = position_uniforms([new[i].stream for i in s.tolist()], [0] * len(s), 1, logits.device)[:, 0]
+        first[s] = sample(warp_probs(logits.index_select(0, s)[:, None], warp.of_sampled)[:, 0], u)
     firsts = first.tolist()
     lps = token_logprobs(logits[:, None], new, warp, [[t] for t in firsts], None)
     batch.kv.extend(kv)
@@ -92,21 +93,21 @@ def _tree_ids(rows: list[Row], prop: Proposal, dev: torch.device) -> torch.Tenso
 
 
 def _positions(rows: list[Row], n: int, dev: torch.device) -> torch.Tensor:
-    """[B, n] each row's uniforms of the next n generated positions."""
+    """[S, n] each (sampled) row's uniforms of the next n generated positions."""
     return position_uniforms([r.stream for r in rows], [r.num_generated for r in rows], n, dev)
 
 
 def _couple(rows: list[Row], u: torch.Tensor, u_pos: torch.Tensor) -> torch.Tensor | None:
-    """Seeded rows of a draft: candidate j is drawn from q with the uniform the target draws
-    generated position j with (u_pos [B, K]; in place: u [B, 2K], its first K columns), and
-    accepted only where p's draw with it equals it (`verify_match`): every emitted token is then
-    the one plain decoding samples with that seed, whatever K, batch or draft. (Rejection sampling
-    accepts more, but its output depends on K and on q.) Returns [B] bool, the coupled rows, or
-    None when none is."""
-    seeded = [r.sampling.seed is not None and not r.sampling.greedy for r in rows]
+    """Seeded rows of a draft (rows: the sampled ones): candidate j is drawn from q with the uniform
+    the target draws generated position j with (u_pos [S, K]; in place: u [S, 2K], its first K
+    columns), and accepted only where p's draw with it equals it (`verify_match`): every emitted
+    token is then the one plain decoding samples with that seed, whatever K, batch or draft.
+    (Rejection sampling accepts more, but its output depends on K and on q.) Returns [S] bool, the
+    coupled rows, or None when none is."""
+    seeded = [r.sampling.seed is not None for r in rows]
     if not any(seeded):
         return None
-    mask = torch.tensor(seeded, device=u.device)  # [B]
+    mask = torch.tensor(seeded, device=u.device)  # [S]
     K = u_pos.shape[1]
     u[:, :K] = torch.where(mask[:, None], u_pos, u[:, :K])
     return mask
@@ -120,9 +121,10 @@ def _accept_chain(
     u_pos: torch.Tensor | None,
     coupled: torch.Tensor | None = None,
 ) -> Verdict:
-    """logits [B, T, V]; u [B, K] acceptance uniforms, u_pos [B, T] uniforms of the positions the
-    step may emit (both None when every row is greedy); coupled [B]: rows whose draft candidates
-    were drawn with u_pos (`_couple`), verified by matching."""
+    """logits [B, T, V]; for the sampled rows (`warp.sampled`, S of them): u [S, K] acceptance
+    uniforms, u_pos [S, T] uniforms of the positions the step may emit (both None when every row
+    is greedy), coupled [S]: rows whose draft candidates were drawn with u_pos (`_couple`),
+    verified by matching."""
     dev = logits.device
     K = logits.shape[1] - 1
     if K == 0 and u_pos is None:  # plain greedy step
@@ -134,19 +136,19 @@ def _accept_chain(
     verdict = verify_greedy(logits.argmax(-1), cand, n_cand)
     if u_pos is None:
         return verdict
-    s = (~warp.greedy).nonzero().squeeze(1)  # sampling rows
-    if len(s):
-        p = warp_probs(logits[s], warp.select(s))  # [S, T, V]
-        if prop.q is None:
-            v = verify_match(p, cand[s], n_cand[s], u_pos[s, : K + 1])
-        else:
-            v = verify_rejection(p, prop.q[s, :K], cand[s], n_cand[s], u[s, :K], u_pos[s, : K + 1])
-            if coupled is not None and bool((c := coupled[s]).any()):
-                m = verify_match(p, cand[s], n_cand[s], u_pos[s, : K + 1])
-                v.num_accepted = torch.where(c, m.num_accepted, v.num_accepted)
-                v.next_token = torch.where(c, m.next_token, v.next_token)
-        verdict.num_accepted[s] = v.num_accepted
-        verdict.next_token[s] = v.next_token
+    s = warp.sampled  # [S]
+    p = warp_probs(logits.index_select(0, s), warp.of_sampled)  # [S, T, V] (2x indexing's speed)
+    v = None  # each rule runs only where some row needs it
+    if prop.q is None or coupled is not None:
+        v = verify_match(p, cand[s], n_cand[s], u_pos[:, : K + 1])
+    if prop.q is not None and (coupled is None or not bool(coupled.all())):
+        r = verify_rejection(p, prop.q[:, :K], cand[s], n_cand[s], u[:, :K], u_pos[:, : K + 1])
+        if v is not None:  # the coupled rows by matching, the others by rejection
+            r.num_accepted = torch.where(coupled, v.num_accepted, r.num_accepted)
+            r.next_token = torch.where(coupled, v.next_token, r.next_token)
+        v = r
+    verdict.num_accepted[s] = v.num_accepted
+    verdict.next_token[s] = v.next_token
     return verdict
 
 
@@ -154,17 +156,18 @@ def _accept_tree(
     logits: torch.Tensor, ids: torch.Tensor, prop: Proposal, caps: list[int], warp: Warp, u_pos
 ) -> Verdict:
     """Greedy rows: the longest agreeing root path within each row's cap; sampled rows: samples of
-    p followed down the tree (match sampling). logits [B, N, V], ids [B, N], u_pos [B, D + 1]."""
+    p followed down the tree (match sampling). logits [B, N, V], ids [B, N], u_pos [S, D + 1] (the
+    sampled rows')."""
     tree, dev = prop.tree, logits.device
     if prop.q is not None:
         raise NotImplementedError("sampling a tree drawn from q needs a multi-draft acceptance rule")
     verdict = tree_greedy(ids, logits.argmax(-1), tree, torch.tensor(caps, device=dev))
-    s = (~warp.greedy).nonzero().squeeze(1).tolist()
+    s = warp.sampled.tolist()
     if s:
-        p = warp_probs(logits[s], warp.select(torch.tensor(s, device=dev)))  # [S, N, V]
+        p = warp_probs(logits.index_select(0, warp.sampled), warp.of_sampled)  # [S, N, V]
         ids_list, D = ids.tolist(), tree.max_depth
         for i, b in enumerate(s):  # depth d emits generated position num_generated + d
-            nodes, nxt = tree_match(ids_list[b], p[i], u_pos[b], tree, caps[b])
+            nodes, nxt = tree_match(ids_list[b], p[i], u_pos[i], tree, caps[b])
             verdict.path[b] = torch.tensor([0, *nodes] + [-1] * (D - len(nodes)), device=dev)
             verdict.num_accepted[b], verdict.next_token[b] = len(nodes), nxt
     return verdict
@@ -180,14 +183,15 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     ks = [r.budget(r.spec.step_k(k_auto)) for r in rows]
     K = max(ks)
     warp = batch.warp
-    sampled = not bool(warp.greedy.all())
-    # draft sampling [B, K] and acceptance [B, K] uniforms, from each row's own generator; a
-    # seeded row's draft samples with its position uniforms instead (`_couple`)
+    # the sampled rows' (only: a greedy row costs nothing here) draft sampling [S, K] and
+    # acceptance [S, K] uniforms, from each row's own generator; a seeded row's draft samples with
+    # its position uniforms instead (`_couple`)
+    sampled = [rows[i] for i in warp.sampled.tolist()]
     u = coupled = u_pos = None
     if sampled and proposer.draws_from_q:  # a chain: the step may emit positions 0..K
-        u = draw_uniforms([r.generator for r in rows], 2 * K, dev)
-        u_pos = _positions(rows, K + 1, dev)
-        coupled = _couple(rows, u, u_pos[:, :K])
+        u = draw_uniforms([r.generator for r in sampled], 2 * K, dev)
+        u_pos = _positions(sampled, K + 1, dev)
+        coupled = _couple(sampled, u, u_pos[:, :K])
     # 1. propose
     t0 = time.perf_counter()
     prop = proposer.propose(rows, ks, warp, u[:, :K] if u is not None else None)
@@ -199,7 +203,7 @@ def decode_step(target: PreTrainedModel, batch: SubBatch, emit: Emit, k_auto: in
     T = logits.shape[1]
     # 3. accept: row b keeps its pending token and n[b] candidates along a path
     if sampled and u_pos is None:  # uniforms by generated position: seeded output does not depend on K
-        u_pos = _positions(rows, depth + 1, dev)
+        u_pos = _positions(sampled, depth + 1, dev)
     if tree is None:
         caps, cand = [len(c) for c in prop.tokens], prop.tokens
         verdict = _accept_chain(logits, prop, warp, u[:, K:] if u is not None else None, u_pos, coupled)
