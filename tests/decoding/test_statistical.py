@@ -82,18 +82,29 @@ def chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 def sample_joint(
-    target, draft, method: str, base: SamplingParams, heads=None, compile="off", eagle=None, seeded=True
-) -> torch.Tensor:
+    target, draft, method: str, base: SamplingParams, heads=None, compile="off", eagle=None, seeded=True,
+    greedy: int = 0,
+) -> torch.Tensor:  # fmt: skip
+    """Counts of the N sampled rows' continuations. seeded: True, False, or "half" (every other
+    sampled row); greedy: that many greedy rows spread among the sampled ones (each must continue
+    as plain greedy decoding does)."""
     engine = Engine(target, draft, medusa=heads, eagle=eagle, max_batch_size=1000, compile=compile)
     sampling = [
         SamplingParams(
             max_new_tokens=NEW, temperature=base.temperature, top_k=base.top_k, top_p=base.top_p,
-            seed=i if seeded else None,
+            seed=i if seeded is True or (seeded == "half" and i % 2) else None,
         )
         for i in range(N)
     ]  # fmt: skip
-    results = engine.generate([PROMPT] * N, sampling, SpecParams(method, 2))
-    assert sum(r.stats.draft_tokens for r in results) >= 2 * N  # two candidates per row
+    every = N // greedy + 1 if greedy else 0
+    for i in range(greedy):
+        sampling.insert(i * every, SamplingParams(max_new_tokens=NEW))
+    results = engine.generate([PROMPT] * len(sampling), sampling, SpecParams(method, 2))
+    assert sum(r.stats.draft_tokens for r in results) >= 2 * len(results)  # two candidates per row
+    if greedy:
+        plain = Engine(target).generate([PROMPT], SamplingParams(max_new_tokens=NEW), SpecParams())[0]
+        assert all(r.token_ids == plain.token_ids for r, s in zip(results, sampling, strict=True) if s.greedy)
+        results = [r for r, s in zip(results, sampling, strict=True) if not s.greedy]
     assert compile == "off" or (engine.compiled["target"].calls > 0 and engine.compiled["target"].enabled)
     idx = torch.tensor([sum(t * V ** (NEW - 1 - i) for i, t in enumerate(r.token_ids)) for r in results])
     return torch.bincount(idx, minlength=V**NEW).double()
@@ -178,5 +189,18 @@ def test_eagle_sampling_matches_target(pair, sampling, seeded, dtype, tmp_path):
     if dtype == "half":
         head.restrict(torch.arange(0, V, 2))
     counts = sample_joint(target, draft, "eagle", sampling, eagle=head, seeded=seeded)
+    assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
+    assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6
+
+
+@pytest.mark.parametrize("method", ["draft", "eagle"])
+def test_sampled_rows_among_greedy_ones_sample_the_target(pair, method):
+    """A step's sampling work runs over its sampled rows only (q, uniforms, acceptance: [S]
+    tensors, decoding/step.py): with greedy rows spread among them and seeded rows beside unseeded
+    ones, every sampled row still follows p and every greedy row continues as plain greedy."""
+    target, draft = pair
+    head = random_eagle(target) if method == "eagle" else None
+    sampling = SamplingParams(temperature=1.0)
+    counts = sample_joint(target, draft, method, sampling, eagle=head, seeded="half", greedy=N // 2)
     assert chi2_pvalue(counts, exact_joint(target, sampling)) > 1e-3
     assert chi2_pvalue(counts, exact_joint(draft, sampling)) < 1e-6
