@@ -127,8 +127,12 @@ def _accept_chain(
     verified by matching."""
     dev = logits.device
     K = logits.shape[1] - 1
-    if K == 0 and u_pos is None:  # plain greedy step
-        return Verdict(torch.zeros(logits.shape[0], dtype=torch.long, device=dev), logits[:, 0].argmax(-1))
+    if K == 0:  # a plain step: each row's argmax, or its sample of p (verify_match with no candidates)
+        nxt = logits[:, 0].argmax(-1)  # [B]
+        if u_pos is not None:
+            p = warp_probs(logits.index_select(0, warp.sampled), warp.of_sampled)[:, 0]  # [S, V]
+            nxt[warp.sampled] = sample(p, u_pos[:, 0])
+        return Verdict(torch.zeros(logits.shape[0], dtype=torch.long, device=dev), nxt)
     n_cand = torch.tensor([len(t) for t in prop.tokens], device=dev)  # [B]
     cand = torch.tensor([t + [-1] * (K - len(t)) for t in prop.tokens], dtype=torch.long, device=dev).view(
         len(prop.tokens), K
