@@ -25,7 +25,7 @@ from specserve.decoding.kv import KVState
 from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp, draw_candidate, widen
+from specserve.decoding.sampling import Warp, draw_tokens, widen
 
 STEADY_LAG = 2  # tokens a draft is behind after a speculative step (2 when all K were accepted)
 
@@ -98,7 +98,7 @@ class DraftProposer:
         sync_s = (t1 - t0 if synced else 0.0) + (time.perf_counter() - t1 if lag > STEADY_LAG else 0.0)
         cands, qs = [], []
         for j in range(K):
-            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [S, V'] or None
+            c, q = draw_tokens(logits, warp, u[:, j] if sampled else None)  # [B], [S, V'] or None
             c, q = widen(c, q, self.vocab, self.size)  # token ids [B], q [S, V] or None
             cands.append(c)
             qs.append(q)

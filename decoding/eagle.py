@@ -26,7 +26,7 @@ from specserve.decoding.compiled import CompiledForward
 from specserve.decoding.kv import KVState
 from specserve.decoding.proposer import Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp, draw_candidate, widen
+from specserve.decoding.sampling import Warp, draw_tokens, widen
 
 MAX_PENDING = 256  # target features a catch-up feeds the head a row at most (the buffer keeps up to 2x)
 
@@ -122,7 +122,7 @@ class EagleProposer:
         cands, qs = [], []
         vocab = self.head.vocab  # [V'] the tokens the head drafts (None: all V)
         for j in range(K):
-            c, q = draw_candidate(logits, warp, u[:, j] if sampled else None)  # [B], [S, V'] or None
+            c, q = draw_tokens(logits, warp, u[:, j] if sampled else None)  # [B], [S, V'] or None
             c, q = widen(c, q, vocab, self.head.config.vocab_size)  # token ids [B], q [S, V] or None
             cands.append(c)
             qs.append(q)

@@ -98,13 +98,14 @@ class UniformStream:
         return self.buf[start : start + n]
 
 
-def draw_candidate(
+def draw_tokens(
     logits: torch.Tensor, warp: Warp, u: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A drafter's next candidate per row from its logits [B, V]: the argmax for greedy rows, a
-    sample of q (the warped distribution) with uniforms u [S] for the sampled rows (`warp.sampled`).
-    Returns the candidates [B] and the sampled rows' q [S, V] (None when every row is greedy: u is
-    None)."""
+    """Each row's next token from its logits [B, V]: the argmax for greedy rows, a sample of the
+    warped distribution with uniforms u [S] for the sampled rows (`warp.sampled`; u None when
+    every row is greedy). Returns the tokens [B] and the sampled rows' distribution [S, V] (a
+    drafter's q; None when u is None). A prefill's first token, a plain step's next one and a
+    drafter's candidates are all drawn here."""
     c = logits.argmax(-1)  # [B]
     if u is None:
         return c, None

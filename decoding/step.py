@@ -21,7 +21,7 @@ from specserve.decoding.logprobs import token_logprobs
 from specserve.decoding.prefix_cache import PrefixCache, prefill_kv
 from specserve.decoding.proposer import Emit, Proposal
 from specserve.decoding.row import Row
-from specserve.decoding.sampling import Warp, draw_uniforms, position_uniforms, sample, warp_probs
+from specserve.decoding.sampling import Warp, draw_tokens, draw_uniforms, position_uniforms, warp_probs
 from specserve.decoding.stats import StepStats
 
 
@@ -44,11 +44,11 @@ def prefill(
         hidden = [hidden[b, : len(f)] for b, f in enumerate(fed)]
     cached = [len(s) - len(f) for s, f in zip(seqs, fed, strict=True)]  # (before emit grows r.tokens)
     warp = _warp(new, logits.device)
-    first = logits.argmax(-1)  # [B_new]
-    if warp.any_sampled:  # (the sampled rows only)
-        s = warp.sampled  # [S]
-        u = position_uniforms([new[i].stream for i in s.tolist()], [0] * len(s), 1, logits.device)[:, 0]
-        first[s] = sample(warp_probs(logits.index_select(0, s)[:, None], warp.of_sampled)[:, 0], u)
+    u = None  # [S] the sampled rows' uniforms of generated position 0
+    if warp.any_sampled:
+        streams = [new[i].stream for i in warp.sampled.tolist()]
+        u = position_uniforms(streams, [0] * len(streams), 1, logits.device)[:, 0]
+    first, _ = draw_tokens(logits, warp, u)  # [B_new]
     firsts = first.tolist()
     lps = token_logprobs(logits[:, None], new, warp, [[t] for t in firsts], None)
     batch.kv.extend(kv)
@@ -127,11 +127,8 @@ def _accept_chain(
     verified by matching."""
     dev = logits.device
     K = logits.shape[1] - 1
-    if K == 0:  # a plain step: each row's argmax, or its sample of p (verify_match with no candidates)
-        nxt = logits[:, 0].argmax(-1)  # [B]
-        if u_pos is not None:
-            p = warp_probs(logits.index_select(0, warp.sampled), warp.of_sampled)[:, 0]  # [S, V]
-            nxt[warp.sampled] = sample(p, u_pos[:, 0])
+    if K == 0:  # a plain step: each row's argmax, or its sample of p (matching with no candidates)
+        nxt, _ = draw_tokens(logits[:, 0], warp, u_pos[:, 0] if u_pos is not None else None)  # [B]
         return Verdict(torch.zeros(logits.shape[0], dtype=torch.long, device=dev), nxt)
     n_cand = torch.tensor([len(t) for t in prop.tokens], device=dev)  # [B]
     cand = torch.tensor([t + [-1] * (K - len(t)) for t in prop.tokens], dtype=torch.long, device=dev).view(
