@@ -1,13 +1,20 @@
 """How `auto` chooses K, per method and batch-size bucket b. The whole rule is here.
 
-K(method, b) is the K in 0..k_max with the most expected tokens per second, E(K) / price(b, K), and
-0 unless it beats a plain step by MARGIN. E(K) comes from acceptance averages per method and kind of
-row, greedy or sampled (`Acceptance`), weighed by the step's rows of each kind. price(b, K) is
-t(b, K), a real decode step of b scratch rows at K timed at the method's first step at b
-(`decoding/calibrate.py`), corrected by what steady real steps took (`RealCost`). Where the rule's
-K is below PROBE_K, one step in PROBE_EVERY * b runs at PROBE_K, so acceptance stays measured (from
-0 only if perfect acceptance would pay). A user's schedule (`--speculation-schedule`, as vLLM's and
-TensorRT-LLM's batch-size schedules) replaces the rule for the methods it names.
+K(method, b) is the K in 0..k_max with the most tokens per second, E(K) / t(b, K), and 0 unless it
+beats a plain step by MARGIN. E(K) = 1 + first * (1 + then + ... + then^(K-1)): `first` the share
+of rows that emit candidate 0, `then` the share of later candidates emitted when offered after an
+emitted one, one ratio for every depth (moving averages per method and kind of row, greedy or
+sampled, weighed by the step's rows of each kind: sampled rows accept far less, and one average
+for both kept a greedy request plain after a sampled one; PRIOR before any is measured). t(b, K)
+is a real decode step of b scratch rows at K, timed at the method's first step at b
+(`decoding/calibrate.py`), plus what steady real steps took beyond the timing, plain and
+speculative apart (not a step whose proposer caught up on what plain steps piled up,
+`StepStats.sync_s`: the price of switching, which charged to K would keep a method plain; nor a
+thread tuner's trial). Where the rule's K is below PROBE_K, one step in PROBE_EVERY * b runs at
+PROBE_K, so acceptance stays measured (from 0 only if perfect acceptance would pay): a probe
+measures its b rows at about b times a row's price. A user's schedule
+(`--speculation-schedule`, as vLLM's and TensorRT-LLM's batch-size schedules) replaces the rule
+for the methods it names.
 docs/batch-tradeoffs.md has the measurements.
 """
 
@@ -24,7 +31,7 @@ log = logging.getLogger(__name__)
 MARGIN = 0.1  # K > 0 must promise this much more tokens/s than a plain step
 ALPHA = 0.01  # weight of a row's outcome in the acceptance averages, of a step in the real costs
 # (slow: at one row the averages span a few requests, and follow the mix, not each request)
-CLIP = 1.5  # a step counts at most CLIP x its price (preemptions)
+CLIP = 1.5  # a step counts at most CLIP x its expected seconds (preemptions)
 PRIOR = 0.8  # `first` and `then` before any step is measured (optimistic: it speculates and measures)
 PROBE_EVERY = 32  # steps of a (method, bucket b) between probes where K < PROBE_K, times b
 PROBE_K = 2  # the least K that measures `then`
@@ -43,7 +50,8 @@ def bucket(batch_size: int) -> int:
 class Acceptance:
     """Acceptance of one method and kind of row, as two moving averages: `first`, the share of rows
     that emit candidate 0, and `then`, the share of later candidates emitted of those offered after
-    an emitted one (one ratio for every deeper position, measured by every step of K >= 2)."""
+    an emitted one. Every position past the first shares `then`, which every step of K >= 2
+    measures: a deep position that steps seldom offer keeps no stale value of its own."""
 
     first: float = PRIOR
     then: float = PRIOR
@@ -66,29 +74,6 @@ def _weight(n: int) -> float:
 
 
 @dataclass
-class RealCost:
-    """A bucket's real step seconds against its timing t: t[0] + `over` for a plain step (what the
-    load on the cores adds to every step), plus `scale` x the timed extra work t[K] - t[0] for a
-    speculative one (under load the drafter's short ops stall, and sampled rows cost more per
-    candidate than the greedy scratch rows). Moving averages over steady steps (not a compile, a
-    thread trial, nor a step whose proposer caught up on plain steps: the price of switching, which
-    charged to K would keep a method plain), each counting at most CLIP x its price."""
-
-    over: float = 0.0
-    scale: float = 1.0
-
-    def price(self, t: list[float], k: int) -> float:
-        return t[0] + self.over + self.scale * (t[k] - t[0])
-
-    def add(self, t: list[float], k: int, seconds: float) -> None:
-        seconds = min(seconds, CLIP * self.price(t, k))
-        if k == 0:
-            self.over += ALPHA * (seconds - t[0] - self.over)
-        elif t[k] > t[0]:
-            self.scale += ALPHA * (max(seconds - t[0] - self.over, 0.0) / (t[k] - t[0]) - self.scale)
-
-
-@dataclass
 class SchedulePolicy:
     """K for the adaptive rows of each step (`choose`), and what the step gave (`observe`)."""
 
@@ -97,7 +82,8 @@ class SchedulePolicy:
     costs: dict[tuple[str, int], list[float]] = field(default_factory=dict)  # (method, b) -> t(b, K)
     accept: dict[tuple[str, bool], Acceptance] = field(default_factory=dict)  # (method, sampled)
     steps: dict[tuple[str, int], int] = field(default_factory=dict)  # steps chosen per (method, b)
-    real: dict[tuple[str, int], RealCost] = field(default_factory=dict)  # (method, b)
+    real: dict[tuple[str, int, bool], float] = field(default_factory=dict)  # (method, b, K > 0) ->
+    # real step seconds less the timed ones, moving average
 
     def choose(self, method: str, batch_size: int, k_max: int, sampled: int = 0) -> int:
         """K for the next step of `batch_size` rows of `method` (`sampled` of them not greedy), at
@@ -118,8 +104,7 @@ class SchedulePolicy:
         accepted)."""
         t = self.step_costs(method, b, k_max)
         greedy, sampled = (self.accept.setdefault((method, s), Acceptance()) for s in (False, True))
-        real = self.real.get((method, b), RealCost())
-        cost = [real.price(t, k) for k in range(k_max + 1)]
+        cost = [t[k] + self.real.get((method, b, k > 0), 0.0) for k in range(k_max + 1)]
         tokens = [1 + k if perfect else (1 - share) * greedy.expected(k) + share * sampled.expected(k)
                   for k in range(k_max + 1)]  # fmt: skip
         rate = [tokens[k] / max(cost[k], 1e-9) for k in range(k_max + 1)]
@@ -149,4 +134,7 @@ class SchedulePolicy:
         t = self.costs.get((stats.method, b))
         if t is None or stats.k >= len(t) or stats.compiled or stats.trial or stats.sync_s:
             return  # not a steady step: a compile, a thread trial, or a proposer catching up
-        self.real.setdefault((stats.method, b), RealCost()).add(t, stats.k, seconds)
+        key = (stats.method, b, stats.k > 0)
+        now = self.real.get(key, 0.0)  # the timing's word until real steps say otherwise
+        timed = t[stats.k]
+        self.real[key] = now + ALPHA * (min(seconds, CLIP * (timed + now)) - timed - now)
